@@ -1,0 +1,67 @@
+"""Load-time folding for inference (eval mode only): the maths is unchanged, the work is not.
+
+* Spectral norm: in eval mode the effective weight is ``weight_orig / sigma(u, v)`` with fixed u, v;
+  it is computed once and stored as a plain weight.
+* BatchNorm directly after a convolution is folded into that convolution's weight and bias
+  (``SameBlock2d``, ``DownBlock2d/3d``, ``UpBlock3d``, the hourglass output, W's ``compress``, and the
+  second norm of each pre-activation ``ResBlock3d``). Pre-activation norms that follow a sum stay.
+
+:func:`fold_network` works on a deep copy; the original modules keep their state-dict layout, so the
+official files still load into them.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .blocks import DownBlock2d, DownBlock3d, HourglassDecoder, ResBlock3d, SameBlock2d, UpBlock3d
+from .dense_motion import DenseMotionNetwork
+
+
+def fold_bn_into_conv(conv: nn.Conv2d | nn.Conv3d, bn: nn.BatchNorm2d | nn.BatchNorm3d) -> None:
+    """In place: conv <- bn(conv(.)) using the running statistics (eval-mode BatchNorm)."""
+    with torch.no_grad():
+        w = conv.weight.double()
+        b = conv.bias.double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        std = torch.sqrt(bn.running_var.double() + bn.eps)
+        gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(std)
+        beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(std)
+        scale = gamma / std
+        shape = (-1,) + (1,) * (w.ndim - 1)
+        conv.weight.copy_((w * scale.view(shape)).to(conv.weight.dtype))
+        new_bias = (b - bn.running_mean.double()) * scale + beta
+        if conv.bias is None:
+            conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
+        else:
+            conv.bias.copy_(new_bias.to(conv.bias.dtype))
+
+
+def _remove_spectral_norm(module: nn.Module) -> bool:
+    for hook in list(module._forward_pre_hooks.values()):
+        if type(hook).__name__ == "SpectralNorm":
+            nn.utils.remove_spectral_norm(module)
+            return True
+    return False
+
+
+def fold_network(module: nn.Module) -> nn.Module:
+    """A folded deep copy of ``module`` (which must be in eval mode)."""
+    if module.training:
+        raise ValueError("folding is only valid for modules in eval mode")
+    module = copy.deepcopy(module)
+    for m in list(module.modules()):
+        _remove_spectral_norm(m)
+        if isinstance(m, (SameBlock2d, DownBlock2d, DownBlock3d, UpBlock3d, HourglassDecoder)) and \
+                isinstance(m.norm, nn.modules.batchnorm._BatchNorm):
+            fold_bn_into_conv(m.conv, m.norm)
+            m.norm = nn.Identity()
+        elif isinstance(m, DenseMotionNetwork) and isinstance(m.norm, nn.modules.batchnorm._BatchNorm):
+            fold_bn_into_conv(m.compress, m.norm)
+            m.norm = nn.Identity()
+        elif isinstance(m, ResBlock3d) and isinstance(m.norm2, nn.modules.batchnorm._BatchNorm):
+            fold_bn_into_conv(m.conv1, m.norm2)
+            m.norm2 = nn.Identity()
+    return module.eval()

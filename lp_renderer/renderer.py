@@ -1,0 +1,224 @@
+"""The renderer: source preparation (computed once), motion extraction, stitching / retargeting, W + G.
+
+    renderer = Renderer.from_weights("~/weights")           # official release layout
+    src = renderer.prepare_source(crop_rgb_256)              # F, M, x_s, W's per-source work
+    info = renderer.extract_motion(driving_crops)            # M on a batch of 256x256 crops
+    x_d = renderer.stitch(src.x_s, relative_motion(src.info, info, reference))
+    frames = renderer.render(src, x_d)                       # (B, 512, 512, 3) uint8
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .config import RendererConfig
+from .keypoints import KeypointInfo, apply_stitching, motion_from_raw, transform_keypoints
+from .networks import RendererNetworks
+
+log = logging.getLogger(__name__)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class PreparedSource:
+    """Everything that depends only on the source image, computed once and reused for every frame.
+
+    image: (1, 3, 256, 256) float32 in [0, 1]; feature: f_s (1, C, D, 64, 64); info: the source's
+    motion (batch 1); x_s: source keypoints (1, 21, 3); warp_cache: W's per-source tensors.
+    eye_ratios (left, right) and lip_ratio are the source's landmark ratios when known (needed by
+    eye / lip retargeting).
+    """
+
+    image: torch.Tensor
+    feature: torch.Tensor
+    info: KeypointInfo
+    x_s: torch.Tensor
+    warp_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    eye_ratios: tuple[float, float] | None = None
+    lip_ratio: float | None = None
+
+
+class Renderer:
+    """LivePortrait's networks on one device, with the official numerics.
+
+    ``half`` (CUDA only) runs W and G under float16 autocast with the keypoint and warp maths in
+    float32; on CPU everything is float32. ``fold`` replaces spectral-norm and BatchNorm layers by
+    plain convolutions once (eval mode only; same outputs).
+    """
+
+    def __init__(self, networks: RendererNetworks, device: str | torch.device | None = None,
+                 half: bool | None = None, fold: bool = True, compile: bool = False):
+        self.device = torch.device(device) if device is not None else default_device()
+        if half is None:
+            half = self.device.type == "cuda"
+        if half and self.device.type != "cuda":
+            raise ValueError("half precision is only supported on CUDA")
+        self.half = half
+        self.config: RendererConfig = networks.config
+        networks = networks.eval()
+        if fold:
+            from .folding import fold_network
+
+            networks = fold_network(networks)
+        self.nets = networks.to(self.device)
+        self.folded = fold
+        self._warp = self.nets.warping
+        self._decode = self.nets.decoder
+        if compile:
+            self._warp = torch.compile(self.nets.warping)
+            self._decode = torch.compile(self.nets.decoder)
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_weights(cls, weights_dir: str | Path | None = None, device=None, half: bool | None = None,
+                     fold: bool = True, compile: bool = False, require_stitching: bool = False) -> Renderer:
+        """Load the official release (or our safetensors) from ``weights_dir`` (see :mod:`.weights`)."""
+        from .weights import load_networks, resolve_weights_dir
+
+        nets = load_networks(resolve_weights_dir(weights_dir), require_stitching=require_stitching)
+        return cls(nets, device=device, half=half, fold=fold, compile=compile)
+
+    @classmethod
+    def from_config(cls, config: RendererConfig, seed: int = 0, **kwargs) -> Renderer:
+        """Random weights (tests, benchmarks)."""
+        return cls(RendererNetworks.random(config, seed), **kwargs)
+
+    @property
+    def has_stitching(self) -> bool:
+        return self.nets.stitching is not None
+
+    def _autocast(self):
+        if self.half:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    # ---------------------------------------------------------------- inputs
+    def to_tensor(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """RGB uint8 (H, W, 3) or (B, H, W, 3) -> (B, 3, 256, 256) float32 in [0, 1] on the device.
+
+        Images that are not 256x256 are resized with ``cv2.resize`` (bilinear), as the official code does.
+        A float tensor (B, 3, 256, 256) in [0, 1] is passed through.
+        """
+        if isinstance(images, torch.Tensor) and images.dtype.is_floating_point:
+            return images.to(self.device, torch.float32)
+        arr = np.asarray(images)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[-1] != 3:
+            raise ValueError(f"expected RGB images (H, W, 3) or (B, H, W, 3), got shape {arr.shape}")
+        if arr.shape[1:3] != (256, 256):
+            arr = np.stack([cv2.resize(a, (256, 256)) for a in arr])
+        x = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+        x = x.float() / 255.0
+        return x.clamp(0, 1).permute(0, 3, 1, 2).contiguous()  # (B, H, W, 3) -> (B, 3, H, W)
+
+    # ---------------------------------------------------------------- networks
+    @torch.no_grad()
+    def extract_motion(self, images) -> KeypointInfo:
+        """M on a batch of crops (see :meth:`to_tensor`) -> :class:`KeypointInfo` (float32)."""
+        x = self.to_tensor(images)
+        with self._autocast():
+            raw = self.nets.motion(x)
+        return motion_from_raw({k: v.float() for k, v in raw.items()})
+
+    @torch.no_grad()
+    def appearance(self, images) -> torch.Tensor:
+        """F: (1, 3, 256, 256) -> f_s (1, C, D, 64, 64) float32."""
+        with self._autocast():
+            return self.nets.appearance(self.to_tensor(images)).float()
+
+    @torch.no_grad()
+    def prepare_source(self, image, eye_ratios: tuple[float, float] | None = None,
+                       lip_ratio: float | None = None) -> PreparedSource:
+        """Compute and cache everything that depends only on the source crop (256x256 RGB)."""
+        x = self.to_tensor(image)
+        if x.shape[0] != 1:
+            raise ValueError("prepare_source takes one image")
+        feature = self.appearance(x)
+        info = self.extract_motion(x)
+        x_s = transform_keypoints(info)
+        cache = self.nets.warping.source_cache(feature, x_s) if self.folded else {}
+        return PreparedSource(x, feature, info, x_s, cache, eye_ratios, lip_ratio)
+
+    @torch.no_grad()
+    def stitch(self, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
+        """Stitching (paper Sec. 3.2): x_d (B, 21, 3) -> x_d + S(x_s, x_d). No-op without weights."""
+        if self.nets.stitching is None:
+            return x_d
+        b = x_d.shape[0]
+        x_s = x_s.expand(b, *x_s.shape[1:])
+        delta = self.nets.stitching.stitching(torch.cat([x_s.reshape(b, -1), x_d.reshape(b, -1)], dim=1))
+        return apply_stitching(x_d, delta)
+
+    def _retarget(self, mlp, x_s: torch.Tensor, ratios: torch.Tensor) -> torch.Tensor:
+        ratios = torch.as_tensor(ratios, dtype=torch.float32, device=self.device)
+        b = ratios.shape[0]
+        x_s = x_s.expand(b, *x_s.shape[1:])
+        delta = mlp(torch.cat([x_s.reshape(b, -1), ratios.reshape(b, -1)], dim=1))
+        return delta.reshape(b, -1, 3)
+
+    @torch.no_grad()
+    def retarget_eyes(self, x_s: torch.Tensor, ratios) -> torch.Tensor:
+        """Eye retargeting delta (B, 21, 3); ratios (B, 3) = [source left, source right, driving]."""
+        self._require_stitching("eye retargeting")
+        return self._retarget(self.nets.stitching.eye, x_s, ratios)
+
+    @torch.no_grad()
+    def retarget_lip(self, x_s: torch.Tensor, ratios) -> torch.Tensor:
+        """Lip retargeting delta (B, 21, 3); ratios (B, 2) = [source lip, driving lip]."""
+        self._require_stitching("lip retargeting")
+        return self._retarget(self.nets.stitching.lip, x_s, ratios)
+
+    def _require_stitching(self, what: str) -> None:
+        if self.nets.stitching is None:
+            from .errors import WeightsError
+
+            raise WeightsError(f"{what} needs liveportrait/retargeting_models/stitching_retargeting_module.pth, "
+                               f"which was not found in the weights folder.")
+
+    @torch.no_grad()
+    def warp(self, source: PreparedSource, x_d: torch.Tensor) -> dict[str, torch.Tensor]:
+        """W for a batch of driving keypoints x_d (B, 21, 3): ``out`` (B, 256, 64, 64) and friends."""
+        b = x_d.shape[0]
+        x_s = source.x_s.expand(b, *source.x_s.shape[1:])
+        with self._autocast():
+            return self._warp(source.feature, x_d.float(), x_s, source_cache=source.warp_cache or None)
+
+    @torch.no_grad()
+    def decode(self, warped: torch.Tensor) -> torch.Tensor:
+        """G: (B, 256, 64, 64) -> (B, 3, 512, 512) float32 in [0, 1]."""
+        with self._autocast():
+            return self._decode(warped).float()
+
+    @torch.no_grad()
+    def warp_decode(self, source: PreparedSource, x_d: torch.Tensor) -> torch.Tensor:
+        """W then G: x_d (B, 21, 3) -> images (B, 3, 512, 512) float32 in [0, 1]."""
+        return self.decode(self.warp(source, x_d)["out"])
+
+    @torch.no_grad()
+    def render(self, source: PreparedSource, x_d: torch.Tensor, batch_size: int = 8) -> np.ndarray:
+        """Render driving keypoints (N, 21, 3) -> (N, 512, 512, 3) uint8, in batches of ``batch_size``.
+
+        The float -> uint8 conversion truncates (``* 255`` then ``astype``), as the official code.
+        """
+        outs = []
+        for i in range(0, x_d.shape[0], batch_size):
+            img = self.warp_decode(source, x_d[i: i + batch_size].to(self.device))
+            outs.append(to_uint8(img))
+        return np.concatenate(outs) if outs else np.zeros((0, 512, 512, 3), np.uint8)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8, truncating like the official ``parse_output``."""
+    arr = images.permute(0, 2, 3, 1).clamp(0, 1).cpu().numpy()
+    return (arr * 255).astype(np.uint8)

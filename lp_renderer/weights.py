@@ -1,0 +1,296 @@
+"""The one place that loads (and saves) renderer weights.
+
+Two layouts are understood, both rooted at a weights folder ``DIR``:
+
+* the official release, unchanged::
+
+      DIR/liveportrait/base_models/{appearance_feature_extractor,motion_extractor,
+                                    warping_module,spade_generator}.pth
+      DIR/liveportrait/retargeting_models/stitching_retargeting_module.pth
+
+  (the last one is a dict of ``retarget_shoulder`` / ``retarget_mouth`` / ``retarget_eye`` state
+  dicts whose keys may carry ``module.``);
+* safetensors files with the same stems next to them (``*.safetensors``), written by
+  :func:`convert_to_safetensors` or :func:`save_safetensors`. They load without pickle at all and
+  carry the network's config, so they also hold our small test networks.
+
+``.pth`` files are always read with ``torch.load(..., weights_only=True)``: a file that needs pickle
+code execution is refused. Every load is strict; errors name the file and the first offending key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import RendererConfig
+from .errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+#: network key -> path of the released file, relative to the weights folder
+OFFICIAL_FILES = {
+    "appearance_feature_extractor": "liveportrait/base_models/appearance_feature_extractor.pth",
+    "motion_extractor": "liveportrait/base_models/motion_extractor.pth",
+    "warping_module": "liveportrait/base_models/warping_module.pth",
+    "spade_generator": "liveportrait/base_models/spade_generator.pth",
+    "stitching_retargeting_module": "liveportrait/retargeting_models/stitching_retargeting_module.pth",
+}
+#: our MLP name -> key of its sub-dict in the released stitching_retargeting_module.pth
+STITCHING_SUBDICTS = {"stitching": "retarget_shoulder", "lip": "retarget_mouth", "eye": "retarget_eye"}
+WEIGHTS_ENV = "AUDIO2LP_WEIGHTS"
+FORMAT = "audio2lp-renderer-v1"
+
+
+def default_weights_dir() -> Path:
+    """``$AUDIO2LP_WEIGHTS`` if set, else ``<user cache dir>/audio2lp/weights``."""
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("audio2lp")) / "weights"
+
+
+def resolve_weights_dir(path: str | os.PathLike | None = None) -> Path:
+    """An explicit ``--weights`` folder wins over ``$AUDIO2LP_WEIGHTS`` and the cache default."""
+    return Path(path).expanduser() if path is not None else default_weights_dir()
+
+
+def weight_file(weights_dir: Path, key: str) -> Path | None:
+    """The file to load for network ``key``: safetensors preferred, else the official .pth; None if absent."""
+    pth = Path(weights_dir) / OFFICIAL_FILES[key]
+    st = pth.with_suffix(".safetensors")
+    if st.is_file():
+        return st
+    if pth.is_file():
+        return pth
+    return None
+
+
+def missing_weight_files(weights_dir: str | os.PathLike, include_stitching: bool = True) -> list[str]:
+    """Relative paths of the released files that are missing (neither .pth nor .safetensors present)."""
+    keys = [k for k in OFFICIAL_FILES if include_stitching or k != "stitching_retargeting_module"]
+    return [OFFICIAL_FILES[k] for k in keys if weight_file(Path(weights_dir), k) is None]
+
+
+def missing_weights_message(weights_dir: Path, missing: list[str]) -> str:
+    listing = ", ".join(missing)
+    return (f"LivePortrait weights are missing in {weights_dir}: {listing}. Get them with "
+            f"`audio2lp weights download` (from the Hugging Face hub), or `audio2lp weights import DIR` "
+            f"for a folder you already have (its pretrained_weights/ layout), or point --weights / "
+            f"${WEIGHTS_ENV} at it.")
+
+
+def rename_keys(key: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The single place where checkpoint key names are adapted to our modules.
+
+    * ``module.`` (left by DataParallel/DDP) is removed anywhere in a key, as the official loader does;
+    * flattened stitching files (``retarget_shoulder_module.mlp.0.bias`` or ``retarget_shoulder.mlp...``)
+      are split back into the three sub-dicts (handled by :func:`_stitching_subdicts`).
+    """
+    return {k.replace("module.", ""): v for k, v in state_dict.items()}
+
+
+def _torch_load(path: Path) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(f"{path} needs pickle code execution to load ({str(e).splitlines()[0]}); it is "
+                           f"refused for safety. Use the official release files or safetensors.") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else 'truncated'}); download it again.") from None
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict; is it the right file?")
+    return obj
+
+
+def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path} is not a readable safetensors file ({e}); convert or download it again.") \
+            from None
+
+
+def _stitching_subdicts(path: Path, obj: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """Split a stitching checkpoint into {'stitching','lip','eye'} state dicts."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for ours, released in STITCHING_SUBDICTS.items():
+        if released in obj and isinstance(obj[released], dict):
+            out[ours] = rename_keys(ours, obj[released])
+            continue
+        if ours in obj and isinstance(obj[ours], dict):
+            out[ours] = rename_keys(ours, obj[ours])
+            continue
+        # flattened: "<prefix>.mlp.0.weight" with prefix in (retarget_shoulder[_module], stitching, ...)
+        sub = {}
+        for k, v in obj.items():
+            if not isinstance(v, torch.Tensor):
+                continue
+            for prefix in (f"{released}_module.", f"{released}.", f"{ours}."):
+                if k.startswith(prefix):
+                    sub[k[len(prefix):]] = v
+        if not sub:
+            raise WeightsError(f"{path} has no '{released}' part (keys found: {sorted(obj)[:6]}...); "
+                               f"is it stitching_retargeting_module.pth?")
+        out[ours] = rename_keys(ours, sub)
+    return out
+
+
+def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load with an error naming ``source`` and the first missing / unexpected / mis-shaped key."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing:
+        raise WeightsError(f"{source}: missing key '{missing[0]}' ({len(missing)} missing); "
+                           f"the file does not match this network.")
+    if unexpected:
+        raise WeightsError(f"{source}: unexpected key '{unexpected[0]}' ({len(unexpected)} unexpected); "
+                           f"the file does not match this network.")
+    for k, t in own.items():
+        if tuple(state_dict[k].shape) != tuple(t.shape):
+            raise WeightsError(f"{source}: key '{k}' has shape {tuple(state_dict[k].shape)}, the network "
+                               f"expects {tuple(t.shape)}.")
+    fixed = {k: (v.to(own[k].dtype) if v.dtype != own[k].dtype else v) for k, v in state_dict.items()}
+    module.load_state_dict(fixed, strict=True)
+
+
+@dataclass
+class LoadedFile:
+    """State dict(s) read from one file, with the config stored in it (safetensors only)."""
+
+    path: Path
+    state_dicts: dict[str, dict[str, torch.Tensor]]  # network key -> state dict
+    config: dict | None
+
+
+def read_weight_file(path: Path, key: str) -> LoadedFile:
+    """Read network ``key`` (or the three stitching MLPs) from a .pth or .safetensors file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors, meta = _safetensors_load(path)
+        if meta.get("format") not in (None, FORMAT):
+            raise WeightsError(f"{path} has format {meta.get('format')!r}; expected {FORMAT!r}.")
+        config = json.loads(meta["config"]) if "config" in meta else None
+        if key == "stitching_retargeting_module":
+            return LoadedFile(path, _stitching_subdicts(path, tensors), config)
+        return LoadedFile(path, {key: rename_keys(key, tensors)}, config)
+    obj = _torch_load(path)
+    if key == "stitching_retargeting_module":
+        return LoadedFile(path, _stitching_subdicts(path, obj), None)
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    return LoadedFile(path, {key: rename_keys(key, obj)}, None)
+
+
+def save_safetensors(path: Path, state_dicts: dict[str, dict[str, torch.Tensor]], config: dict | None) -> None:
+    """Write one network (or the stitching trio, as ``stitching.* / lip.* / eye.*``) atomically."""
+    from safetensors.torch import save_file
+
+    flat: dict[str, torch.Tensor] = {}
+    if len(state_dicts) == 1:
+        (sd,) = state_dicts.values()
+        flat = dict(sd)
+    else:
+        for name, sd in state_dicts.items():
+            flat.update({f"{name}.{k}": v for k, v in sd.items()})
+    meta = {"format": FORMAT}
+    if config is not None:
+        meta["config"] = json.dumps(config, sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in flat.items()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def convert_to_safetensors(weights_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Convert an official folder to safetensors (faster, pickle-free loading).
+
+    Each file is loaded into its network first, so only files that load strictly are converted.
+    The ``.safetensors`` files are written next to the ``.pth`` files (or under ``out_dir`` in the same
+    layout) and are preferred by :func:`load_networks` from then on.
+    """
+    src = Path(weights_dir)
+    dst = Path(out_dir) if out_dir is not None else src
+    missing = [OFFICIAL_FILES[k] for k in OFFICIAL_FILES if not (src / OFFICIAL_FILES[k]).is_file()]
+    if missing:
+        raise WeightsError(f"cannot convert {src}: missing {', '.join(missing)}.")
+    nets = load_networks(src, prefer_safetensors=False)
+    written = []
+    for key in OFFICIAL_FILES:
+        out = (dst / OFFICIAL_FILES[key]).with_suffix(".safetensors")
+        save_safetensors(out, nets.state_dicts_for_file(key), nets.config_dict_for_file(key))
+        written.append(out)
+        log.info("wrote %s", out)
+    return written
+
+
+def load_networks(weights_dir: str | os.PathLike, config: RendererConfig | None = None,
+                  prefer_safetensors: bool = True, require_stitching: bool = False):
+    """Build the five networks and load them strictly from ``weights_dir``.
+
+    Official .pth files imply the official config; safetensors files carry theirs (``config`` may
+    override). Without a stitching file the stitching / retargeting MLPs are ``None`` (stitching then
+    becomes a no-op, as in the official code) unless ``require_stitching``.
+    Returns :class:`lp_renderer.networks.RendererNetworks` in eval mode on the CPU.
+    """
+    from .networks import RendererNetworks
+
+    wdir = Path(weights_dir)
+    if not wdir.is_dir():
+        raise WeightsError(missing_weights_message(wdir, list(OFFICIAL_FILES.values())).replace(
+            "are missing in", "folder does not exist:", 1))
+    missing = missing_weight_files(wdir, include_stitching=require_stitching)
+    if missing:
+        raise WeightsError(missing_weights_message(wdir, missing))
+    files: dict[str, LoadedFile] = {}
+    for key in OFFICIAL_FILES:
+        path = weight_file(wdir, key) if prefer_safetensors else (
+            (wdir / OFFICIAL_FILES[key]) if (wdir / OFFICIAL_FILES[key]).is_file() else weight_file(wdir, key))
+        if path is None:
+            continue
+        files[key] = read_weight_file(path, key)
+    if config is None:
+        config = _config_from_files(files)
+    nets = RendererNetworks.from_config(config, with_stitching="stitching_retargeting_module" in files)
+    for key, lf in files.items():
+        for name, sd in lf.state_dicts.items():
+            module = nets.module_for(key, name)
+            load_state_dict_strict(module, sd, f"{lf.path}" + (f" [{name}]" if len(lf.state_dicts) > 1 else ""))
+    log.info("loaded renderer weights from %s", wdir)
+    return nets.eval()
+
+
+def _config_from_files(files: dict[str, LoadedFile]) -> RendererConfig:
+    """Merge per-file configs (safetensors metadata); files without one use the official sizes."""
+    base = RendererConfig()
+    parts = {}
+    field_for = {"appearance_feature_extractor": "appearance", "motion_extractor": "motion",
+                 "warping_module": "warping", "spade_generator": "decoder",
+                 "stitching_retargeting_module": "stitching"}
+    for key, lf in files.items():
+        if lf.config is not None:
+            parts[field_for[key]] = lf.config
+    if not parts:
+        return base
+    d = json.loads(base.to_json())
+    d.update(parts)
+    return RendererConfig.from_dict(d)

@@ -1,0 +1,203 @@
+"""Conformance with the official LivePortrait numerics.
+
+Rebuilds the official checkpoints with ``lp_fill.py`` (deterministic weights from tensor names),
+writes them in the released layout, loads them with the loader users use (strict), and compares every
+stage with every ``case_*.npz`` in ``$AUDIO2LP_CONFORMANCE_DIR`` (default ``../shared/conformance``) at
+the tolerances of its README:
+
+* stage by stage, each stage fed that stage's stored inputs:
+  ``max|ours - ref| <= 1e-3 * max(1, max|ref|)``;
+* end to end from the input images: ``G_out_uint8`` mean |diff| <= 0.5 and max |diff| <= 16.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lp_renderer.keypoints import (
+    KeypointInfo,
+    apply_stitching,
+    expression_friendly,
+    headpose_to_degrees,
+    motion_from_raw,
+    motion_multiplier,
+    relative_motion,
+    rotation_matrix,
+    transform_keypoints,
+)
+from lp_renderer.renderer import Renderer, to_uint8
+from lp_renderer.weights import OFFICIAL_FILES, STITCHING_SUBDICTS
+from tests.conftest import conformance_dir
+
+pytestmark = [pytest.mark.conformance, pytest.mark.slow]
+
+CONF = conformance_dir()
+CASES = sorted(CONF.glob("case_*.npz")) if CONF.is_dir() else []
+TAGS = ("src", "drv0", "drv1")
+
+
+def _skip_reason() -> str:
+    return (f"conformance data not found at {CONF} (set AUDIO2LP_CONFORMANCE_DIR to the folder with "
+            f"manifest.json, lp_fill.py and case_*.npz)")
+
+
+def close(ours, ref, name):
+    ours = ours.detach().cpu().numpy() if isinstance(ours, torch.Tensor) else np.asarray(ours)
+    ref = np.asarray(ref)
+    assert ours.shape == ref.shape, f"{name}: shape {ours.shape} != {ref.shape}"
+    err = float(np.max(np.abs(ours.astype(np.float64) - ref.astype(np.float64))))
+    tol = 1e-3 * max(1.0, float(np.max(np.abs(ref))))
+    assert err <= tol, f"{name}: max abs diff {err:.3g} > tolerance {tol:.3g}"
+
+
+@pytest.fixture(scope="module")
+def lp_fill():
+    if not (CONF / "lp_fill.py").is_file():
+        pytest.skip(_skip_reason())
+    spec = importlib.util.spec_from_file_location("lp_fill", CONF / "lp_fill.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["lp_fill"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def official_dir(lp_fill, tmp_path_factory):
+    """The filled weights written exactly as the official release lays them out."""
+    root = tmp_path_factory.mktemp("pretrained_weights")
+    for key in ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator"):
+        path = root / OFFICIAL_FILES[key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(lp_fill.state_dict_for(key), path)
+    stitch = {STITCHING_SUBDICTS[name]: {f"module.{k}": v for k, v in lp_fill.state_dict_for(name).items()}
+              for name in ("stitching", "lip", "eye")}
+    path = root / OFFICIAL_FILES["stitching_retargeting_module"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(stitch, path)
+    return root
+
+
+@pytest.fixture(scope="module", params=["folded", "unfolded"])
+def renderer(request, official_dir):
+    return Renderer.from_weights(official_dir, device="cpu", fold=request.param == "folded")
+
+
+@pytest.fixture(scope="module", params=[c.name for c in CASES] or ["<none>"])
+def case(request):
+    if not CASES:
+        pytest.skip(_skip_reason())
+    return dict(np.load(CONF / request.param))
+
+
+def stored_info(case, tag) -> KeypointInfo:
+    return KeypointInfo(**{k: torch.from_numpy(case[f"M_{tag}_{k}"])
+                           for k in ("kp", "exp", "pitch", "yaw", "roll", "t", "scale")})
+
+
+def test_manifest_matches_networks(lp_fill):
+    """Every tensor name, shape and dtype of every released file equals ours, in order."""
+    from lp_renderer.networks import RendererNetworks
+
+    nets = RendererNetworks.random(__import__("lp_renderer").RendererConfig())
+    manifest = lp_fill.manifest()["files"]
+    for key in ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator"):
+        ours = [(n, list(t.shape), str(t.dtype).removeprefix("torch."))
+                for n, t in nets.module_for(key, key).state_dict().items()]
+        assert ours == [(n, list(s), d) for n, s, d in manifest[key]["tensors"]], key
+    for name in ("stitching", "lip", "eye"):
+        ours = [(n, list(t.shape), str(t.dtype).removeprefix("torch."))
+                for n, t in getattr(nets.stitching, name).state_dict().items()]
+        assert ours == [(n, list(s), d) for n, s, d in manifest[name]["tensors"]], name
+
+
+def test_appearance(renderer, case):
+    close(renderer.appearance(torch.from_numpy(case["input_source_tensor"])), case["F_feature_3d"], "F")
+
+
+def test_motion_extractor(renderer, case):
+    inputs = {"src": case["input_source_tensor"],
+              "drv0": case["input_driving_rgb"][0], "drv1": case["input_driving_rgb"][1]}
+    for tag, img in inputs.items():
+        x = renderer.to_tensor(torch.from_numpy(img) if img.dtype == np.float32 else img)
+        raw = renderer.nets.motion(x)
+        for head in ("kp", "exp", "pitch", "yaw", "roll", "t", "scale"):
+            close(raw[head], case[f"M_{tag}_raw_{head}"], f"M_{tag}_raw_{head}")
+        info = motion_from_raw(raw)
+        for k in ("kp", "exp", "pitch", "yaw", "roll", "t", "scale"):
+            close(getattr(info, k), case[f"M_{tag}_{k}"], f"M_{tag}_{k}")
+
+
+def test_pose_and_rotation(case):
+    for tag in TAGS:
+        for ang in ("pitch", "yaw", "roll"):
+            deg = headpose_to_degrees(torch.from_numpy(case[f"M_{tag}_raw_{ang}"]))
+            close(deg[:, None], case[f"M_{tag}_{ang}"], f"{tag} {ang}")
+        r = rotation_matrix(*(torch.from_numpy(case[f"M_{tag}_{a}"]) for a in ("pitch", "yaw", "roll")))
+        close(r, case[f"R_{tag}"], f"R_{tag}")
+
+
+def test_eq2_eq7_multiplier(case):
+    src, d0, d1 = (stored_info(case, t) for t in TAGS)
+    x_s = transform_keypoints(src)
+    close(x_s, case["x_s"], "x_s (Eq. 2)")
+    x_d0 = relative_motion(src, d0, d0)
+    x_d1 = relative_motion(src, d1, d0)
+    close(x_d0, case["x_d0_relative"], "x_d0_relative (Eq. 7)")
+    close(x_d1, case["x_d1_relative"], "x_d1_relative (Eq. 7)")
+    m = motion_multiplier(torch.from_numpy(case["x_s"]), torch.from_numpy(case["x_d0_relative"]))
+    close(np.float64(m), case["motion_multiplier"], "motion_multiplier")
+    ef = expression_friendly(torch.from_numpy(case["x_d1_relative"]), torch.from_numpy(case["x_d0_relative"]),
+                             torch.from_numpy(case["x_s"]), m)
+    close(ef, case["x_d1_expression_friendly"], "x_d1_expression_friendly")
+
+
+def test_stitching_and_retargeting(renderer, case):
+    x_s = torch.from_numpy(case["x_s"])
+    x_d = torch.from_numpy(case["x_d1_expression_friendly"])
+    delta = renderer.nets.stitching.stitching(torch.cat([x_s.reshape(1, -1), x_d.reshape(1, -1)], 1))
+    close(delta, case["stitch_raw_delta"], "stitch_raw_delta")
+    close(apply_stitching(x_d, delta), case["x_d1_stitched"], "x_d1_stitched (apply)")
+    close(renderer.stitch(x_s, x_d), case["x_d1_stitched"], "x_d1_stitched")
+    eye = renderer.retarget_eyes(x_s, case["input_eye_ratio"])
+    lip = renderer.retarget_lip(x_s, case["input_lip_ratio"])
+    close(eye, case["eye_delta"], "eye_delta")
+    close(lip, case["lip_delta"], "lip_delta")
+    close(renderer.stitch(x_s, x_s + eye + lip), case["x_retarget_stitched"], "x_retarget_stitched")
+
+
+def test_warping_network(renderer, case):
+    from lp_renderer.renderer import PreparedSource
+
+    feature = torch.from_numpy(case["F_feature_3d"])
+    x_s = torch.from_numpy(case["x_s"])
+    src = PreparedSource(image=torch.zeros(1, 3, 256, 256), feature=feature, info=None, x_s=x_s,
+                         warp_cache=renderer.nets.warping.source_cache(feature, x_s) if renderer.folded else {})
+    out = renderer.warp(src, torch.from_numpy(case["x_d1_stitched"]))
+    close(out["out"], case["W_out"], "W_out")
+    close(out["occlusion_map"], case["W_occlusion_map"], "W_occlusion_map")
+    close(out["deformation"], case["W_deformation"], "W_deformation")
+
+
+def test_spade_decoder(renderer, case):
+    img = renderer.decode(torch.from_numpy(case["W_out"]))
+    close(img, case["G_out"], "G_out")
+    diff = np.abs(to_uint8(img)[0].astype(int) - case["G_out_uint8"].astype(int))
+    assert diff.max() <= 1, f"G_out_uint8 from stored W_out: max diff {diff.max()}"
+
+
+def test_end_to_end(renderer, case):
+    """Our own chain from the input images to the uint8 image (Algorithm 1: stitching on)."""
+    src = renderer.prepare_source(case["input_source_rgb"])
+    drv = renderer.extract_motion(case["input_driving_rgb"])
+    x_d0 = relative_motion(src.info, drv[0], drv[0])
+    x_d1 = relative_motion(src.info, drv[1], drv[0])
+    x_d1 = expression_friendly(x_d1, x_d0, src.x_s, motion_multiplier(src.x_s, x_d0))
+    x_d1 = renderer.stitch(src.x_s, x_d1)
+    out = renderer.render(src, x_d1)[0]
+    diff = np.abs(out.astype(np.int32) - case["G_out_uint8"].astype(np.int32))
+    assert diff.mean() <= 0.5 and diff.max() <= 16, f"end to end: mean {diff.mean():.3f}, max {diff.max()}"
