@@ -104,8 +104,12 @@ def _torch_load(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise WeightsError(f"{path} needs pickle code execution to load ({str(e).splitlines()[0]}); it is "
-                           f"refused for safety. Use the official release files or safetensors.") from None
+        globals_ = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
+        if globals_:
+            raise WeightsError(f"{path} needs pickle code execution to load ({globals_[0].rstrip('.')}); it "
+                               f"is refused for safety. Use the official release files or safetensors.") from None
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated); "
+                           f"download it again.") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else 'truncated'}); download it again.") from None
@@ -221,7 +225,8 @@ def save_safetensors(path: Path, state_dicts: dict[str, dict[str, torch.Tensor]]
         tmp.unlink(missing_ok=True)
 
 
-def convert_to_safetensors(weights_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
+def convert_to_safetensors(weights_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                           config: RendererConfig | None = None) -> list[Path]:
     """Convert an official folder to safetensors (faster, pickle-free loading).
 
     Each file is loaded into its network first, so only files that load strictly are converted.
@@ -233,7 +238,7 @@ def convert_to_safetensors(weights_dir: str | os.PathLike, out_dir: str | os.Pat
     missing = [OFFICIAL_FILES[k] for k in OFFICIAL_FILES if not (src / OFFICIAL_FILES[k]).is_file()]
     if missing:
         raise WeightsError(f"cannot convert {src}: missing {', '.join(missing)}.")
-    nets = load_networks(src, prefer_safetensors=False)
+    nets = load_networks(src, config=config, prefer_safetensors=False)
     written = []
     for key in OFFICIAL_FILES:
         out = (dst / OFFICIAL_FILES[key]).with_suffix(".safetensors")

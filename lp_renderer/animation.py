@@ -1,0 +1,98 @@
+"""Algorithm 1 of the paper as the official pipeline runs it: driving motion -> driving keypoints x_d.
+
+For each driving frame i (relative mode, image source)::
+
+    x_d = Eq. 7 (source, driving_i, driving_0, region)
+    x_d = (x_d - x_d0) * multiplier + x_s                  # expression-friendly (no-op here, kept)
+    if no retargeting:  x_d = S(x_s, x_d) if stitching
+    else:               x_d = x_s + R_eyes(...) + R_lip(...);  x_d = S(x_s, x_d) if stitching
+    x_d = x_s + (x_d - x_s) * driving_multiplier
+
+With eye or lip retargeting on, the official relative mode discards the driving pose and
+expression (x_d starts again from x_s); we keep that behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .keypoints import (
+    REGIONS,
+    KeypointInfo,
+    driving_multiplier,
+    expression_friendly,
+    motion_multiplier,
+    relative_motion,
+)
+from .renderer import PreparedSource, Renderer
+
+
+@dataclass(frozen=True)
+class AnimationOptions:
+    """Options of the video-driven animation (names follow the official CLI flags).
+
+    region: which part of the driving motion is applied ('all', 'exp', 'pose', 'lip', 'eyes').
+    stitching: apply the stitching network (keeps shoulders in place; needed for paste-back).
+    retarget_eyes / retarget_lip: drive eyes / lips by the driving frames' landmark ratios through
+    the retargeting networks instead of by keypoint motion.
+    multiplier: scales the motion around the source keypoints (1.0 = as driven).
+    expression_friendly: the official default driving option.
+    """
+
+    region: str = "all"
+    stitching: bool = True
+    retarget_eyes: bool = False
+    retarget_lip: bool = False
+    multiplier: float = 1.0
+    expression_friendly: bool = True
+
+    def __post_init__(self):
+        if self.region not in REGIONS:
+            raise InputError(f"--region must be one of {', '.join(REGIONS)}, not {self.region!r}.")
+        if not np.isfinite(self.multiplier) or self.multiplier < 0:
+            raise InputError(f"--multiplier must be a non-negative number, not {self.multiplier}.")
+
+
+def driving_keypoints(renderer: Renderer, source: PreparedSource, driving: KeypointInfo,
+                      reference: KeypointInfo | None, options: AnimationOptions = AnimationOptions(),
+                      driving_eye_ratio: np.ndarray | None = None,
+                      driving_lip_ratio: np.ndarray | None = None) -> torch.Tensor:
+    """Driving keypoints x_d (B, 21, 3) for a batch of driving frames.
+
+    driving: motion of B driving frames; reference: the first driving frame (batch 1), or None for a
+    single driving image. driving_eye_ratio (B,) / driving_lip_ratio (B,): landmark ratios of the
+    driving frames, required when the matching retargeting option is on (and the source's own ratios
+    must be set on ``source``).
+    """
+    device = source.x_s.device
+    driving = driving.to(device)
+    x_s = source.x_s
+    x_d = relative_motion(source.info, driving, reference.to(device) if reference is not None else None,
+                          options.region)
+    if options.expression_friendly and reference is not None:
+        x_d0 = relative_motion(source.info, reference.to(device), reference.to(device), options.region)
+        x_d = expression_friendly(x_d, x_d0, x_s, motion_multiplier(x_s, x_d0))
+    if options.retarget_eyes or options.retarget_lip:
+        b = x_d.shape[0]
+        x_d = x_s.expand(b, *x_s.shape[1:]).clone()
+        if options.retarget_eyes:
+            if source.eye_ratios is None or driving_eye_ratio is None:
+                raise InputError("eye retargeting needs eye-open ratios of the source and driving faces "
+                                 "(landmarks); they are missing.")
+            ratios = np.column_stack([np.full(b, source.eye_ratios[0]), np.full(b, source.eye_ratios[1]),
+                                      np.asarray(driving_eye_ratio, dtype=np.float32).reshape(b)])
+            x_d = x_d + renderer.retarget_eyes(x_s, ratios.astype(np.float32))
+        if options.retarget_lip:
+            if source.lip_ratio is None or driving_lip_ratio is None:
+                raise InputError("lip retargeting needs lip-open ratios of the source and driving faces "
+                                 "(landmarks); they are missing.")
+            ratios = np.column_stack([np.full(b, source.lip_ratio),
+                                      np.asarray(driving_lip_ratio, dtype=np.float32).reshape(b)])
+            x_d = x_d + renderer.retarget_lip(x_s, ratios.astype(np.float32))
+    if options.stitching:
+        x_d = renderer.stitch(x_s, x_d)
+    return driving_multiplier(x_s, x_d, options.multiplier)

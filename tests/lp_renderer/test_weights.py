@@ -1,0 +1,185 @@
+"""Weight loading: official layout, safetensors, strictness, refusal of pickle code, clear errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from lp_renderer import Renderer, RendererConfig, RendererNetworks, WeightsError
+from lp_renderer.weights import (
+    OFFICIAL_FILES,
+    STITCHING_SUBDICTS,
+    convert_to_safetensors,
+    load_networks,
+    missing_weight_files,
+    resolve_weights_dir,
+)
+
+TINY = RendererConfig.tiny()
+
+
+@pytest.fixture(scope="module")
+def tiny_nets():
+    return RendererNetworks.random(TINY, seed=3)
+
+
+def _same_weights(a: RendererNetworks, b: RendererNetworks):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_official_layout_roundtrip(tiny_nets, tmp_path):
+    tiny_nets.save(tmp_path, official_layout_pth=True)
+    raw = torch.load(tmp_path / OFFICIAL_FILES["stitching_retargeting_module"], weights_only=True)
+    assert set(raw) == set(STITCHING_SUBDICTS.values())
+    assert all(k.startswith("module.") for k in raw["retarget_eye"])
+    loaded = load_networks(tmp_path, config=TINY)
+    _same_weights(tiny_nets, loaded)
+
+
+def test_safetensors_carry_config(tiny_nets, tmp_path):
+    tiny_nets.save(tmp_path)
+    assert not list(tmp_path.rglob("*.pth"))
+    loaded = load_networks(tmp_path)  # config comes from the files
+    assert loaded.config == TINY
+    _same_weights(tiny_nets, loaded)
+
+
+def test_convert_official_folder_to_safetensors(tiny_nets, tmp_path):
+    tiny_nets.save(tmp_path, official_layout_pth=True)
+    written = convert_to_safetensors(tmp_path, config=TINY)
+    assert len(written) == 5 and all(p.suffix == ".safetensors" and p.is_file() for p in written)
+    for p in tmp_path.rglob("*.pth"):
+        p.unlink()
+    _same_weights(tiny_nets, load_networks(tmp_path))
+
+
+def test_renderer_from_weights_env(tiny_nets, tmp_path, monkeypatch):
+    tiny_nets.save(tmp_path)
+    monkeypatch.setenv("AUDIO2LP_WEIGHTS", str(tmp_path))
+    assert resolve_weights_dir(None) == tmp_path
+    assert resolve_weights_dir(tmp_path / "x") == tmp_path / "x"
+    r = Renderer.from_weights(device="cpu")
+    assert r.has_stitching and r.config == TINY
+
+
+def test_missing_files_are_named(tiny_nets, tmp_path):
+    tiny_nets.save(tmp_path, official_layout_pth=True)
+    (tmp_path / OFFICIAL_FILES["warping_module"]).unlink()
+    assert missing_weight_files(tmp_path) == [OFFICIAL_FILES["warping_module"]]
+    with pytest.raises(WeightsError) as e:
+        load_networks(tmp_path, config=TINY)
+    msg = str(e.value)
+    assert "warping_module.pth" in msg and "weights download" in msg and "weights import" in msg
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_networks(tmp_path / "nope")
+
+
+def test_stitching_file_optional(tiny_nets, tmp_path):
+    tiny_nets.save(tmp_path, official_layout_pth=True)
+    (tmp_path / OFFICIAL_FILES["stitching_retargeting_module"]).unlink()
+    nets = load_networks(tmp_path, config=TINY)
+    assert nets.stitching is None
+    with pytest.raises(WeightsError, match="stitching_retargeting_module"):
+        load_networks(tmp_path, config=TINY, require_stitching=True)
+
+
+def test_pickle_code_is_refused(tiny_nets, tmp_path):
+    tiny_nets.save(tmp_path, official_layout_pth=True)
+    path = tmp_path / OFFICIAL_FILES["motion_extractor"]
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    sd = torch.load(path, weights_only=True)
+    sd["evil"] = Evil()
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match="pickle"):
+        load_networks(tmp_path, config=TINY)
+    assert not marker.exists()
+
+
+def test_wrong_shape_names_file_and_key(tiny_nets, tmp_path):
+    tiny_nets.save(tmp_path, official_layout_pth=True)
+    path = tmp_path / OFFICIAL_FILES["spade_generator"]
+    sd = torch.load(path, weights_only=True)
+    sd["fc.bias"] = torch.zeros(3)
+    torch.save(sd, path)
+    with pytest.raises(WeightsError) as e:
+        load_networks(tmp_path, config=TINY)
+    assert "spade_generator.pth" in str(e.value) and "'fc.bias'" in str(e.value)
+
+
+@pytest.mark.parametrize("change", ["missing", "unexpected"])
+def test_missing_or_unexpected_key(tiny_nets, tmp_path, change):
+    tiny_nets.save(tmp_path, official_layout_pth=True)
+    path = tmp_path / OFFICIAL_FILES["appearance_feature_extractor"]
+    sd = torch.load(path, weights_only=True)
+    if change == "missing":
+        del sd["second.bias"]
+    else:
+        sd["extra.weight"] = torch.zeros(1)
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match=f"{change} key '(second.bias|extra.weight)'"):
+        load_networks(tmp_path, config=TINY)
+
+
+def test_full_size_file_into_default_config_is_strict(tiny_nets, tmp_path):
+    """Tiny files loaded as if official: the error names the file and the first offending key."""
+    tiny_nets.save(tmp_path, official_layout_pth=True)
+    with pytest.raises(WeightsError, match="appearance_feature_extractor.pth: missing key 'resblocks_3d.3dr1"):
+        load_networks(tmp_path)
+    path = tmp_path / OFFICIAL_FILES["appearance_feature_extractor"]
+    sd = {k: v for k, v in torch.load(path, weights_only=True).items()}
+    full = RendererNetworks(RendererConfig(), with_stitching=False).appearance.state_dict()
+    sd.update({k: v for k, v in full.items() if k not in sd})
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match="key 'first.conv.weight' has shape \\(8, 3, 3, 3\\), the network "
+                                           "expects \\(64, 3, 3, 3\\)"):
+        load_networks(tmp_path)
+
+
+def test_corrupt_file(tiny_nets, tmp_path):
+    tiny_nets.save(tmp_path, official_layout_pth=True)
+    (tmp_path / OFFICIAL_FILES["warping_module"]).write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(WeightsError, match="warping_module.pth is not a readable"):
+        load_networks(tmp_path, config=TINY)
+    (tmp_path / OFFICIAL_FILES["warping_module"]).write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(WeightsError, match="warping_module.pth"):
+        load_networks(tmp_path, config=TINY)
+
+
+def test_flattened_stitching_keys(tiny_nets, tmp_path):
+    """Third-party flattened files (``retarget_shoulder_module.mlp.0.bias``) load too."""
+    tiny_nets.save(tmp_path, official_layout_pth=True)
+    path = tmp_path / OFFICIAL_FILES["stitching_retargeting_module"]
+    raw = torch.load(path, weights_only=True)
+    flat = {f"{sub}_module.{k.removeprefix('module.')}": v for sub, sd in raw.items() for k, v in sd.items()}
+    torch.save(flat, path)
+    _same_weights(tiny_nets, load_networks(tmp_path, config=TINY))
+
+
+def test_half_precision_cpu_refused(tiny_nets):
+    with pytest.raises(ValueError, match="CUDA"):
+        Renderer(tiny_nets, device="cpu", half=True)
+
+
+def test_tiny_renderer_outputs(tiny_nets):
+    r = Renderer(tiny_nets, device="cpu")
+    rng = np.random.default_rng(0)
+    src = r.prepare_source(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    assert src.feature.shape == (1, 4, 8, 64, 64) and src.x_s.shape == (1, 21, 3)
+    frames = r.render(src, src.x_s.repeat(3, 1, 1), batch_size=2)
+    assert frames.shape == (3, 512, 512, 3) and frames.dtype == np.uint8
+    # frame 2 was rendered in a batch of its own: batching changes rounding only
+    assert np.abs(frames[0].astype(int) - frames[2]).max() <= 1
