@@ -45,9 +45,10 @@ class DenseMotionNetwork(nn.Module):
         return torch.cat([grid.expand(b, 1, *grid.shape[2:]), driving_to_source], dim=1)
 
     def deformed_features(self, compressed: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        """Warp the compressed feature with every sparse motion: (B, K+1, c, D, H, W)."""
-        b, c, d, h, w = compressed.shape
-        k1 = sparse.shape[1]
+        """Warp the compressed feature (B or 1, c, D, H, W) with every sparse motion (B, K', D, H, W, 3):
+        (B, K', c, D, H, W)."""
+        _, c, d, h, w = compressed.shape
+        b, k1 = sparse.shape[:2]
         feat = compressed.unsqueeze(1).expand(b, k1, c, d, h, w).reshape(b * k1, c, d, h, w)
         out = F.grid_sample(feat, sparse.reshape(b * k1, d, h, w, 3), align_corners=False)
         return out.view(b, k1, c, d, h, w)
@@ -62,12 +63,13 @@ class DenseMotionNetwork(nn.Module):
         return torch.cat([zeros, heat], dim=1).unsqueeze(2)
 
     def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor,
-                compressed: torch.Tensor | None = None,
-                gaussian_source: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                compressed: torch.Tensor | None = None, gaussian_source: torch.Tensor | None = None,
+                background: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """feature (B, C, D, H, W); kp_* (B, K, 3) in [-1, 1].
 
-        ``compressed`` / ``gaussian_source`` may be passed in when they were computed once for the
-        source (they depend on nothing else). Returns ``deformation`` (B, D, H, W, 3), ``mask``
+        ``compressed``, ``gaussian_source`` and ``background`` (the identity-warped compressed feature,
+        (1, 1, c, D, H, W)) may be passed in when they were computed once for the source (they depend on
+        nothing else). Returns ``deformation`` (B, D, H, W, 3), ``mask``
         (B, K+1, D, H, W) and ``occlusion_map`` (B, 1, H, W) in [0, 1].
         """
         if compressed is None:
@@ -78,7 +80,11 @@ class DenseMotionNetwork(nn.Module):
             b = kp_driving.shape[0]
         spatial = (d, h, w)
         sparse = self.sparse_motions(spatial, kp_driving, kp_source)  # (B, K+1, D, H, W, 3)
-        deformed = self.deformed_features(compressed, sparse)  # (B, K+1, c, D, H, W)
+        if background is None:
+            deformed = self.deformed_features(compressed, sparse)  # (B, K+1, c, D, H, W)
+        else:  # the identity-warped source (channel 0) was computed once for the source
+            deformed = torch.cat([background.expand(b, *background.shape[1:]),
+                                  self.deformed_features(compressed, sparse[:, 1:])], dim=1)
         heat = self.heatmaps(spatial, kp_driving, kp_source, gaussian_source)  # (B, K+1, 1, D, H, W)
         x = torch.cat([heat, deformed], dim=2).view(b, -1, d, h, w)  # (B, (K+1)*(c+1), D, H, W)
         prediction = self.hourglass(x)  # (B, out_filters, D, H, W)

@@ -6,8 +6,8 @@
   (``SameBlock2d``, ``DownBlock2d/3d``, ``UpBlock3d``, the hourglass output, W's ``compress``, and the
   second norm of each pre-activation ``ResBlock3d``). Pre-activation norms that follow a sum stay.
 
-:func:`fold_network` works on a deep copy; the original modules keep their state-dict layout, so the
-official files still load into them.
+:func:`fold_network` works on a deep copy by default; the original modules keep their state-dict
+layout, so the official files still load into them.
 """
 
 from __future__ import annotations
@@ -47,11 +47,19 @@ def _remove_spectral_norm(module: nn.Module) -> bool:
     return False
 
 
-def fold_network(module: nn.Module) -> nn.Module:
-    """A folded deep copy of ``module`` (which must be in eval mode)."""
+def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = True,
+                 inplace: bool = False) -> nn.Module:
+    """A folded deep copy of ``module`` (which must be in eval mode), or ``module`` itself folded in
+    place when ``inplace`` (saves a copy of the weights at load time).
+
+    ``fast_layers`` also swaps in the exact-but-cheaper layers of :mod:`lp_renderer.fast_layers`
+    (merged SPADE convolutions, sub-pixel label-map convolutions); ``fft_conv`` computes W's 7x7x7
+    mask convolution by FFT (a win on CPUs; GPUs have fast direct convolutions).
+    """
     if module.training:
         raise ValueError("folding is only valid for modules in eval mode")
-    module = copy.deepcopy(module)
+    if not inplace:
+        module = copy.deepcopy(module)
     for m in list(module.modules()):
         _remove_spectral_norm(m)
         if isinstance(m, (SameBlock2d, DownBlock2d, DownBlock3d, UpBlock3d, HourglassDecoder)) and \
@@ -64,4 +72,14 @@ def fold_network(module: nn.Module) -> nn.Module:
         elif isinstance(m, ResBlock3d) and isinstance(m.norm2, nn.modules.batchnorm._BatchNorm):
             fold_bn_into_conv(m.conv1, m.norm2)
             m.norm2 = nn.Identity()
+    if fast_layers:
+        from .fast_layers import FastSPADEDecoder, FFTConv3d
+        from .spade_decoder import SPADEDecoder
+
+        for parent in list(module.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, SPADEDecoder):
+                    setattr(parent, name, FastSPADEDecoder(child))
+                elif fft_conv and isinstance(child, DenseMotionNetwork):
+                    child.mask = FFTConv3d(child.mask)
     return module.eval()

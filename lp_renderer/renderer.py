@@ -57,7 +57,7 @@ class Renderer:
     """
 
     def __init__(self, networks: RendererNetworks, device: str | torch.device | None = None,
-                 half: bool | None = None, fold: bool = True, compile: bool = False):
+                 half: bool | None = None, fold: bool = True, compile: bool = False, _owned: bool = False):
         self.device = torch.device(device) if device is not None else default_device()
         if half is None:
             half = self.device.type == "cuda"
@@ -69,7 +69,7 @@ class Renderer:
         if fold:
             from .folding import fold_network
 
-            networks = fold_network(networks)
+            networks = fold_network(networks, fft_conv=self.device.type == "cpu", inplace=_owned)
         self.nets = networks.to(self.device)
         self.folded = fold
         self._warp = self.nets.warping
@@ -86,12 +86,12 @@ class Renderer:
         from .weights import load_networks, resolve_weights_dir
 
         nets = load_networks(resolve_weights_dir(weights_dir), require_stitching=require_stitching)
-        return cls(nets, device=device, half=half, fold=fold, compile=compile)
+        return cls(nets, device=device, half=half, fold=fold, compile=compile, _owned=True)
 
     @classmethod
     def from_config(cls, config: RendererConfig, seed: int = 0, **kwargs) -> Renderer:
         """Random weights (tests, benchmarks)."""
-        return cls(RendererNetworks.random(config, seed), **kwargs)
+        return cls(RendererNetworks.random(config, seed), _owned=True, **kwargs)
 
     @property
     def has_stitching(self) -> bool:

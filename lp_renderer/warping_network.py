@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import SameBlock2d, kp2gaussian
+from .blocks import SameBlock2d, kp2gaussian, make_coordinate_grid
 from .config import WarpingConfig
 from .dense_motion import DenseMotionNetwork
 
@@ -33,7 +33,8 @@ class WarpingNetwork(nn.Module):
         """``source_cache`` (from :meth:`source_cache`) skips work that depends on the source only."""
         cache = source_cache or {}
         dense = self.dense_motion_network(feature, kp_driving, kp_source, compressed=cache.get("compressed"),
-                                          gaussian_source=cache.get("gaussian_source"))
+                                          gaussian_source=cache.get("gaussian_source"),
+                                          background=cache.get("background"))
         b = kp_driving.shape[0]
         if feature.shape[0] != b:
             feature = feature.expand(b, *feature.shape[1:])
@@ -47,10 +48,13 @@ class WarpingNetwork(nn.Module):
 
     @torch.no_grad()
     def source_cache(self, feature: torch.Tensor, kp_source: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Everything inside W that depends only on the source: its compressed feature volume and
-        its keypoint Gaussians. feature (1, C, D, H, W), kp_source (1, K, 3)."""
+        """Everything inside W that depends only on the source: its compressed feature volume, its
+        keypoint Gaussians and the identity-warped (background) channel of the deformed features.
+        feature (1, C, D, H, W), kp_source (1, K, 3)."""
         dm = self.dense_motion_network
         compressed = dm.compress_feature(feature)
         spatial = tuple(compressed.shape[2:])
-        return {"compressed": compressed, "gaussian_source": kp2gaussian(kp_source, spatial, 0.01)}
+        identity = make_coordinate_grid(spatial, compressed)[None, None]  # (1, 1, D, H, W, 3)
+        return {"compressed": compressed, "gaussian_source": kp2gaussian(kp_source, spatial, 0.01),
+                "background": dm.deformed_features(compressed, identity)}
 

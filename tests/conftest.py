@@ -14,14 +14,14 @@ def conformance_dir() -> Path:
     return Path(os.environ.get("AUDIO2LP_CONFORMANCE_DIR", REPO.parent / "shared" / "conformance"))
 
 
-def test_data_dir() -> Path:
+def shared_data_dir() -> Path:
     return Path(os.environ.get("AUDIO2LP_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real test material ($AUDIO2LP_TEST_DATA, default ../shared/data); skips when absent."""
-    d = test_data_dir()
+    d = shared_data_dir()
     if not (d / "MANIFEST.tsv").is_file():
         pytest.skip(f"real test data not found at {d} (set AUDIO2LP_TEST_DATA)")
     return d
