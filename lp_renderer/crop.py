@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -269,6 +269,83 @@ def smooth_crops(crops: Sequence[Crop], window: int | None = 5) -> list[Crop]:
     return [Crop.from_params(p[:2], p[2], p[3]) for p in smoothed]
 
 
+def iter_crops_for_frames(
+    items: Iterable[tuple[object, Face | None]],
+    *,
+    window: int = 5,
+    scale: float = DRIVING_CROP["scale"],
+    vy_ratio: float = DRIVING_CROP["vy_ratio"],
+    rotate: bool = DRIVING_CROP["rotate"],
+) -> Iterator[tuple[object, Crop]]:
+    """Streaming form of :func:`crops_for_frames` (same crops): ``(payload, face or None)`` in,
+    ``(payload, crop)`` out, each frame as soon as ``window // 2`` later frames have arrived.
+
+    Leading frames without a face wait for the first face; raises NoFaceError at the end if no frame
+    had one (after consuming the input).
+    """
+    window = max(1, int(window))
+    half = window // 2
+    payloads: list[object] = []  # frames not yet emitted
+    params: list[np.ndarray] = []  # filled crop parameters of every frame still inside a window
+    first = 0  # index (in the whole sequence) of params[0]
+    emitted = 0
+    last: np.ndarray | None = None
+    pending_lost = 0  # leading frames before the first face
+    n_lost = n = 0
+    prev_angle: float | None = None
+
+    def crop_params(face: Face) -> np.ndarray:
+        nonlocal prev_angle
+        c = crop_face(face, scale=scale, vy_ratio=vy_ratio, rotate=rotate)
+        angle = c.angle_deg
+        if prev_angle is not None:  # unwrap like np.unwrap(period=360)
+            angle = prev_angle + ((angle - prev_angle + 180.0) % 360.0 - 180.0)
+        prev_angle = angle
+        return np.array([c.center[0], c.center[1], c.size, angle], dtype=np.float64)
+
+    def emit_ready(total: int | None):
+        nonlocal emitted, first
+        while payloads:
+            i = emitted
+            hi_needed = i + half + 1
+            if total is None and first + len(params) < hi_needed:
+                return
+            lo = max(i - half, 0)
+            hi = min(hi_needed, first + len(params)) if total is None else min(hi_needed, total)
+            p = np.mean(params[lo - first:hi - first], axis=0)
+            yield payloads.pop(0), Crop.from_params(p[:2], p[2], p[3])
+            emitted += 1
+            drop = max(0, (emitted - half) - first)
+            if drop:
+                del params[:drop]
+                first += drop
+
+    for payload, face in items:
+        n += 1
+        payloads.append(payload)
+        if face is None:
+            n_lost += 1
+            if last is None:
+                pending_lost += 1
+                continue
+            params.append(last)
+        else:
+            last = crop_params(face)
+            if pending_lost:  # leading lost frames take the first good crop
+                params.extend([last] * pending_lost)
+                pending_lost = 0
+            params.append(last)
+        yield from emit_ready(None)
+    if last is None:
+        raise NoFaceError(
+            "No face was found in any frame of the driving video; use a video with a clearly visible, "
+            "roughly frontal face."
+        )
+    if n_lost:
+        logger.info("face lost on %d of %d frames; holding the last good crop there", n_lost, n)
+    yield from emit_ready(n)
+
+
 def crops_for_frames(
     faces: Sequence[Face | None],
     *,
@@ -280,28 +357,20 @@ def crops_for_frames(
     """One crop per frame from per-frame faces (None = face lost on that frame), then smoothed.
 
     A lost frame holds the last good crop (leading lost frames take the first good one) before
-    smoothing. Defaults are the official driving-video settings; ``window=None`` gives the official
-    single averaged crop. Raises NoFaceError if no frame has a face.
+    smoothing over a centred window of ``window`` frames (shrunk at the ends). Defaults are the official
+    driving-video settings; ``window=None`` gives the official single averaged crop. Raises NoFaceError
+    if no frame has a face.
     """
-    raw: list[Crop | None] = [
-        crop_face(f, scale=scale, vy_ratio=vy_ratio, rotate=rotate) if f is not None else None for f in faces
-    ]
-    good = [c for c in raw if c is not None]
-    if not good:
-        raise NoFaceError(
-            "No face was found in any frame of the driving video; use a video with a clearly visible, "
-            "roughly frontal face."
-        )
-    filled: list[Crop] = []
-    last = good[0]
-    for c in raw:
-        if c is not None:
-            last = c
-        filled.append(last)
-    lost = len(raw) - len(good)
-    if lost:
-        logger.info("face lost on %d of %d frames; holding the last good crop there", lost, len(raw))
-    return smooth_crops(filled, window)
+    if window is None:
+        raw = [crop_face(f, scale=scale, vy_ratio=vy_ratio, rotate=rotate) for f in faces if f is not None]
+        if not raw:
+            raise NoFaceError(
+                "No face was found in any frame of the driving video; use a video with a clearly visible, "
+                "roughly frontal face."
+            )
+        return smooth_crops(raw, None)[:1] * len(faces)
+    return [c for _, c in iter_crops_for_frames(((i, f) for i, f in enumerate(faces)), window=window,
+                                                scale=scale, vy_ratio=vy_ratio, rotate=rotate)]
 
 
 # --------------------------------------------------------------------------------------------------

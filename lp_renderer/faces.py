@@ -69,7 +69,7 @@ import functools
 import importlib.util
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -765,37 +765,22 @@ def select_faces(faces: Sequence[Face], which: FaceChoice = "largest", *, source
     return [ordered[choice]]
 
 
-def faces_in_frames(
+def iter_faces_in_frames(
     backend: FaceBackend,
     frames: Iterable[np.ndarray],
     which: FaceChoice = "largest",
     *,
     detect_every: int = 1,
     max_tracked: int = 5,
-    progress: bool = False,
-) -> list[Face | None]:
-    """One face per video frame (None where it is lost), following the same person.
-
-    The first frame with faces picks the face by ``which`` (``"largest"`` or an index; ``"all"`` is not
-    meaningful for a driving video). Detection runs on every ``detect_every``-th frame and takes the
-    face overlapping the previous one best (IoU > 0.3); the frames in between use ``backend.track``.
-    When detection misses the followed face, tracking stands in for up to ``max_tracked`` detection
-    frames; after that (or when tracking fails) the face counts as lost and the next detection picks a
-    face by ``which`` again. Frames before the first detection are None.
-    """
+) -> Iterator[tuple[np.ndarray, Face | None]]:
+    """Streaming form of :func:`faces_in_frames`: yields ``(frame, face or None)`` as frames arrive."""
     choice = parse_face_option(which)
     if choice == "all":
         raise InputError("--face all cannot be used for a driving video; pick one face (largest or a number).")
     every = max(1, int(detect_every))
-    frame_iter: Iterable[np.ndarray] = frames
-    if progress:
-        from tqdm import tqdm
-
-        frame_iter = tqdm(frames, desc="faces", unit="frame")
-    result: list[Face | None] = []
     prev: Face | None = None
     misses = 0  # consecutive frames where the detector did not find the followed face
-    for i, frame in enumerate(frame_iter):
+    for i, frame in enumerate(frames):
         face: Face | None = None
         if prev is None:
             found = backend.detect(frame)
@@ -816,12 +801,39 @@ def faces_in_frames(
                 misses = 0
         else:
             face = backend.track(frame, prev)
-        result.append(face)
+        yield frame, face
         if face is not None:
             prev = face
         elif misses > max_tracked or i % every != 0:
             prev = None  # lost: the next detection picks the face by `which` again
             misses = 0
+
+
+def faces_in_frames(
+    backend: FaceBackend,
+    frames: Iterable[np.ndarray],
+    which: FaceChoice = "largest",
+    *,
+    detect_every: int = 1,
+    max_tracked: int = 5,
+    progress: bool = False,
+) -> list[Face | None]:
+    """One face per video frame (None where it is lost), following the same person.
+
+    The first frame with faces picks the face by ``which`` (``"largest"`` or an index; ``"all"`` is not
+    meaningful for a driving video). Detection runs on every ``detect_every``-th frame and takes the
+    face overlapping the previous one best (IoU > 0.3); the frames in between use ``backend.track``.
+    When detection misses the followed face, tracking stands in for up to ``max_tracked`` detection
+    frames; after that (or when tracking fails) the face counts as lost and the next detection picks a
+    face by ``which`` again. Frames before the first detection are None.
+    """
+    frame_iter: Iterable[np.ndarray] = frames
+    if progress:
+        from tqdm import tqdm
+
+        frame_iter = tqdm(frames, desc="faces", unit="frame")
+    result = [face for _, face in iter_faces_in_frames(backend, frame_iter, which, detect_every=detect_every,
+                                                        max_tracked=max_tracked)]
     n_found = sum(f is not None for f in result)
     logger.debug("faces_in_frames: face in %d of %d frames", n_found, len(result))
     return result

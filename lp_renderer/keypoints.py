@@ -49,6 +49,18 @@ def rotation_matrix(pitch: torch.Tensor, yaw: torch.Tensor, roll: torch.Tensor) 
     return torch.bmm(torch.bmm(rot_z, rot_y), rot_x).permute(0, 2, 1)
 
 
+def rotation_to_degrees(rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`rotation_matrix`: (B, 3, 3) -> pitch, yaw, roll in degrees, each (B, 1).
+
+    Unique for |yaw| < 90 degrees (LivePortrait's pose range is within it for faces).
+    """
+    m = rotation.transpose(1, 2).double()  # Rz @ Ry @ Rx
+    pitch = torch.atan2(m[:, 2, 1], m[:, 2, 2])
+    yaw = torch.asin((-m[:, 2, 0]).clamp(-1, 1))
+    roll = torch.atan2(m[:, 1, 0], m[:, 0, 0])
+    return tuple((a * 180 / np.pi).float().reshape(-1, 1) for a in (pitch, yaw, roll))
+
+
 @dataclass(frozen=True)
 class KeypointInfo:
     """Motion of a batch of faces as M predicts it, post-processed.

@@ -193,6 +193,13 @@ def test_cached_equals_uncached(n_tokens):
     assert np.abs(cw[0] - model.generate(ab[0], **dict(kw, style=0))).max() < 1e-5
 
 
+def test_cached_equals_uncached_past_the_audio():
+    model = tiny(source_cond=True)
+    kw = dict(source=torch.randn(70), n_frames=60, window=20, overlap=5, context=8)  # last windows start past it
+    a = feats(49)
+    np.testing.assert_allclose(model.generate(a, **kw), model.generate_uncached(a, **kw), rtol=0, atol=1e-5)
+
+
 def test_teacher_forcing_matches_generation():
     """Fed its own generated frames, the training forward reproduces them: both paths agree."""
     model = tiny()

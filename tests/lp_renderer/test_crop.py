@@ -237,6 +237,43 @@ def test_crops_for_frames_holds_last_good_and_raises_without_faces():
         crops_for_frames([None, None], window=5)
 
 
+def test_streaming_crops_equal_smoothing_the_filled_sequence():
+    """iter_crops_for_frames emits each frame as soon as it can and gives the very same crops as
+    smoothing the whole hold-last-good sequence at once."""
+    from lp_renderer.crop import iter_crops_for_frames, smooth_crops
+
+    rng = np.random.default_rng(0)
+    faces = [None if rng.random() < 0.3 else
+             _face(_face_points(center=rng.uniform(80, 120, 2), scale=rng.uniform(0.9, 1.1),
+                                angle_deg=rng.uniform(-170, 170)))
+             for _ in range(40)]
+    faces[0] = faces[1] = None
+    first_face = next(i for i, f in enumerate(faces) if f is not None)
+    filled, last = [], None
+    first_good = next(crop_face(f, **DRIVING_CROP) for f in faces if f is not None)
+    for f in faces:
+        if f is not None:
+            last = crop_face(f, **DRIVING_CROP)
+        filled.append(last or first_good)
+    for window in (1, 2, 5, 9):
+        expected = smooth_crops(filled, window)
+        seen = []
+
+        def source(window=window, seen=seen):
+            for i, f in enumerate(faces):
+                seen.append(i)
+                yield i, f
+
+        out = []
+        for i, c in iter_crops_for_frames(source(), window=window):
+            # look-ahead is bounded: frame i is out once frame i + window // 2 (and the first face) was read
+            assert seen[-1] <= max(i + window // 2, first_face) or seen[-1] == len(faces) - 1
+            out.append((i, c))
+        assert [i for i, _ in out] == list(range(len(faces)))
+        for (_, c), e in zip(out, expected):
+            np.testing.assert_allclose(c.M_o2c, e.M_o2c, atol=1e-9)
+
+
 # --------------------------------------------------------------------------------------------------
 # paste-back
 

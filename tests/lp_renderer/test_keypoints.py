@@ -18,6 +18,7 @@ from lp_renderer.keypoints import (
     motion_multiplier,
     relative_motion,
     rotation_matrix,
+    rotation_to_degrees,
     transform_keypoints,
 )
 
@@ -132,3 +133,11 @@ def test_algorithm1_branches(tiny_renderer):
                           AnimationOptions(retarget_eyes=True), driving_eye_ratio=np.ones(3))
     with pytest.raises(InputError, match="region"):
         AnimationOptions(region="mouth")
+
+
+def test_rotation_to_degrees_roundtrip():
+    g = torch.Generator().manual_seed(3)
+    pitch, yaw, roll = (torch.empty(50, 1).uniform_(-80, 80, generator=g) for _ in range(3))
+    back = rotation_to_degrees(rotation_matrix(pitch, yaw, roll))
+    for a, b in zip((pitch, yaw, roll), back):
+        assert torch.allclose(a, b, atol=1e-3)

@@ -1,0 +1,232 @@
+"""Driving motion: from a video (streamed: decode -> face -> smoothed crop), an image, or a template.
+
+A driving source yields :class:`DrivingFrame` items in order; the renderer turns their crops into
+motion with M in batches. Templates already hold motion (our ``.npz`` and the official ``.pkl``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lp_renderer.crop import DRIVING_CROP, crop_face, iter_crops_for_frames
+from lp_renderer.errors import InputError, NoFaceError
+from lp_renderer.faces import FaceBackend, eye_open_ratios, iter_faces_in_frames, lip_open_ratio, select_faces
+from lp_renderer.image_io import load_image
+from lp_renderer.keypoints import KeypointInfo, rotation_to_degrees
+
+from .motion import EXP, PITCH, ROLL, SCALE, YAW, MotionTemplate, load_motion_template, pack_motion
+from .motion import T as T_SLICE
+from .portrait import is_image_path
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_SUFFIXES = {".npz", ".pkl"}
+
+
+def info_to_motion(info: KeypointInfo) -> np.ndarray:
+    """KeypointInfo (B) -> (B, 70) float32 motion (the canonical kp is not part of it)."""
+    d = info.as_numpy()
+    return pack_motion(d["exp"], d["pitch"], d["yaw"], d["roll"], d["t"], d["scale"])
+
+
+def motion_to_info(motion: np.ndarray, kp: np.ndarray | None = None, device="cpu") -> KeypointInfo:
+    """(B, 70) motion -> KeypointInfo (B). ``kp`` (21, 3) fills the canonical keypoints (unused by
+    relative driving; zeros when not given)."""
+    m = torch.as_tensor(np.asarray(motion, dtype=np.float32), device=device)
+    b = m.shape[0]
+    kp_t = torch.zeros(b, 21, 3, device=device) if kp is None else \
+        torch.as_tensor(np.asarray(kp, np.float32), device=device).expand(b, 21, 3)
+    return KeypointInfo(kp=kp_t, exp=m[:, EXP].reshape(b, 21, 3), pitch=m[:, PITCH:PITCH + 1],
+                        yaw=m[:, YAW:YAW + 1], roll=m[:, ROLL:ROLL + 1], t=m[:, T_SLICE],
+                        scale=m[:, SCALE:SCALE + 1])
+
+
+@dataclass
+class DrivingFrame:
+    """One driving frame: its 256x256 crop (None for templates, which carry ``motion`` instead), the
+    landmark ratios (eye (2,), lip) and the original frame for ``--concat`` (None if not kept)."""
+
+    index: int
+    crop_rgb: np.ndarray | None
+    eye_ratio: np.ndarray | None
+    lip_ratio: float | None
+    motion: np.ndarray | None = None  # (70,) for templates
+    frame: np.ndarray | None = None
+
+
+@dataclass
+class DrivingSource:
+    """Where driving motion comes from. ``kind`` is 'video', 'image' or 'template'."""
+
+    path: Path
+    kind: str
+    fps: float
+    n_frames: int
+    has_audio: bool = False
+    template: MotionTemplate | None = None
+
+
+def open_driving(path: str | os.PathLike) -> DrivingSource:
+    """Classify and validate the driving input (video, image, ``.npz`` / ``.pkl`` template)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"driving input {p} does not exist; check the path.")
+    if p.is_dir():
+        raise InputError(f"driving input {p} is a folder; give a video, an image or a motion template.")
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        tp = load_motion_template(p)
+        return DrivingSource(p, "template", tp.fps, tp.n_frames, template=tp)
+    if suffix == ".pkl":
+        tp = load_official_template(p)
+        return DrivingSource(p, "template", tp.fps, tp.n_frames, template=tp)
+    if is_image_path(p):
+        return DrivingSource(p, "image", 25.0, 1)
+    from .video_io import probe_video
+
+    info = probe_video(p)
+    if info.n_frames <= 0:
+        raise InputError(f"driving video {p} has no frames; give a video with at least one frame.")
+    return DrivingSource(p, "video", info.fps, info.n_frames, has_audio=info.has_audio)
+
+
+def load_official_template(path: str | os.PathLike) -> MotionTemplate:
+    """Import LivePortrait's ``.pkl`` motion template with a restricted unpickler (plain containers and
+    numpy arrays only). Rotation matrices are converted back to degrees."""
+    from .safe_pickle import load_restricted_pickle
+
+    data = load_restricted_pickle(path)
+    if not isinstance(data, dict) or "motion" not in data or not isinstance(data["motion"], list) \
+            or not data["motion"]:
+        raise InputError(f"{path} is not a LivePortrait motion template (no 'motion' list of frames).")
+    try:
+        frames = data["motion"]
+        rot = np.concatenate([np.asarray(f.get("R", f.get("R_d")), np.float32).reshape(1, 3, 3) for f in frames])
+        exp = np.concatenate([np.asarray(f["exp"], np.float32).reshape(1, 21, 3) for f in frames])
+        t = np.concatenate([np.asarray(f["t"], np.float32).reshape(1, 3) for f in frames])
+        scale = np.concatenate([np.asarray(f["scale"], np.float32).reshape(1, 1) for f in frames])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise InputError(f"{path}: a motion frame lacks R/exp/t/scale or has the wrong shape ({e}).") from None
+    pitch, yaw, roll = (a.numpy()[:, 0] for a in rotation_to_degrees(torch.from_numpy(rot)))
+    motion = pack_motion(exp, pitch, yaw, roll, t, scale[:, 0])
+    n = motion.shape[0]
+    eyes = data.get("c_eyes_lst", data.get("c_d_eyes_lst"))
+    lips = data.get("c_lip_lst", data.get("c_d_lip_lst"))
+    eye = np.asarray(eyes, np.float32).reshape(n, -1)[:, :2] if eyes is not None and len(eyes) == n else None
+    lip = np.asarray(lips, np.float32).reshape(n, -1)[:, 0] if lips is not None and len(lips) == n else None
+    fps = float(data.get("output_fps", 25))
+    kp = np.asarray(frames[0]["kp"], np.float32).reshape(21, 3) if "kp" in frames[0] else None
+    return MotionTemplate(motion, fps, eye, lip, kp)
+
+
+def _face_ratios(face) -> tuple[np.ndarray, float]:
+    return np.asarray(eye_open_ratios(face), np.float32), float(lip_open_ratio(face))
+
+
+def iter_driving_frames(source: DrivingSource, backend: FaceBackend | None, *, which="largest",
+                        keep_frames: bool = False, smooth_window: int = 5,
+                        max_frames: int | None = None) -> Iterator[DrivingFrame]:
+    """Yield the driving frames of ``source`` in order (streamed for videos)."""
+    if source.kind == "template":
+        tp = source.template
+        n = tp.n_frames if max_frames is None else min(tp.n_frames, max_frames)
+        for i in range(n):
+            yield DrivingFrame(i, None, None if tp.eye_ratio is None else tp.eye_ratio[i],
+                               None if tp.lip_ratio is None else float(tp.lip_ratio[i]), motion=tp.motion[i])
+        return
+    if source.kind == "image":
+        rgb = load_image(source.path)
+        faces = backend.detect(rgb)
+        if not faces:
+            raise NoFaceError(f"No face was found in the driving image {source.path}; use a photo with a clearly "
+                              f"visible, roughly frontal face.")
+        face = select_faces(faces, "largest" if which == "all" else which, source=str(source.path))[0]
+        crop = crop_face(face, **DRIVING_CROP)
+        eye, lip = _face_ratios(face)
+        yield DrivingFrame(0, crop.warp(rgb, 256), eye, lip, frame=rgb if keep_frames else None)
+        return
+    from .video_io import FrameReader
+
+    with FrameReader(source.path, max_frames=max_frames) as reader:
+        faces = iter_faces_in_frames(backend, reader, "largest" if which == "all" else which)
+        # payload: (index, frame, face); the face's ratios are measured on the frame itself
+        payloads = ((( i, frame, face), face) for i, (frame, face) in enumerate(faces))
+        last_ratios = None
+        for (i, frame, face), crop in iter_crops_for_frames(payloads, window=smooth_window, **DRIVING_CROP):
+            if face is not None:
+                last_ratios = _face_ratios(face)
+            elif last_ratios is None:  # leading frames without a face: use the neutral-ish defaults
+                last_ratios = (np.array([0.3, 0.3], np.float32), 0.0)
+            yield DrivingFrame(i, crop.warp(frame, 256), last_ratios[0], last_ratios[1],
+                               frame=frame if keep_frames else None)
+
+
+class Prefetcher:
+    """Runs an iterator in a background thread with a bounded queue, so decoding and face work
+    overlap with the consumer's rendering. Exceptions are re-raised in the consumer."""
+
+    _END = object()
+
+    def __init__(self, it: Iterator, size: int = 16):
+        self._q: queue.Queue = queue.Queue(maxsize=size)
+        self._stop = threading.Event()
+        self._it = it
+        self._thread = threading.Thread(target=self._run, name="audio2lp-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            for item in self._it:
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    break
+            self._put_final(self._END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._put_final(e)
+        finally:
+            close = getattr(self._it, "close", None)
+            if close is not None:
+                close()
+
+    def _put_final(self, item):
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._q.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,83 @@
+"""The source portrait: load it, find its faces, crop each one, and prepare it for rendering once."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lp_renderer.crop import SOURCE_CROP, Crop, PasteMask, crop_face, paste_back, paste_mask
+from lp_renderer.errors import InputError, NoFaceError
+from lp_renderer.faces import Face, FaceBackend, eye_open_ratios, lip_open_ratio, select_faces
+from lp_renderer.image_io import load_image
+from lp_renderer.renderer import PreparedSource, Renderer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PortraitFace:
+    """One face of the portrait: where it is (crop), its 256x256 crop, its prepared source and the
+    paste-back mask (built once, reused for every frame)."""
+
+    face: Face
+    crop: Crop
+    crop_rgb: np.ndarray  # (256, 256, 3) uint8
+    source: PreparedSource
+    mask: PasteMask
+
+
+@dataclass
+class Portrait:
+    """A loaded portrait (full resolution RGB) and the faces that will be animated."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    faces: list[PortraitFace]
+    path: str
+
+    def composite(self, rendered: list[np.ndarray], pasteback: bool = True) -> np.ndarray:
+        """Rendered 512x512 crops (one per face) -> the output frame.
+
+        With paste-back, each face is blended into the full-resolution original with its soft mask;
+        without, the single face's 512x512 crop is returned.
+        """
+        if not pasteback:
+            return rendered[0]
+        out = self.image
+        for pf, img in zip(self.faces, rendered):
+            out = paste_back(img, pf.crop, out, pf.mask)
+        return out
+
+
+def prepare_portrait(renderer: Renderer, backend: FaceBackend, image: str | os.PathLike | np.ndarray,
+                     which: str | int = "largest", pasteback: bool = True) -> Portrait:
+    """Load ``image``, detect faces, pick them (``"largest"``, an index, or ``"all"``), crop each with
+    LivePortrait's source geometry and prepare it (F, M, x_s, W's per-source work; eye/lip ratios)."""
+    name = str(image) if not isinstance(image, np.ndarray) else "the portrait"
+    rgb = load_image(image)
+    faces = backend.detect(rgb)
+    if not faces:
+        raise NoFaceError(f"No face was found in {name}; use a photo with a clearly visible, roughly frontal "
+                          f"face (at least ~60 pixels wide).")
+    chosen = select_faces(faces, which, source=name)
+    if not pasteback and len(chosen) > 1:
+        raise InputError("--no-pasteback outputs one face's 512x512 crop; pick one face with --face N or "
+                         "--face largest.")
+    out = []
+    for face in chosen:
+        crop = crop_face(face, **SOURCE_CROP)
+        crop_rgb = crop.warp(rgb, 256)
+        src = renderer.prepare_source(crop_rgb, eye_ratios=eye_open_ratios(face), lip_ratio=lip_open_ratio(face))
+        out.append(PortraitFace(face, crop, crop_rgb, src, paste_mask(crop, rgb.shape)))
+    log.info("%s: %d face(s) found, animating %d", name, len(faces), len(out))
+    return Portrait(rgb, out, name if not isinstance(image, np.ndarray) else "")
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
