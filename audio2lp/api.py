@@ -215,6 +215,176 @@ class Animator:
                             tpath)
 
 
+    # ------------------------------------------------------------------------------------ speak
+    def speak(self, portrait, audio: str | os.PathLike, output: str | os.PathLike, *,
+              motion_model: str | os.PathLike | None = None, face: str | int = "largest", fps: float = 25.0,
+              expression_scale: float = 1.0, pose_scale: float = 1.0, seed: int = 0, style: int = 0,
+              blink: bool = True, blink_rate: float | None = None, pose_from: str | os.PathLike | None = None,
+              pasteback: bool = True, whisper_checkpoint: str | os.PathLike | None = None,
+              crf: int = 18) -> RenderResult:
+        """Make ``portrait`` say ``audio``.
+
+        With ``motion_model`` (a checkpoint from ``audio2lp train``) the model predicts the full motion
+        (expression, head pose, translation, scale) and drives the renderer relative to the source:
+        the dataset's mean motion maps to the portrait's own pose and expression; ``expression_scale`` and
+        ``pose_scale`` scale the deviations. Without it, the shipped lip-sync model drives the mouth
+        through lip retargeting, with natural blinks (``blink``, ``blink_rate`` per minute) and subtle
+        idle head motion (``pose_scale`` x a few degrees; or the head motion of the template ``pose_from``).
+        The mp4 lasts as long as the audio (to the nearest frame) and carries the original audio as AAC.
+        """
+        from .audio import load_audio
+        from .video_io import check_output_path
+
+        for name, v in (("--expression-scale", expression_scale), ("--pose-scale", pose_scale)):
+            if not np.isfinite(v) or v < 0:
+                raise InputError(f"{name} must be a non-negative number, not {v}.")
+        if not (np.isfinite(fps) and 1 <= fps <= 120):
+            raise InputError(f"--fps must be between 1 and 120, not {fps}.")
+        if blink_rate is not None and not (np.isfinite(blink_rate) and 0 <= blink_rate <= 120):
+            raise InputError(f"--blink-rate must be between 0 and 120 blinks per minute, not {blink_rate}.")
+        if motion_model is not None and pose_from is not None:
+            raise InputError("--pose-from takes the head motion from a template for the built-in lip-sync model; "
+                             "it cannot be combined with --motion-model, which predicts the head motion itself.")
+        out = check_output_path(output, VIDEO_SUFFIXES)
+        template = None
+        if pose_from is not None:
+            from .driving import load_official_template
+            from .motion import load_motion_template
+
+            template = load_official_template(pose_from) if str(pose_from).lower().endswith(".pkl") \
+                else load_motion_template(pose_from)
+        if motion_model is not None:
+            from .motion_model import read_motion_model_metadata
+
+            meta = read_motion_model_metadata(motion_model)  # fail fast on a bad checkpoint
+            n_styles = meta["config"].n_styles
+            if not 0 <= style < n_styles:
+                raise InputError(f"--style must be between 0 and {n_styles - 1} for this motion model, not {style}.")
+        wav = load_audio(audio)
+        duration = len(wav) / 16000
+        n_frames = max(1, int(round(duration * fps)))
+        renderer = self.renderer
+        pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback)
+        plan = self._speech_plan(wav, n_frames, fps, motion_model=motion_model, seed=seed, style=style, blink=blink,
+                                 blink_rate=blink_rate, pose_scale=pose_scale, template=template, portrait=pt,
+                                 whisper_checkpoint=whisper_checkpoint)
+        from .video_io import VideoWriter
+
+        bar = _progress_bar(self.progress, n_frames, "render")
+        try:
+            with VideoWriter(out, fps, crf=crf, audio=Path(audio), audio_fit="video") as writer:
+                for start in range(0, n_frames, self.batch_size):
+                    idx = np.arange(start, min(n_frames, start + self.batch_size))
+                    rendered = [renderer.render(pf.source, plan.keypoints(renderer, pf, idx, expression_scale,
+                                                                          pose_scale), batch_size=len(idx))
+                                for pf in pt.faces]
+                    for j in range(len(idx)):
+                        writer.write(pt.composite([r[j] for r in rendered], pasteback=pasteback))
+                    bar.update(len(idx))
+        finally:
+            bar.close()
+        log.info("wrote %s (%d frames at %g fps, %.2f s of audio)", out, n_frames, fps, duration)
+        return RenderResult(out, n_frames, fps, True, extra={"duration": duration, "mode": plan.mode})
+
+    def _speech_plan(self, wav, n_frames, fps, *, motion_model, seed, style, blink, blink_rate, pose_scale,
+                     template, portrait, whisper_checkpoint) -> SpeechPlan:
+        from .motion import resample_motion
+        from .whisper_features import WhisperEncoder
+
+        n25 = max(1, int(round(len(wav) / 16000 * 25)))
+        if motion_model is not None:
+            from .motion_model import load_motion_model
+
+            model, stats = load_motion_model(motion_model, device="cpu")
+            cfg = model.config
+            enc = WhisperEncoder(cfg.whisper_model, whisper_checkpoint)
+            feats = enc.encode(wav, layers=cfg.whisper_layers, progress=self.progress)
+            source = None
+            if cfg.source_cond:
+                from .driving import info_to_motion
+
+                source = stats.normalize(info_to_motion(portrait.faces[0].source.info.to("cpu"))[0])
+            motion = model.generate(feats, style=style, source=source, n_frames=n25, seed=seed, stats=stats,
+                                    progress=self.progress)
+            if fps != 25:
+                motion = resample_motion(motion, 25, fps, n_frames)
+            return SpeechPlan("motion-model", n_frames, motion=motion[:n_frames],
+                              reference=np.asarray(stats.mean, np.float32))
+        from .idle import blink_schedule, idle_head_motion, pose_from_template
+        from .lipsync import load_lipsync_model
+
+        lips = load_lipsync_model()
+        enc = WhisperEncoder(lips.whisper_model, whisper_checkpoint)
+        feats = enc.encode(wav, layers=lips.whisper_layers, progress=self.progress)
+        pred = lips.predict(feats, n25)
+        lip = np.asarray(pred.lip_open, np.float32)
+        speaking = ~np.asarray(pred.closed, bool)
+        if fps != 25:
+            lip = resample_motion(lip[:, None], 25, fps, n_frames)[:, 0]
+            speaking = resample_motion(speaking[:, None].astype(np.float32), 25, fps, n_frames)[:, 0] > 0.5
+        eye = None
+        if blink:
+            kwargs = {} if blink_rate is None else {"rate_per_min": blink_rate}
+            eye = blink_schedule(n_frames, fps=fps, seed=seed, **kwargs)
+        if template is not None:
+            pose = pose_from_template(template, n_frames, fps=fps) * pose_scale
+        else:
+            pose = idle_head_motion(n_frames, fps=fps, speaking=speaking, seed=seed) * pose_scale
+        return SpeechPlan("lipsync", n_frames, lip_open=lip, eye_open=eye, pose=pose)
+
+
+@dataclass
+class SpeechPlan:
+    """Per-frame motion for speak: either full motion from a motion model (``motion`` (T, 70) and the
+    ``reference`` motion that maps onto the portrait's own), or lip-open ratios (T,), eye-open multipliers
+    of the portrait's own eye ratios (T,) (None: eyes as in the photo) and head-pose offsets (T, 3) degrees."""
+
+    mode: str
+    n_frames: int
+    motion: np.ndarray | None = None
+    reference: np.ndarray | None = None
+    lip_open: np.ndarray | None = None
+    eye_open: np.ndarray | None = None
+    pose: np.ndarray | None = None
+
+    def keypoints(self, renderer: Renderer, pf, idx: np.ndarray, expression_scale: float = 1.0,
+                  pose_scale: float = 1.0):
+        """Driving keypoints (B, 21, 3) of the frames ``idx`` for one portrait face ``pf``, stitched."""
+        import torch
+
+        from lp_renderer.keypoints import relative_motion, transform_keypoints
+
+        src = pf.source
+        dev = renderer.device
+        b = len(idx)
+        if self.motion is not None:
+            from .motion import EXP, POSE, SCALE, T
+
+            ref = self.reference
+            m = self.motion[idx].copy()
+            m[:, EXP] = ref[EXP] + expression_scale * (m[:, EXP] - ref[EXP])
+            for sl in (POSE, T):
+                m[:, sl] = ref[sl] + pose_scale * (m[:, sl] - ref[sl])
+            m[:, SCALE] = ref[SCALE] * (m[:, SCALE] / ref[SCALE]) ** pose_scale
+            x_d = relative_motion(src.info, motion_to_info(m, device=dev), motion_to_info(ref[None], device=dev))
+            return renderer.stitch(src.x_s, x_d)
+        info = src.info
+        pose = torch.as_tensor(self.pose[idx], dtype=torch.float32, device=dev)
+        posed = info.replace(kp=info.kp.expand(b, -1, -1), exp=info.exp.expand(b, -1, -1),
+                             pitch=info.pitch + pose[:, :1], yaw=info.yaw + pose[:, 1:2], roll=info.roll + pose[:, 2:3],
+                             t=info.t.expand(b, -1), scale=info.scale.expand(b, -1))
+        x_d = transform_keypoints(posed)
+        lip_s = src.lip_ratio if src.lip_ratio is not None else 0.0
+        lip = np.column_stack([np.full(b, lip_s), self.lip_open[idx]]).astype(np.float32)
+        x_d = x_d + renderer.retarget_lip(src.x_s, lip)
+        if self.eye_open is not None:
+            left, right = src.eye_ratios if src.eye_ratios is not None else (0.35, 0.35)
+            target = 0.5 * (left + right) * self.eye_open[idx]
+            eyes = np.column_stack([np.full(b, left), np.full(b, right), target]).astype(np.float32)
+            x_d = x_d + renderer.retarget_eyes(src.x_s, eyes)
+        return renderer.stitch(src.x_s, x_d)
+
+
 def _write_image_atomic(path: Path, rgb: np.ndarray) -> None:
     from .video_io import atomic_output
 

@@ -109,6 +109,52 @@ def _run_drive(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ speak
+def _add_speak(sub) -> None:
+    p = sub.add_parser(
+        "speak", help="make a portrait say a speech recording",
+        description="Make PORTRAIT say AUDIO. By default the built-in lip-sync model (trained on real talking "
+                    "videos) opens and closes the mouth through LivePortrait's lip retargeting, with natural "
+                    "blinks and subtle head motion; --motion-model uses a full audio-to-motion checkpoint from "
+                    "`audio2lp train` instead. The mp4 lasts as long as the audio and carries it as AAC.")
+    p.add_argument("portrait", help="the source photo (any size; jpg/png/webp/...)")
+    p.add_argument("audio", help="speech: wav, flac, ogg, mp3, m4a/aac, or the audio track of a video")
+    p.add_argument("-o", "--output", required=True, help="output .mp4")
+    p.add_argument("--motion-model", metavar="CKPT",
+                   help="audio-to-motion checkpoint (motion_model.safetensors from `audio2lp train`)")
+    p.add_argument("--face", type=_face_arg, default="largest",
+                   help="which face to animate: largest (default), a number (0 = largest), or all")
+    p.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
+    p.add_argument("--expression-scale", type=float, default=1.0,
+                   help="scale of the predicted expression around the portrait's own (--motion-model; default 1)")
+    p.add_argument("--pose-scale", type=float, default=1.0,
+                   help="scale of the head motion (0 = still head; default 1)")
+    p.add_argument("--pose-from", metavar="TEMPLATE",
+                   help="take the head motion from a motion template (.npz from `drive --save-template`, or .pkl)")
+    p.add_argument("--blink-rate", type=float, metavar="PER_MIN",
+                   help="average blinks per minute (default: natural, about 17)")
+    p.add_argument("--no-blink", dest="blink", action="store_false", help="keep the eyes as in the photo")
+    p.add_argument("--style", type=int, default=0, help="speaker/style id of the motion model (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (blinks, head motion, sampling; default 0)")
+    p.add_argument("--no-pasteback", dest="pasteback", action="store_false",
+                   help="write the 512x512 face crop instead of the full photo")
+    p.add_argument("--whisper-checkpoint", metavar="FILE",
+                   help="openai-whisper checkpoint to use instead of the cached/converted one")
+    p.add_argument("--crf", type=int, default=18, help="H.264 quality (lower is better; default 18)")
+    _add_common(p)
+    p.set_defaults(run=_run_speak)
+
+
+def _run_speak(args) -> int:
+    res = _animator(args).speak(args.portrait, args.audio, args.output, motion_model=args.motion_model,
+                                face=args.face, fps=args.fps, expression_scale=args.expression_scale,
+                                pose_scale=args.pose_scale, seed=args.seed, style=args.style, blink=args.blink,
+                                blink_rate=args.blink_rate, pose_from=args.pose_from, pasteback=args.pasteback,
+                                whisper_checkpoint=args.whisper_checkpoint, crf=args.crf)
+    print(f"wrote {res.output} ({res.n_frames} frames, {res.fps:.3g} fps, {res.extra['duration']:.2f} s, with audio)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ weights
 def _add_weights(sub) -> None:
     p = sub.add_parser("weights", help="get, import, check or convert the LivePortrait weights",
@@ -132,7 +178,7 @@ def _run_weights_convert(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------ main
-PARSERS = [_add_drive, _add_weights]
+PARSERS = [_add_speak, _add_drive, _add_weights]
 
 
 def build_parser() -> argparse.ArgumentParser:

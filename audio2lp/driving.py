@@ -41,7 +41,7 @@ def info_to_motion(info: KeypointInfo) -> np.ndarray:
 def motion_to_info(motion: np.ndarray, kp: np.ndarray | None = None, device="cpu") -> KeypointInfo:
     """(B, 70) motion -> KeypointInfo (B). ``kp`` (21, 3) fills the canonical keypoints (unused by
     relative driving; zeros when not given)."""
-    m = torch.as_tensor(np.asarray(motion, dtype=np.float32), device=device)
+    m = torch.as_tensor(np.array(motion, dtype=np.float32), device=device)
     b = m.shape[0]
     kp_t = torch.zeros(b, 21, 3, device=device) if kp is None else \
         torch.as_tensor(np.asarray(kp, np.float32), device=device).expand(b, 21, 3)

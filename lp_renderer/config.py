@@ -46,6 +46,7 @@ class DenseMotionConfig:
     num_blocks: int = 5
     reshape_depth: int = 16
     compress: int = 4
+    mask_kernel: int = 7
 
 
 @dataclass(frozen=True)
@@ -106,13 +107,13 @@ class RendererConfig:
     def tiny(cls) -> RendererConfig:
         """Same code paths, few channels: for fast tests only (outputs are meaningless)."""
         return cls(
-            appearance=AppearanceConfig(block_expansion=8, max_features=32, reshape_channel=4,
-                                        reshape_depth=8, num_resblocks=1),
+            appearance=AppearanceConfig(block_expansion=8, max_features=32, reshape_channel=16,
+                                        reshape_depth=2, num_resblocks=1),
             motion=MotionConfig(depths=(1, 1, 1, 1), dims=(8, 8, 16, 16)),
-            warping=WarpingConfig(block_expansion=8, max_features=32, reshape_channel=4,
+            warping=WarpingConfig(block_expansion=8, max_features=32, reshape_channel=16,
                                   dense_motion=DenseMotionConfig(block_expansion=4, max_features=16,
-                                                                 num_blocks=3, reshape_depth=8,
-                                                                 compress=2)),
+                                                                 num_blocks=3, reshape_depth=2,
+                                                                 compress=1, mask_kernel=3)),
             decoder=DecoderConfig(block_expansion=8, max_features=32, out_channels=8, spade_hidden=8,
                                   num_middle_blocks=1),
         )

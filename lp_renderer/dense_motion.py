@@ -24,7 +24,8 @@ class DenseMotionNetwork(nn.Module):
         self.num_kp = num_kp
         self.hourglass = Hourglass(cfg.block_expansion, (num_kp + 1) * (cfg.compress + 1), cfg.num_blocks,
                                    cfg.max_features)
-        self.mask = nn.Conv3d(self.hourglass.out_filters, num_kp + 1, kernel_size=7, padding=3)
+        k = cfg.mask_kernel
+        self.mask = nn.Conv3d(self.hourglass.out_filters, num_kp + 1, kernel_size=k, padding=k // 2)
         self.compress = nn.Conv3d(feature_channel, cfg.compress, kernel_size=1)
         self.norm = nn.BatchNorm3d(cfg.compress, affine=True)
         self.estimate_occlusion_map = estimate_occlusion_map

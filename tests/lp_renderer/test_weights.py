@@ -178,7 +178,7 @@ def test_tiny_renderer_outputs(tiny_nets):
     r = Renderer(tiny_nets, device="cpu")
     rng = np.random.default_rng(0)
     src = r.prepare_source(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
-    assert src.feature.shape == (1, 4, 8, 64, 64) and src.x_s.shape == (1, 21, 3)
+    assert src.feature.shape == (1, 16, 2, 64, 64) and src.x_s.shape == (1, 21, 3)
     frames = r.render(src, src.x_s.repeat(3, 1, 1), batch_size=2)
     assert frames.shape == (3, 512, 512, 3) and frames.dtype == np.uint8
     # frame 2 was rendered in a batch of its own: batching changes rounding only
