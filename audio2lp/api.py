@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,10 +43,26 @@ class RenderResult:
     extra: dict = field(default_factory=dict)
 
 
-def _progress_bar(enabled: bool, total: int | None, desc: str):
-    from tqdm import tqdm
+ProgressCallback = Callable[[int, int], None]
 
-    return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, dynamic_ncols=True)
+
+class _Progress:
+    """A tqdm bar (when enabled) plus an optional ``callback(done, total)``."""
+
+    def __init__(self, enabled: bool, total: int, desc: str, callback: ProgressCallback | None = None):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="frame", disable=not enabled, dynamic_ncols=True)
+        self.total, self.done, self.callback = total, 0, callback
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+        if self.callback is not None:
+            self.callback(self.done, max(self.total, self.done))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class Animator:
@@ -98,13 +115,15 @@ class Animator:
               face: str | int = "largest", region: str = "all", multiplier: float = 1.0,
               stitching: bool = True, retarget_eyes: bool = False, retarget_lip: bool = False,
               pasteback: bool = True, concat: bool = False, save_template: str | os.PathLike | None = None,
-              crf: int = 18, max_frames: int | None = None) -> RenderResult:
+              crf: int = 18, max_frames: int | None = None,
+              progress_callback: ProgressCallback | None = None) -> RenderResult:
         """Animate ``portrait`` with the motion of ``driving`` (a video, an image, or a motion template).
 
         The first driving frame is the reference (relative motion, as the official pipeline). The output
         is an H.264 mp4 at the driving fps with the driving video's audio, pasted back into the portrait
         (or the 512x512 crop with ``pasteback=False``); an image when both driving and output are images.
         ``save_template`` writes the extracted motion as an ``.npz`` template for later use.
+        ``progress_callback(done_frames, total_frames)`` is called after every rendered batch.
         """
         from .video_io import check_output_path
 
@@ -171,7 +190,7 @@ class Animator:
             return outs
 
         written = 0
-        bar = _progress_bar(self.progress, n_total, "render")
+        bar = _Progress(self.progress, n_total, "render", progress_callback)
         try:
             if image_out:
                 batch = list(frames)
@@ -221,7 +240,7 @@ class Animator:
               expression_scale: float = 1.0, pose_scale: float = 1.0, seed: int = 0, style: int = 0,
               blink: bool = True, blink_rate: float | None = None, pose_from: str | os.PathLike | None = None,
               pasteback: bool = True, whisper_checkpoint: str | os.PathLike | None = None,
-              crf: int = 18) -> RenderResult:
+              crf: int = 18, progress_callback: ProgressCallback | None = None) -> RenderResult:
         """Make ``portrait`` say ``audio``.
 
         With ``motion_model`` (a checkpoint from ``audio2lp train``) the model predicts the full motion
@@ -231,6 +250,7 @@ class Animator:
         through lip retargeting, with natural blinks (``blink``, ``blink_rate`` per minute) and subtle
         idle head motion (``pose_scale`` x a few degrees; or the head motion of the template ``pose_from``).
         The mp4 lasts as long as the audio (to the nearest frame) and carries the original audio as AAC.
+        ``progress_callback(done_frames, total_frames)`` is called after every rendered batch.
         """
         from .audio import load_audio
         from .video_io import check_output_path
@@ -270,7 +290,7 @@ class Animator:
                                  whisper_checkpoint=whisper_checkpoint)
         from .video_io import VideoWriter
 
-        bar = _progress_bar(self.progress, n_frames, "render")
+        bar = _Progress(self.progress, n_frames, "render", progress_callback)
         try:
             with VideoWriter(out, fps, crf=crf, audio=Path(audio), audio_fit="video") as writer:
                 for start in range(0, n_frames, self.batch_size):
