@@ -33,3 +33,43 @@ def _torch_threads():
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+def load_lp_fill():
+    """The conformance folder's ``lp_fill`` module (deterministic official-shaped weights), or None."""
+    import importlib.util
+    import sys
+
+    path = conformance_dir() / "lp_fill.py"
+    if not path.is_file():
+        return None
+    if "lp_fill" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("lp_fill", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["lp_fill"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["lp_fill"]
+
+
+@pytest.fixture(scope="session")
+def filled_weights_dir(tmp_path_factory) -> Path:
+    """Full-size weights filled by the conformance rule, written exactly in the official release layout
+    (``liveportrait/base_models/*.pth`` and the stitching dict with ``module.`` keys)."""
+    import torch
+
+    from lp_renderer.weights import OFFICIAL_FILES, STITCHING_SUBDICTS
+
+    lp_fill = load_lp_fill()
+    if lp_fill is None:
+        pytest.skip(f"conformance data not found at {conformance_dir()} (set AUDIO2LP_CONFORMANCE_DIR)")
+    root = tmp_path_factory.mktemp("pretrained_weights")
+    for key in ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator"):
+        path = root / OFFICIAL_FILES[key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(lp_fill.state_dict_for(key), path)
+    stitch = {STITCHING_SUBDICTS[name]: {f"module.{k}": v for k, v in lp_fill.state_dict_for(name).items()}
+              for name in ("stitching", "lip", "eye")}
+    path = root / OFFICIAL_FILES["stitching_retargeting_module"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(stitch, path)
+    return root

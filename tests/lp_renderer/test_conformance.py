@@ -12,9 +12,6 @@ the tolerances of its README:
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -31,8 +28,7 @@ from lp_renderer.keypoints import (
     transform_keypoints,
 )
 from lp_renderer.renderer import Renderer, to_uint8
-from lp_renderer.weights import OFFICIAL_FILES, STITCHING_SUBDICTS
-from tests.conftest import conformance_dir
+from tests.conftest import conformance_dir, load_lp_fill
 
 pytestmark = [pytest.mark.conformance, pytest.mark.slow]
 
@@ -57,29 +53,16 @@ def close(ours, ref, name):
 
 @pytest.fixture(scope="module")
 def lp_fill():
-    if not (CONF / "lp_fill.py").is_file():
+    mod = load_lp_fill()
+    if mod is None:
         pytest.skip(_skip_reason())
-    spec = importlib.util.spec_from_file_location("lp_fill", CONF / "lp_fill.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["lp_fill"] = mod
-    spec.loader.exec_module(mod)
     return mod
 
 
 @pytest.fixture(scope="module")
-def official_dir(lp_fill, tmp_path_factory):
+def official_dir(filled_weights_dir):
     """The filled weights written exactly as the official release lays them out."""
-    root = tmp_path_factory.mktemp("pretrained_weights")
-    for key in ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator"):
-        path = root / OFFICIAL_FILES[key]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(lp_fill.state_dict_for(key), path)
-    stitch = {STITCHING_SUBDICTS[name]: {f"module.{k}": v for k, v in lp_fill.state_dict_for(name).items()}
-              for name in ("stitching", "lip", "eye")}
-    path = root / OFFICIAL_FILES["stitching_retargeting_module"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(stitch, path)
-    return root
+    return filled_weights_dir
 
 
 @pytest.fixture(scope="module", params=["folded", "unfolded"])
