@@ -156,7 +156,7 @@ class Animator:
         pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback)
         n_total = src.n_frames if max_frames is None else min(src.n_frames, max_frames)
         frames = iter_driving_frames(src, backend, which=face if face != "all" else "largest",
-                                     keep_frames=concat, max_frames=max_frames)
+                                     keep_frames=concat, max_frames=max_frames, progress=self.progress)
         motions, eyes, lips = [], [], []
         state: dict = {}
 

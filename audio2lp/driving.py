@@ -133,9 +133,10 @@ def _face_ratios(face) -> tuple[np.ndarray, float]:
 
 
 def iter_driving_frames(source: DrivingSource, backend: FaceBackend | None, *, which="largest",
-                        keep_frames: bool = False, smooth_window: int = 5,
-                        max_frames: int | None = None) -> Iterator[DrivingFrame]:
-    """Yield the driving frames of ``source`` in order (streamed for videos)."""
+                        keep_frames: bool = False, smooth_window: int = 5, max_frames: int | None = None,
+                        progress: bool = False) -> Iterator[DrivingFrame]:
+    """Yield the driving frames of ``source`` in order (streamed for videos; ``progress`` shows a bar of
+    decoded and face-tracked frames)."""
     if source.kind == "template":
         tp = source.template
         n = tp.n_frames if max_frames is None else min(tp.n_frames, max_frames)
@@ -154,10 +155,15 @@ def iter_driving_frames(source: DrivingSource, backend: FaceBackend | None, *, w
         eye, lip = _face_ratios(face)
         yield DrivingFrame(0, crop.warp(rgb, 256), eye, lip, frame=rgb if keep_frames else None)
         return
+    from tqdm import tqdm
+
     from .video_io import FrameReader
 
-    with FrameReader(source.path, max_frames=max_frames) as reader:
-        faces = iter_faces_in_frames(backend, reader, "largest" if which == "all" else which)
+    total = source.n_frames if max_frames is None else min(source.n_frames, max_frames)
+    with FrameReader(source.path, max_frames=max_frames) as reader, \
+            tqdm(reader, total=total, desc="faces", unit="frame", disable=not progress, position=1,
+                 leave=False, dynamic_ncols=True) as frames:
+        faces = iter_faces_in_frames(backend, frames, "largest" if which == "all" else which)
         # payload: (index, frame, face); the face's ratios are measured on the frame itself
         payloads = ((( i, frame, face), face) for i, (frame, face) in enumerate(faces))
         last_ratios = None
