@@ -27,6 +27,16 @@ def data_dir() -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Random weights of the tiny renderer config saved as safetensors (config in the metadata)."""
+    from lp_renderer import RendererConfig, RendererNetworks
+
+    root = tmp_path_factory.mktemp("tiny_weights")
+    RendererNetworks.random(RendererConfig.tiny(), seed=0).save(root)
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
     import torch

@@ -14,18 +14,10 @@ from audio2lp.cli import main
 from audio2lp.driving import load_official_template, motion_to_info
 from audio2lp.motion import load_motion_template
 from audio2lp.video_io import ffmpeg_exe, probe_video, read_frames
-from lp_renderer import RendererConfig, RendererNetworks
 from lp_renderer.errors import InputError, NoFaceError
 
 PORTRAIT = "portraits/EAMM__14.png"
 VIDEO = "talking/LipNet__bbaf2n.mpg"
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_weights")
-    RendererNetworks.random(RendererConfig.tiny(), seed=0).save(root)
-    return root
 
 
 @pytest.fixture(scope="module")

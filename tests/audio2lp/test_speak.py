@@ -12,17 +12,9 @@ from audio2lp.cli import main
 from audio2lp.motion import MotionStats
 from audio2lp.motion_model import MotionModel, MotionModelConfig, save_motion_model
 from audio2lp.video_io import probe_video
-from lp_renderer import RendererConfig, RendererNetworks
 
 PORTRAIT = "portraits/EAMM__14.png"
 SPEECH = "speech/MakeItTalk__M6_04_16k.wav"
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_weights")
-    RendererNetworks.random(RendererConfig.tiny(), seed=0).save(root)
-    return root
 
 
 @pytest.fixture(scope="module")
