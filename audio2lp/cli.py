@@ -178,7 +178,20 @@ def _run_weights_convert(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------ main
-PARSERS = [_add_speak, _add_drive, _add_weights]
+def _add_training(sub) -> None:
+    from training.cli import add_prepare_parser, add_train_parser
+
+    add_prepare_parser(sub)
+    add_train_parser(sub)
+
+
+def _add_app(sub) -> None:
+    from .webapp import add_app_parser
+
+    add_app_parser(sub)
+
+
+PARSERS = [_add_speak, _add_drive, _add_training, _add_weights, _add_app]
 
 
 def build_parser() -> argparse.ArgumentParser:

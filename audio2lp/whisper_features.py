@@ -239,6 +239,38 @@ def plan_windows(n_samples: int) -> list[tuple[int, int, int]]:
 # the encoder
 
 
+def parse_whisper_layers(text: str | int | Sequence[int]):
+    """The ``layers`` argument of :meth:`WhisperEncoder.encode` from its text form (as stored in checkpoints
+    and given on the command line).
+
+    ``"last"``, ``"middle"``, ``"mean"`` stay strings; ``"2"`` becomes ``2``; ``"2,3"`` becomes ``[2, 3]``
+    (negative numbers count from the end). Ints and int lists pass through. Raises InputError otherwise.
+    """
+    if isinstance(text, (int, np.integer)) and not isinstance(text, bool):
+        return int(text)
+    if isinstance(text, (list, tuple)):
+        if text and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in text):
+            return [int(i) for i in text]
+        raise InputError(f"Whisper layers {text!r} must be ints; give e.g. 2 or 2,3.")
+    s = str(text).strip().lower()
+    if s in ("last", "middle", "mean"):
+        return s
+    try:
+        items = [int(x) for x in s.split(",")]
+    except ValueError:
+        raise InputError(f"Whisper layers {text!r} are not valid; use last, middle, mean, a block number "
+                         f"(e.g. 2) or a comma list (e.g. 2,3).") from None
+    return items[0] if len(items) == 1 else items
+
+
+def format_whisper_layers(layers) -> str:
+    """Inverse of :func:`parse_whisper_layers`: ``2 -> "2"``, ``[2, 3] -> "2,3"``, ``"middle" -> "middle"``."""
+    parsed = parse_whisper_layers(layers)
+    if isinstance(parsed, list):
+        return ",".join(str(i) for i in parsed)
+    return str(parsed)
+
+
 class WhisperEncoder:
     """The audio encoder of an openai-whisper model, as a feature extractor.
 
@@ -297,6 +329,8 @@ class WhisperEncoder:
     def _layer_indices(self, layers: Layers) -> tuple[list[int], bool]:
         """Hidden-state indices to average, and whether the final LayerNorm output is asked."""
         n = self.n_layers
+        if isinstance(layers, str):
+            layers = parse_whisper_layers(layers)
         if isinstance(layers, str):
             if layers == "last":
                 return [n], True

@@ -1,0 +1,297 @@
+"""Trainer: config files, schedule, data order, checkpoints, resume after a real kill, logs, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audio2lp.motion import LIP_DIMS, MOTION_DIM
+from audio2lp.motion_model import load_motion_model, read_motion_model_metadata
+from lp_renderer.errors import InputError
+from training.config import TrainConfig, apply_overrides, load_config, save_config
+from training.dataset import ClipData, Dataset, parse_whisper_layers, write_dataset
+from training.trainer import Trainer, batch_plan, latest_checkpoint, lr_factor, split_clips, ss_probability, train
+
+REPO = Path(__file__).resolve().parents[2]
+AUDIO_DIM = 16
+SETTINGS = {"whisper_model": "tiny.en", "whisper_layers": "middle", "audio_dim": AUDIO_DIM}
+
+
+def make_dataset(root: Path, n_clips: int = 6, seed: int = 0, speakers: bool = True) -> Path:
+    """A tiny learnable data set: lip dims and yaw follow the first audio channels."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for k in range(n_clips):
+        T = int(rng.integers(40, 90))
+        audio = rng.normal(size=(2 * T, AUDIO_DIM)).astype(np.float32)
+        drive = audio[0::2, 0] + audio[1::2, 0]
+        motion = np.zeros((T, MOTION_DIM), np.float32)
+        motion[:, list(LIP_DIMS)] = drive[:, None] * np.linspace(0.005, 0.02, len(LIP_DIMS))
+        motion[:, 64] = 3 * audio[0::2, 1]
+        motion += 0.001 * rng.normal(size=motion.shape).astype(np.float32)
+        items.append((f"clip{k}", ClipData(motion, audio, lip_ratio=0.2 + 0.05 * drive), f"spk{k % 3}" if speakers
+                      else None))
+    write_dataset(root, items, SETTINGS)
+    return root
+
+
+TINY = ["model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.ff_mult=2", "data.window=20",
+        "data.batch_size=4", "data.val_window=30", "data.val_max_windows=4", "schedule.warmup_steps=5",
+        "optim.lr=3e-3", "sampling.start_step=5", "sampling.ramp_steps=20", "run.progress=false",
+        "run.num_threads=1"]
+
+
+def tiny_config(*extra: str) -> TrainConfig:
+    return apply_overrides(TrainConfig(), TINY + list(extra))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("ds") / "ds")
+
+
+def _env():
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+# -- config -------------------------------------------------------------------------------------------------
+
+
+def test_config_yaml_toml_roundtrip_and_example(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("model:\n  d_model: 64\noptim:\n  lr: 3e-4\n  betas: [0.8, 0.99]\nschedule: {steps: 10}\n")
+    c = load_config(y)
+    assert c.model.d_model == 64 and c.optim.lr == pytest.approx(3e-4) and c.optim.betas == [0.8, 0.99]
+    t = tmp_path / "c.toml"
+    t.write_text("[data]\nwindow = 40\nval_speakers = ['a']\n[loss]\nlip_weight = 2\n")
+    c2 = load_config(t)
+    assert c2.data.window == 40 and c2.data.val_speakers == ["a"] and c2.loss.lip_weight == 2.0
+    save_config(c, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == c
+    example = load_config(REPO / "examples" / "train_config.yaml")
+    assert isinstance(example, TrainConfig)
+    assert example.to_dict() == TrainConfig().to_dict(), "the example documents the defaults"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("model:\n  d_modle: 64\n", "unknown config key 'model.d_modle'"),
+    ("bogus: 1\n", "unknown config key 'bogus'"),
+    ("model:\n  d_model: big\n", "'model.d_model' = 'big' should be of type int"),
+    ("run:\n  progress: 3\n", "'run.progress' = 3 should be of type bool"),
+    ("data: 5\n", "section 'data' must be a mapping"),
+    ("model:\n  n_heads: 3\n", "model.d_model"),
+    ("schedule:\n  kind: exp\n", "schedule.kind"),
+    ("model: [1, 2\n", "cannot be parsed"),
+])
+def test_bad_config_is_a_clear_input_error(tmp_path, text, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(InputError) as e:
+        load_config(p)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_overrides_and_missing_config():
+    c = apply_overrides(TrainConfig(), ["optim.lr=1e-3", "data.val_speakers=[a, b]", "run.device=cpu"])
+    assert c.optim.lr == 1e-3 and c.data.val_speakers == ["a", "b"]
+    for bad in (["optim.lrr=1"], ["nope.x=1"], ["optim.lr"], ["data.window=abc"]):
+        with pytest.raises(InputError):
+            apply_overrides(TrainConfig(), bad)
+    with pytest.raises(InputError, match="does not exist"):
+        load_config("/nonexistent/config.yaml")
+
+
+def test_whisper_layers_text():
+    assert parse_whisper_layers("middle") == "middle"
+    assert parse_whisper_layers("2") == 2
+    assert parse_whisper_layers("2,3") == [2, 3]
+    assert parse_whisper_layers("-1") == -1
+    with pytest.raises(InputError):
+        parse_whisper_layers("deep")
+
+
+# -- pure functions -----------------------------------------------------------------------------------------
+
+
+def test_schedule_and_sampling_ramp():
+    c = tiny_config("schedule.steps=100", "schedule.warmup_steps=10", "schedule.min_lr_ratio=0.1",
+                    "sampling.start_step=20", "sampling.ramp_steps=40", "sampling.max_prob=0.6")
+    f = [lr_factor(s, c) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b - 1e-12 for a, b in zip(f[10:], f[11:])), "cosine decays monotonically"
+    assert f[99] == pytest.approx(0.1, abs=0.01)
+    assert ss_probability(19, c) == 0 and ss_probability(40, c) == pytest.approx(0.3)
+    assert ss_probability(60, c) == pytest.approx(0.6) and ss_probability(1000, c) == pytest.approx(0.6)
+
+
+def test_batch_plan_is_a_pure_function_of_seed_and_step():
+    frames = [50, 80, 30, 200]
+    a = batch_plan(7, 0, 20, frames, 8)
+    assert a == batch_plan(7, 0, 20, frames, 8)
+    assert a != batch_plan(8, 0, 20, frames, 8) and a != batch_plan(7, 1, 20, frames, 8)
+    for c, s in a:
+        assert 0 <= s <= max(0, frames[c] - 20)
+
+
+def test_split_by_speaker(dataset):
+    ds = Dataset(dataset)
+    train_idx, val_idx, styles = split_clips(ds, tiny_config("data.val_fraction=0.34"))
+    val_spk = {ds.speaker(i) for i in val_idx}
+    assert len(val_spk) == 1 and not val_spk & {ds.speaker(i) for i in train_idx}
+    assert sorted(styles) == sorted({ds.speaker(i) for i in train_idx}) and sorted(styles.values()) == [0, 1]
+    t2, v2, _ = split_clips(ds, tiny_config("data.val_speakers=[spk1]"))
+    assert {ds.speaker(i) for i in v2} == {"spk1"}
+    with pytest.raises(InputError, match="not in the dataset"):
+        split_clips(ds, tiny_config("data.val_speakers=[nobody]"))
+
+
+# -- a whole run ---------------------------------------------------------------------------------------------
+
+
+def test_train_writes_logs_checkpoints_and_a_speak_ready_model(dataset, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config("schedule.steps=40", "run.checkpoint_every=15", "run.log_every=10", "run.val_every=20",
+                      "run.keep_checkpoints=2")
+    res = train(dataset, run, cfg, progress=False)
+    assert res.steps == 40 and res.model_path == run / "motion_model.safetensors"
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*.pt"))
+    assert ckpts == ["step-00000030.pt", "step-00000040.pt"], ckpts
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [10, 20, 30, 40]
+    for r in rows:
+        assert float(r["loss"]) > 0
+    for r in (rows[1], rows[3]):
+        for k in ("val_loss", "val_motion_l2", "val_lip_l2", "val_velocity_err", "val_lip_corr"):
+            assert np.isfinite(float(r[k])), k
+    assert (run / "curves.png").stat().st_size > 1000
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert load_config(run / "config.yaml") == cfg
+    model, stats = load_motion_model(res.model_path)
+    meta = read_motion_model_metadata(res.model_path)
+    c = meta["config"]
+    assert (c.whisper_model, c.whisper_layers, c.audio_dim, c.d_model) == ("tiny.en", "middle", AUDIO_DIM, 16)
+    assert c.n_styles == len(meta["extra"]["speakers"]) >= 1
+    assert meta["extra"]["fps"] == 25 and len(meta["extra"]["lip_direction"]) == MOTION_DIM
+    assert stats == Dataset(dataset).stats
+    out = model.generate(np.zeros((20, AUDIO_DIM), np.float32), 0, stats=stats)
+    assert out.shape == (10, MOTION_DIM) and np.isfinite(out).all()
+    ck = torch.load(run / "checkpoints" / "step-00000040.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "step", "rng", "config", "stats", "speakers"} <= set(ck)
+
+
+def test_existing_run_needs_resume_and_same_config(dataset, tmp_path):
+    run = tmp_path / "run"
+    train(dataset, run, tiny_config("schedule.steps=4", "run.checkpoint_every=2", "run.tensorboard=false"),
+          progress=False)
+    with pytest.raises(InputError, match="--resume"):
+        Trainer(dataset, run, tiny_config("schedule.steps=4", "run.checkpoint_every=2", "run.tensorboard=false"))
+    with pytest.raises(InputError, match="config differs"):
+        Trainer(dataset, run, tiny_config("schedule.steps=8", "run.checkpoint_every=2", "run.tensorboard=false"),
+                resume=True)
+
+
+def test_bad_datasets(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no manifest.json"):
+        Trainer(empty, tmp_path / "r1", tiny_config())
+    with pytest.raises(InputError, match="does not exist"):
+        Trainer(tmp_path / "missing", tmp_path / "r2", tiny_config())
+    (empty / "manifest.json").write_text("{not json")
+    with pytest.raises(InputError, match="unreadable"):
+        Trainer(empty, tmp_path / "r3", tiny_config())
+    ds = make_dataset(tmp_path / "ds", n_clips=2)
+    m = json.loads((ds / "manifest.json").read_text())
+    m["clips"] = []
+    (ds / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(InputError, match="no usable clips"):
+        Trainer(ds, tmp_path / "r5", tiny_config())
+
+
+def test_resume_after_real_kill_matches_uninterrupted_run(dataset, tmp_path):
+    """SIGKILL a training process at a random moment after its first checkpoint, resume it, and compare the
+    final weights with an uninterrupted run of the same config."""
+    cfg_path = tmp_path / "cfg.yaml"
+    save_config(tiny_config("schedule.steps=300", "run.checkpoint_every=20", "run.log_every=10",
+                            "run.val_every=100", "model.dropout=0.1"), cfg_path)
+    cmd = [sys.executable, "-m", "training", "train", str(dataset), "--config", str(cfg_path), "-q"]
+    full = subprocess.run(cmd + ["-o", str(tmp_path / "full")], env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert full.returncode == 0, full.stderr
+
+    run = tmp_path / "killed"
+    rng = random.Random()
+    for _attempt in range(3):
+        proc = subprocess.Popen(cmd + ["-o", str(run)] + (["--resume"] if run.exists() else []), env=_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while latest_checkpoint(run) is None and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.8))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        last = latest_checkpoint(run)
+        if proc.returncode == -signal.SIGKILL and last is not None and last.name != "step-00000300.pt":
+            break
+    assert proc.returncode == -signal.SIGKILL, "the process finished before it could be killed"
+    assert not (run / "motion_model.safetensors").exists()
+    killed_at = int(last.stem.split("-")[1])
+    assert 20 <= killed_at < 300
+    res = subprocess.run(cmd + ["-o", str(run), "--resume"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "full" / "motion_model.safetensors"))
+    b = load_file(str(run / "motion_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7, msg=f"weight {k} differs after resume")
+    with open(run / "metrics.csv", newline="") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == list(range(10, 301, 10)), "the CSV has each step once, in order"
+    with open(tmp_path / "full" / "metrics.csv", newline="") as f:
+        full_rows = list(csv.DictReader(f))
+    with open(run / "metrics.csv", newline="") as f:
+        killed_rows = list(csv.DictReader(f))
+    for ra, rb in zip(full_rows, killed_rows):
+        assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5)
+
+
+def test_cli_help_texts():
+    out = subprocess.run([sys.executable, "-m", "training", "train", "--help"], env=_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0
+    for flag in ("--config", "--resume", "--set", "--steps", "torchrun"):
+        assert flag in out.stdout
+    out = subprocess.run([sys.executable, "-m", "training", "prepare", "--help"], env=_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0
+    for flag in ("--weights", "--face-backend", "--whisper", "--whisper-layers", "--workers", "--speakers",
+                 "--min-seconds", "--speaker-from-folder"):
+        assert flag in out.stdout
+
+
+def test_cli_reports_bad_config_as_error_line(dataset, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  learning_rate: 0.1\n")
+    out = subprocess.run([sys.executable, "-m", "training", "train", str(dataset), "-o", str(tmp_path / "r"),
+                          "--config", str(bad)], env=_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: ") and "optim.learning_rate" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,212 @@
+"""The ``prepare`` and ``train`` subcommands (registered by ``audio2lp/cli.py`` and by ``python -m training``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from lp_renderer.errors import InputError
+
+__all__ = ["add_prepare_parser", "add_train_parser", "run_prepare", "run_train"]
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {n}")
+    return n
+
+
+def _nonneg_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {n}")
+    return n
+
+
+def _logging_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+# ------------------------------------------------------------------------------------------ prepare
+def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``prepare`` to an argparse subparsers object; it sets ``run=run_prepare``."""
+    p = subparsers.add_parser(
+        "prepare", help="turn talking-head videos into a training dataset for the audio-to-motion model",
+        description="Turn talking-head videos (one speaking, roughly frontal face with its own audio track) into a "
+                    "training dataset: per 25 fps frame the LivePortrait motion (70 numbers, from the motion "
+                    "extractor M on the face crop), the eye and lip open ratios from the landmarks, and the Whisper "
+                    "encoder features of the audio (50 Hz, two per frame). Videos at other frame rates are "
+                    "resampled to 25 fps. Writes one shard per clip (safetensors) and DATASET/manifest.json with "
+                    "per-clip facts, the skipped inputs with their reasons and the motion statistics. Re-running "
+                    "skips clips already done (a changed file is redone); an interrupted run loses at most the "
+                    "clips in progress.",
+        epilog="example: audio2lp prepare videos/ -o data/hdtf --speaker-from-folder 1 --workers 4")
+    p.add_argument("videos", nargs="+", metavar="VIDEO",
+                   help="video files or folders (searched recursively for .mp4 .mov .mkv .webm .avi .mpg ...)")
+    p.add_argument("-o", "--output", required=True, metavar="DATASET",
+                   help="dataset folder (created; an existing dataset is extended / resumed)")
+    g = p.add_argument_group("models")
+    g.add_argument("--weights", metavar="DIR",
+                   help="LivePortrait weights folder; only the motion extractor is used. Default $AUDIO2LP_WEIGHTS "
+                        "or the cache folder (see `audio2lp weights`)")
+    g.add_argument("--face-backend", choices=["auto", "dlib", "insightface"], default="auto",
+                   help="face detector/landmarks (default auto: insightface when its models are present, else dlib)")
+    g.add_argument("--insightface-dir", metavar="DIR",
+                   help="folder with insightface's det_10g.onnx and 2d106det.onnx")
+    g.add_argument("--whisper", default="tiny.en", metavar="NAME",
+                   help="Whisper model for the audio features (default tiny.en; base works too); stored in the "
+                        "dataset and in the trained model, so `speak` uses the same")
+    g.add_argument("--whisper-layers", default="middle", metavar="LAYERS",
+                   help="which encoder states: middle (default; block n/2, predicts the mouth best), last (after the "
+                        "final LayerNorm), mean (all blocks), a block number like 2, or a list like 2,3 (averaged)")
+    g.add_argument("--whisper-checkpoint", metavar="PATH",
+                   help="explicit Whisper checkpoint (.pt) or CTranslate2 folder instead of looking it up by name")
+    g = p.add_argument_group("clips")
+    g.add_argument("--speakers", metavar="CSV",
+                   help="CSV with a header and the columns path (or file) and speaker; paths may be absolute, "
+                        "relative to the CSV or bare file names. Used for speaker styles and the validation split")
+    g.add_argument("--speaker-from-folder", type=_nonneg_int, default=0, metavar="LEVEL",
+                   help="take the speaker from a folder name: 1 = the folder holding the video, 2 = the folder above "
+                        "it (VoxCeleb's id/video/clip.mp4 layout), ...; default 0 (no speaker unless --speakers)")
+    g.add_argument("--min-seconds", type=float, default=2.0, metavar="S",
+                   help="skip clips shorter than S seconds (after aligning video and audio; default 2)")
+    g.add_argument("--min-face-fraction", type=float, default=0.5, metavar="F",
+                   help="skip clips whose face is found in fewer than this share of the frames (default 0.5)")
+    g.add_argument("--retry-skipped", action="store_true",
+                   help="retry inputs an earlier run skipped even if they did not change")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--workers", type=_nonneg_int, default=_default_workers(), metavar="N",
+                   help="worker processes, each decoding, detecting faces and running M and Whisper on one clip "
+                        f"with one thread (default {_default_workers()}: one per core up to 4; 0 = in this process)")
+    g.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+                   help="face crops per motion-extractor batch (default 16)")
+    _logging_args(p)
+    p.set_defaults(run=run_prepare)
+    return p
+
+
+def run_prepare(args) -> int:
+    from .prepare import PrepareOptions, prepare_dataset
+
+    opts = PrepareOptions(weights_dir=args.weights, face_backend=args.face_backend,
+                          insightface_dir=args.insightface_dir, whisper_model=args.whisper,
+                          whisper_layers=args.whisper_layers, whisper_checkpoint=args.whisper_checkpoint,
+                          workers=args.workers, min_seconds=args.min_seconds,
+                          min_face_fraction=args.min_face_fraction, batch_size=args.batch_size,
+                          speakers_csv=args.speakers, speaker_from_folder=args.speaker_from_folder,
+                          retry_skipped=args.retry_skipped, progress=not args.quiet)
+    rep = prepare_dataset(args.videos, args.output, opts)
+    total = len(rep.prepared) + rep.reused + len(rep.skipped)
+    print(f"{total} video(s): {len(rep.prepared)} prepared ({rep.video_seconds:.1f} s of video in "
+          f"{rep.wall_seconds:.1f} s), {rep.reused} already done, {len(rep.skipped)} skipped")
+    for source, reason in rep.skipped:
+        print(f"  skipped {source}: {reason}")
+    if rep.n_clips == 0:
+        raise InputError(f"the dataset {rep.dataset} has no usable clip (every input was skipped, see above); give "
+                         f"talking-head videos with a visible face and an audio track.")
+    print(f"dataset {rep.dataset}: {rep.n_clips} clip(s), {rep.n_frames} frames ({rep.n_frames / 25 / 60:.1f} min "
+          f"at 25 fps); manifest {rep.manifest}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ train
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``train`` to an argparse subparsers object; it sets ``run=run_train``."""
+    p = subparsers.add_parser(
+        "train", help="train the audio-to-motion model on a prepared dataset",
+        description="Train the audio-to-motion model (FaceFormer-style, Whisper features -> 70-number LivePortrait "
+                    "motion) on a dataset made by `audio2lp prepare`. Windows of data.window frames are drawn from "
+                    "the training speakers' clips; the loss is a weighted MSE on all 70 numbers (lip keypoints "
+                    "weighted higher) plus a velocity loss, with scheduled sampling ramping towards autoregressive "
+                    "rollout. Writes RUN/config.yaml, RUN/checkpoints/step-*.pt (atomically, every "
+                    "run.checkpoint_every steps and at the end), RUN/metrics.csv, TensorBoard events in "
+                    "RUN/tensorboard, RUN/curves.png, and at the end RUN/motion_model.safetensors for "
+                    "`audio2lp speak --motion-model`. Several processes: `torchrun --nproc-per-node N -m training "
+                    "train ...` (DistributedDataParallel; NCCL on GPUs, gloo on CPU; data.batch_size is the total "
+                    "over all processes).",
+        epilog="example: audio2lp train data/hdtf -o runs/a --config examples/train_config.yaml --set optim.lr=1e-4")
+    p.add_argument("dataset", metavar="DATASET", help="dataset folder written by `audio2lp prepare`")
+    p.add_argument("-o", "--output", required=True, metavar="RUN", help="run folder (created)")
+    p.add_argument("--config", metavar="FILE",
+                   help="training config, YAML or TOML (see examples/train_config.yaml); default: built-in defaults")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one config value, e.g. --set optim.lr=1e-4 --set data.window=50 (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in RUN (with the config RUN was started with; a fresh "
+                        "start when RUN has none). Without it, a RUN that holds checkpoints is an error")
+    g = p.add_argument_group("shortcuts for common config values")
+    g.add_argument("--steps", type=_positive_int, metavar="N", help="schedule.steps")
+    g.add_argument("--batch-size", type=_positive_int, metavar="N", help="data.batch_size (total over processes)")
+    g.add_argument("--seed", type=int, metavar="N", help="run.seed")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="run.device")
+    g.add_argument("--threads", type=_nonneg_int, metavar="N",
+                   help="run.num_threads: torch threads per process (default 1; 0 = torch's default)")
+    _logging_args(p)
+    p.set_defaults(run=run_train)
+    return p
+
+
+def _train_config(args):
+    from .config import apply_overrides, load_config
+
+    cfg = load_config(args.config)
+    sets = list(args.overrides)
+    for flag, key in (("steps", "schedule.steps"), ("batch_size", "data.batch_size"), ("seed", "run.seed"),
+                      ("device", "run.device"), ("threads", "run.num_threads")):
+        if getattr(args, flag) is not None:
+            sets.append(f"{key}={getattr(args, flag)}")
+    return apply_overrides(cfg, sets) if sets else cfg
+
+
+def run_train(args) -> int:
+    from .trainer import train
+
+    cfg = _train_config(args)
+    res = train(args.dataset, args.output, cfg, resume=args.resume, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        val = ", ".join(f"{k} {v:.4g}" for k, v in res.metrics.items())
+        print(f"wrote {res.model_path} after {res.steps} steps" + (f" ({val})" if val else ""))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ python -m training
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training {prepare,train} ...`` (the same subcommands as ``audio2lp``; use it under torchrun)."""
+    import logging
+
+    parser = argparse.ArgumentParser(prog="python -m training",
+                                     description="Prepare datasets for and train the audio-to-motion model.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_prepare_parser(sub)
+    add_train_parser(sub)
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if args.verbose else logging.WARNING if (args.quiet or rank != 0) else logging.INFO
+    logging.basicConfig(level=level, format=f"[rank {rank}] %(levelname)s: %(message)s" if "RANK" in os.environ
+                        else "%(levelname)s: %(message)s")
+    for noisy in ("numba", "matplotlib", "PIL", "urllib3", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if rank != 0:
+        args.quiet = True
+    try:
+        return int(args.run(args) or 0)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished clips and checkpoints are kept", file=sys.stderr)
+        return 130

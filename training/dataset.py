@@ -1,0 +1,376 @@
+"""A prepared training dataset: one safetensors shard per clip plus ``manifest.json``.
+
+Layout of a dataset folder::
+
+    DATASET/manifest.json          dataset facts, per-clip entries, skipped inputs, motion stats
+    DATASET/shards/<id>.safetensors one clip, all arrays at 25 fps (frame i <-> Whisper tokens 2i, 2i+1)
+    DATASET/skipped/<id>.json      why an input was skipped (so a re-run does not retry it unchanged)
+
+A shard holds the tensors
+
+* ``motion``    float32 (T, 70)  LivePortrait motion (:mod:`audio2lp.motion`) per 25 fps frame;
+* ``audio``     float16 (2T, D)  Whisper encoder features at 50 Hz (D = 384 for tiny / tiny.en);
+* ``eye_ratio`` float32 (T, 2)   eye-open ratios from the landmarks (optional);
+* ``lip_ratio`` float32 (T,)     lip-open ratio from the landmarks (optional);
+* ``face``      uint8   (T,)     1 where a face was detected near that frame, 0 where it was held (optional);
+
+and JSON metadata ``format``, ``meta`` (source path, size, mtime, frames, duration, speaker, flags,
+the input key that detects changed inputs) and ``settings`` (Whisper model and layers, face backend,
+renderer weights fingerprint: what makes motion and features comparable between clips).
+
+The manifest is rebuilt from the shards' own metadata (:func:`build_manifest`), so it can always be
+recreated after a crash. Arrays are never pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from audio2lp.motion import LIP_DIMS, MOTION_DIM, MotionStats
+from audio2lp.whisper_features import parse_whisper_layers
+from lp_renderer.errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DATASET_FORMAT", "SHARD_FORMAT", "FPS", "ClipData", "Dataset", "parse_whisper_layers", "settings_key",
+    "write_shard", "read_shard", "read_shard_meta", "build_manifest", "write_manifest", "write_dataset",
+    "load_dataset", "atomic_write_text",
+]
+
+DATASET_FORMAT = "audio2lp-dataset-v1"
+SHARD_FORMAT = "audio2lp-shard-v1"
+FPS = 25.0
+MANIFEST = "manifest.json"
+SHARDS = "shards"
+SKIPPED = "skipped"
+PRELOAD_LIMIT = 1 << 30  # bytes
+
+
+def settings_key(settings: dict) -> str:
+    """A short hash of the dataset settings (clips are only comparable when these match)."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class ClipData:
+    """The arrays of one clip at 25 fps (see the module docstring for shapes and dtypes)."""
+
+    motion: np.ndarray
+    audio: np.ndarray
+    eye_ratio: np.ndarray | None = None
+    lip_ratio: np.ndarray | None = None
+    face: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.motion = np.ascontiguousarray(self.motion, dtype=np.float32)
+        T = self.motion.shape[0]
+        if self.motion.ndim != 2 or self.motion.shape[1] != MOTION_DIM or T < 1:
+            raise ValueError(f"motion must be (T, {MOTION_DIM}) with T >= 1, got {self.motion.shape}")
+        self.audio = np.asarray(self.audio)
+        if self.audio.ndim != 2 or self.audio.shape[0] < 2 * T:
+            raise ValueError(f"audio must be (>= 2T, D) = (>= {2 * T}, D), got {self.audio.shape}")
+        self.audio = np.ascontiguousarray(self.audio[:2 * T])
+        if self.eye_ratio is not None:
+            self.eye_ratio = np.ascontiguousarray(self.eye_ratio, dtype=np.float32).reshape(T, 2)
+        if self.lip_ratio is not None:
+            self.lip_ratio = np.ascontiguousarray(self.lip_ratio, dtype=np.float32).reshape(T)
+        if self.face is not None:
+            self.face = np.ascontiguousarray(self.face, dtype=np.uint8).reshape(T)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.motion.shape[0])
+
+
+def write_shard(path: str | os.PathLike, clip: ClipData, meta: dict, settings: dict) -> Path:
+    """Write one clip as safetensors (audio stored as float16), atomically (temp name + rename)."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    tensors = {"motion": clip.motion, "audio": clip.audio.astype(np.float16)}
+    for name in ("eye_ratio", "lip_ratio", "face"):
+        a = getattr(clip, name)
+        if a is not None:
+            tensors[name] = a
+    header = {"format": SHARD_FORMAT, "meta": json.dumps(meta, sort_keys=True),
+              "settings": json.dumps(settings, sort_keys=True)}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=header)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _open_error(path: Path, e: Exception) -> InputError:
+    return InputError(f"dataset shard {path} is unreadable ({e}); delete it and run `audio2lp prepare` again.")
+
+
+def read_shard_meta(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(meta, settings)`` of a shard, without reading its arrays."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            header = f.metadata() or {}
+        if header.get("format") != SHARD_FORMAT:
+            raise ValueError(f"format {header.get('format')!r}, expected {SHARD_FORMAT!r}")
+        return json.loads(header["meta"]), json.loads(header["settings"])
+    except InputError:
+        raise
+    except Exception as e:  # safetensors errors, OSError, KeyError, JSON errors
+        raise _open_error(path, e) from None
+
+
+def read_shard(path: str | os.PathLike) -> tuple[ClipData, dict]:
+    """All arrays of a shard (audio converted to float32) and its meta."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    meta, _ = read_shard_meta(path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+        clip = ClipData(arrays["motion"], arrays["audio"].astype(np.float32), arrays.get("eye_ratio"),
+                        arrays.get("lip_ratio"), arrays.get("face"))
+    except Exception as e:
+        raise _open_error(path, e) from None
+    return clip, meta
+
+
+def _read_motion(path: Path) -> np.ndarray:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return f.get_tensor("motion")
+    except Exception as e:
+        raise _open_error(path, e) from None
+
+
+# -- manifest ---------------------------------------------------------------------------------------
+
+
+def build_manifest(root: str | os.PathLike, settings: dict, *, speakers: dict[str, str | None] | None = None
+                   ) -> dict:
+    """Scan ``root/shards`` and ``root/skipped`` and return the manifest dict (not written).
+
+    Only shards made with ``settings`` are listed (others are ignored with a warning). ``speakers`` maps a
+    clip id to a speaker that overrides the one stored in its shard (a new ``--speakers`` table). Motion
+    stats are computed over all listed clips.
+    """
+    root = Path(root)
+    key = settings_key(settings)
+    clips, stale = [], 0
+    for shard in sorted((root / SHARDS).glob("*.safetensors")):
+        meta, s = read_shard_meta(shard)
+        if settings_key(s) != key:
+            stale += 1
+            continue
+        entry = {k: meta.get(k) for k in ("id", "source", "frames", "duration", "speaker", "src_fps", "flags")}
+        entry["shard"] = f"{SHARDS}/{shard.name}"
+        if speakers is not None and entry["id"] in speakers:
+            entry["speaker"] = speakers[entry["id"]]
+        clips.append(entry)
+    if stale:
+        log.warning("%d shard(s) in %s were made with other settings (Whisper model / layers, face backend or "
+                    "weights) and are not part of the dataset", stale, root / SHARDS)
+    skipped = []
+    for rec in sorted((root / SKIPPED).glob("*.json")):
+        try:
+            r = json.loads(rec.read_text(encoding="utf-8"))
+            skipped.append({"source": r["source"], "reason": r["reason"]})
+        except (OSError, ValueError, KeyError):
+            continue
+    stats = None
+    if clips:
+        stats = MotionStats.from_data(_read_motion(root / c["shard"]) for c in clips).to_dict()
+    names = sorted({c["speaker"] for c in clips if c["speaker"] is not None})
+    return {"format": DATASET_FORMAT, "fps": FPS, "motion_dim": MOTION_DIM, "settings": settings,
+            "whisper_model": settings.get("whisper_model"), "whisper_layers": settings.get("whisper_layers"),
+            "audio_dim": settings.get("audio_dim"), "n_clips": len(clips),
+            "n_frames": int(sum(c["frames"] for c in clips)), "speakers": names, "stats": stats,
+            "clips": clips, "skipped": skipped}
+
+
+def write_manifest(root: str | os.PathLike, manifest: dict) -> Path:
+    path = Path(root) / MANIFEST
+    atomic_write_text(path, json.dumps(manifest, indent=1))
+    return path
+
+
+def write_dataset(root: str | os.PathLike, clips: Iterable[tuple[str, ClipData, str | None]], settings: dict
+                  ) -> Path:
+    """Write a dataset from arrays you already have: ``(clip id, ClipData, speaker or None)`` items.
+
+    ``settings`` must hold at least ``whisper_model``, ``whisper_layers`` (text) and ``audio_dim``. Used for
+    synthetic datasets and for motion from other sources. Returns the manifest path.
+    """
+    root = Path(root)
+    (root / SHARDS).mkdir(parents=True, exist_ok=True)
+    for cid, clip, speaker in clips:
+        if clip.audio.shape[1] != settings["audio_dim"]:
+            raise ValueError(f"clip {cid}: audio width {clip.audio.shape[1]} != audio_dim {settings['audio_dim']}")
+        meta = {"id": cid, "source": cid, "frames": clip.n_frames, "duration": clip.n_frames / FPS,
+                "speaker": speaker, "src_fps": FPS, "flags": {}}
+        write_shard(root / SHARDS / f"{cid}.safetensors", clip, meta, settings)
+    return write_manifest(root, build_manifest(root, settings))
+
+
+# -- reading for training -----------------------------------------------------------------------------
+
+
+class Dataset:
+    """A prepared dataset opened for training: the manifest, the clips, windows of their arrays.
+
+    ``preload=None`` keeps every clip in memory when the shards take less than 1 GB, else windows are
+    read from the shards on demand (safetensors slices, only the needed rows).
+    """
+
+    def __init__(self, root: str | os.PathLike, preload: bool | None = None):
+        self.root = Path(root)
+        path = self.root / MANIFEST
+        if not self.root.is_dir():
+            raise InputError(f"dataset folder {self.root} does not exist; create it with `audio2lp prepare`.")
+        if not path.is_file():
+            raise InputError(f"{self.root} has no {MANIFEST}; it is not a prepared dataset (run `audio2lp prepare "
+                             f"VIDEOS -o {self.root}` first).")
+        try:
+            m = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path} is unreadable ({e}); run `audio2lp prepare` again to rebuild it.") from None
+        if not isinstance(m, dict) or m.get("format") != DATASET_FORMAT:
+            raise InputError(f"{path} is not an audio2lp dataset manifest (format {DATASET_FORMAT}); run "
+                             f"`audio2lp prepare` again.")
+        self.manifest = m
+        self.clips: list[dict] = [c for c in m["clips"] if c["frames"] >= 2]
+        if not self.clips:
+            raise InputError(f"the dataset {self.root} has no usable clips (all inputs were skipped or the folder "
+                             f"is empty); prepare more videos with `audio2lp prepare`.")
+        for c in self.clips:
+            if not (self.root / c["shard"]).is_file():
+                raise InputError(f"shard {c['shard']} listed in {path} is missing; run `audio2lp prepare` again.")
+        self.stats = MotionStats.from_dict(m["stats"])
+        self.audio_dim = int(m["audio_dim"])
+        if preload is None:
+            size = sum((self.root / c["shard"]).stat().st_size for c in self.clips)
+            preload = size < PRELOAD_LIMIT
+        self.preload = preload
+        self._cache: dict[int, ClipData] = {}
+        if preload:
+            for i in range(len(self.clips)):
+                self._cache[i] = self._read(i)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @property
+    def whisper_model(self) -> str:
+        return self.manifest["whisper_model"]
+
+    @property
+    def whisper_layers(self) -> str:
+        return self.manifest["whisper_layers"]
+
+    def frames(self, i: int) -> int:
+        return int(self.clips[i]["frames"])
+
+    def speaker(self, i: int) -> str | None:
+        return self.clips[i].get("speaker")
+
+    def _read(self, i: int) -> ClipData:
+        clip, _ = read_shard(self.root / self.clips[i]["shard"])
+        return clip
+
+    def clip(self, i: int) -> ClipData:
+        """All arrays of clip ``i`` (audio float32)."""
+        return self._cache[i] if i in self._cache else self._read(i)
+
+    def window(self, i: int, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(motion (n', 70), audio (2n', D))`` float32 of clip ``i`` from frame ``start``;
+        ``n' = min(n, T - start)``."""
+        T = self.frames(i)
+        end = min(start + n, T)
+        if i in self._cache:
+            c = self._cache[i]
+            return c.motion[start:end], c.audio[2 * start:2 * end].astype(np.float32, copy=False)
+        from safetensors import safe_open
+
+        with safe_open(str(self.root / self.clips[i]["shard"]), framework="numpy") as f:
+            motion = f.get_slice("motion")[start:end]
+            audio = f.get_slice("audio")[2 * start:2 * end]
+        return np.asarray(motion, np.float32), np.asarray(audio, np.float32)
+
+    def lip_direction(self, indices: Sequence[int] | None = None, max_frames: int = 200_000) -> np.ndarray:
+        """A (70,) unit vector over the normalised lip dims whose projection measures mouth opening.
+
+        The least-squares map from the normalised lip-keypoint dims to the landmarks' lip-open ratio over the
+        clips ``indices`` (default all) when the clips have ratios that vary; else the first principal
+        direction of the lip dims. Its sign makes a larger projection mean a more open mouth (or, for the
+        principal direction, a positive sum of weights).
+        """
+        idx = list(range(len(self))) if indices is None else list(indices)
+        X, y, n = [], [], 0
+        for i in idx:
+            c = self.clip(i)
+            X.append(self.stats.normalize(c.motion)[:, list(LIP_DIMS)])
+            y.append(c.lip_ratio if c.lip_ratio is not None else np.full(c.n_frames, np.nan, np.float32))
+            n += c.n_frames
+            if n >= max_frames:
+                break
+        return lip_direction_from(np.concatenate(X), np.concatenate(y))
+
+
+def lip_direction_from(lip_dims: np.ndarray, lip_ratio: np.ndarray) -> np.ndarray:
+    """See :meth:`Dataset.lip_direction`: ``lip_dims`` (N, 18) normalised, ``lip_ratio`` (N,) (NaN = unknown)."""
+    X = np.asarray(lip_dims, np.float64)
+    X = X - X.mean(0)
+    y = np.asarray(lip_ratio, np.float64)
+    w = None
+    ok = np.isfinite(y)
+    if ok.sum() >= 10 and np.std(y[ok]) > 1e-6:
+        yc = y[ok] - y[ok].mean()
+        Xo = X[ok]
+        w = np.linalg.solve(Xo.T @ Xo + 1e-3 * len(yc) * np.eye(X.shape[1]), Xo.T @ yc)
+    if w is None or not np.isfinite(w).all() or np.linalg.norm(w) < 1e-12:
+        _, _, vt = np.linalg.svd(X, full_matrices=False)
+        w = vt[0]
+        if w.sum() < 0:
+            w = -w
+    full = np.zeros(MOTION_DIM)
+    full[list(LIP_DIMS)] = w / (np.linalg.norm(w) + 1e-12)
+    return full.astype(np.float32)
+
+
+def load_dataset(root: str | os.PathLike, preload: bool | None = None) -> Dataset:
+    return Dataset(root, preload)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two equal-length arrays (0 when either is constant)."""
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else 0.0

@@ -1,0 +1,689 @@
+"""Training of the audio-to-motion model (:class:`audio2lp.motion_model.MotionModel`) on a prepared dataset.
+
+One optimiser step:
+
+1. The global batch is a pure function of ``(seed, step)``: ``B`` windows of ``data.window`` frames drawn from
+   the training clips (clip chosen in proportion to its number of window positions, start uniform), each with
+   the matching ``2 * window`` Whisper tokens. Rank ``r`` of ``W`` processes takes the slice
+   ``[r * B/W, (r+1) * B/W)``; this is the distributed sampler. Torch's RNG (dropout, scheduled sampling) is
+   re-seeded from ``(seed, step, rank)`` every step. So a run killed at any moment and resumed from its last
+   checkpoint repeats exactly the steps it lost: the final weights equal those of an uninterrupted run.
+2. Motion is normalised with the dataset's :class:`audio2lp.motion.MotionStats`. With scheduled-sampling
+   probability ``p`` (ramped over steps, see :class:`training.config.SamplingSection`) the decoder inputs are
+   a mix of ground truth and a no-grad teacher-forced prediction (:func:`scheduled_sampling_inputs`).
+3. Loss per window = weighted MSE over the 70 dims (lip-keypoint dims weighted ``loss.lip_weight``) +
+   ``loss.velocity_weight`` * the same on first differences, over its real (unpadded) frames; the batch
+   loss is the mean over windows, so ``W`` processes with ``B/W`` windows each average to the same
+   gradient as one process with ``B``.
+4. AdamW, gradient clipping, linear warm-up then cosine / linear decay (per step).
+
+Every ``run.checkpoint_every`` steps (and at the end) rank 0 writes ``RUN/checkpoints/step-XXXXXXXX.pt``
+atomically (temp file + rename; model, optimiser, scheduler, step, RNG states, config, stats, speaker map);
+``resume=True`` continues from the newest. Rank 0 also writes ``RUN/metrics.csv``, TensorBoard events in
+``RUN/tensorboard``, ``RUN/curves.png`` and at the end ``RUN/motion_model.safetensors``
+(:func:`audio2lp.motion_model.save_motion_model`), which ``audio2lp speak --motion-model`` loads.
+
+Validation (rank 0, every ``run.val_every`` steps and at the end) rolls the model out autoregressively
+(:meth:`MotionModel.generate`) over windows of held-out speakers and reports, in ``metrics.csv``:
+
+* ``val_loss``: the training loss, teacher forced;
+* ``val_motion_l2``: mean per-frame L2 distance over the 70 normalised dims;
+* ``val_lip_l2``: mean per-frame L2 distance of the 18 lip-keypoint expression dims, in LivePortrait units;
+* ``val_velocity_err``: mean per-frame L2 distance of the first differences (normalised dims);
+* ``val_lip_corr``: Pearson correlation of predicted vs. true lip opening, the projection of the lip dims on
+  ``lip_direction`` (fitted on training clips to the landmarks' lip-open ratio; see
+  :meth:`training.dataset.Dataset.lip_direction`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from audio2lp.motion import EYE_DIMS, LIP_DIMS, MOTION_DIM
+from audio2lp.motion_model import (
+    MotionModel,
+    MotionModelConfig,
+    save_motion_model,
+    scheduled_sampling_inputs,
+)
+from lp_renderer.errors import InputError
+
+from .config import TrainConfig, save_config
+from .dataset import Dataset, atomic_write_text, pearson
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CKPT_FORMAT", "METRIC_COLUMNS", "Trainer", "TrainResult", "train", "split_clips", "batch_plan",
+           "lr_factor", "ss_probability", "latest_checkpoint"]
+
+CKPT_FORMAT = "audio2lp-train-checkpoint-v1"
+MODEL_FILE = "motion_model.safetensors"
+METRIC_COLUMNS = ["step", "time", "lr", "ss_prob", "loss", "loss_motion", "loss_velocity", "val_loss",
+                  "val_motion_l2", "val_lip_l2", "val_velocity_err", "val_lip_corr"]
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    steps: int
+    metrics: dict  # the last validation metrics (empty without validation)
+
+
+# -- pure functions of the config ---------------------------------------------------------------------
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of ``optim.lr`` for optimiser step ``step`` (0-based)."""
+    s = cfg.schedule
+    if s.warmup_steps > 0 and step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    if s.kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps))
+    if s.kind == "linear":
+        return 1.0 - (1.0 - s.min_lr_ratio) * progress
+    return s.min_lr_ratio + (1.0 - s.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def ss_probability(step: int, cfg: TrainConfig) -> float:
+    """Scheduled-sampling probability at ``step``: 0 before ``start_step``, then linear up to ``max_prob``."""
+    sa = cfg.sampling
+    if step < sa.start_step or sa.max_prob <= 0:
+        return 0.0
+    if sa.ramp_steps == 0:
+        return sa.max_prob
+    return sa.max_prob * min(1.0, (step - sa.start_step) / sa.ramp_steps)
+
+
+def _seed_for(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] % (2 ** 63))
+
+
+def batch_plan(step: int, seed: int, window: int, frames: list[int], batch: int) -> list[tuple[int, int]]:
+    """The global batch of ``step``: ``batch`` pairs ``(position in frames, start frame)``; a pure function."""
+    rng = np.random.default_rng([int(seed), int(step), 7919])
+    positions = np.array([max(1, t - window + 1) for t in frames], dtype=np.float64)
+    clips = rng.choice(len(frames), size=batch, p=positions / positions.sum())
+    return [(int(c), int(rng.integers(0, positions[c]))) for c in clips]
+
+
+def split_clips(ds: Dataset, cfg: TrainConfig) -> tuple[list[int], list[int], dict[str, int]]:
+    """``(train indices, validation indices, speaker -> style id)``, split by speaker.
+
+    Clips without a speaker count as a speaker of their own. ``data.val_speakers`` names the validation
+    speakers; otherwise a ``data.val_fraction`` share of the speakers (at least one when there are two or more,
+    never all) is drawn with ``run.seed``.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(ds.clips):
+        key = c.get("speaker")
+        groups.setdefault(f"speaker:{key}" if key is not None else f"clip:{c['id']}", []).append(i)
+    names = sorted(groups)
+    d = cfg.data
+    if d.val_speakers:
+        val_names = [f"speaker:{s}" for s in d.val_speakers]
+        unknown = [s for s, n in zip(d.val_speakers, val_names) if n not in groups]
+        if unknown:
+            raise InputError(f"validation speaker(s) {unknown} are not in the dataset (its speakers: "
+                             f"{ds.manifest.get('speakers')}); fix data.val_speakers.")
+        if len(set(val_names)) == len(names):
+            raise InputError("data.val_speakers names every speaker of the dataset, which leaves nothing to train "
+                             "on; hold out fewer speakers.")
+    elif d.val_fraction > 0 and len(names) >= 2:
+        n_val = min(len(names) - 1, max(1, round(d.val_fraction * len(names))))
+        order = np.random.default_rng([cfg.run.seed, 104729]).permutation(len(names))
+        val_names = [names[i] for i in order[:n_val]]
+    else:
+        val_names = []
+    val = sorted(i for n in val_names for i in groups[n])
+    train = sorted(i for n in names if n not in val_names for i in groups[n])
+    speakers = sorted({ds.speaker(i) for i in train if ds.speaker(i) is not None}) if d.speaker_styles else []
+    return train, val, {s: k for k, s in enumerate(speakers)}
+
+
+def dim_weights(cfg: TrainConfig) -> torch.Tensor:
+    """Per-dimension loss weights (70,), normalised to mean 1."""
+    lw = cfg.loss
+    w = torch.full((MOTION_DIM,), float(lw.other_weight))
+    w[63:] = lw.pose_weight
+    w[list(EYE_DIMS)] = lw.eye_weight
+    w[list(LIP_DIMS)] = lw.lip_weight
+    if float(w.sum()) <= 0:
+        raise InputError("all loss weights are 0; give at least one positive loss.*_weight.")
+    return w * (MOTION_DIM / w.sum())
+
+
+def window_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, w: torch.Tensor, velocity_weight: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, motion part, velocity part)``, each the mean over windows of the per-window mean over real frames.
+
+    pred, gt: (B, T, 70) normalised; mask: (B, T) 1 for real frames; w: (70,) dimension weights (mean 1).
+    """
+    err = ((pred - gt) ** 2 * w).mean(-1)  # (B, T)
+    n = mask.sum(1).clamp(min=1)
+    motion = ((err * mask).sum(1) / n).mean()
+    vm = mask[:, 1:] * mask[:, :-1]
+    verr = (((pred[:, 1:] - pred[:, :-1]) - (gt[:, 1:] - gt[:, :-1])) ** 2 * w).mean(-1)
+    vel = ((verr * vm).sum(1) / vm.sum(1).clamp(min=1)).mean()
+    return motion + velocity_weight * vel, motion, vel
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest ``RUN/checkpoints/step-*.pt``, or None."""
+    files = sorted((Path(run_dir) / "checkpoints").glob("step-*.pt"))
+    return files[-1] if files else None
+
+
+def _torch_save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _rng_state() -> dict:
+    st = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [st[0], torch.from_numpy(st[1].astype(np.int64)), int(st[2]),
+                                                        int(st[3]), float(st[4])],
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    n = st["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if st.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+# -- the trainer --------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One training process (of ``world`` under ``torchrun``). See the module docstring.
+
+    Args:
+        dataset: a prepared dataset folder (``audio2lp prepare``).
+        run_dir: the run folder (created). Must not hold checkpoints unless ``resume``.
+        config: the training config (default :class:`TrainConfig`). On resume it must equal the saved one.
+        resume: continue from the newest checkpoint in ``run_dir`` (a fresh start when there is none).
+        progress: tqdm bar over steps (rank 0 only; also needs ``config.run.progress``).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised here (NCCL on CUDA, gloo on CPU)
+    unless it already is, and the model is wrapped in DistributedDataParallel.
+    """
+
+    def __init__(self, dataset: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig | None = None, *,
+                 resume: bool = False, progress: bool = True):
+        import torch.distributed as dist
+
+        self.cfg = cfg = config or TrainConfig()
+        self.run_dir = Path(run_dir)
+        self._owns_group = False
+        world_env = int(os.environ.get("WORLD_SIZE", "1"))
+        use_cuda = cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available())
+        if cfg.run.device == "cuda" and not torch.cuda.is_available():
+            raise InputError("run.device is cuda but no CUDA device is available; use device auto or cpu.")
+        if world_env > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+            self._owns_group = True
+        self.distributed = dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        if use_cuda:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        if cfg.run.num_threads > 0:
+            torch.set_num_threads(cfg.run.num_threads)
+        if cfg.data.batch_size % self.world:
+            raise InputError(f"data.batch_size {cfg.data.batch_size} is not divisible by the {self.world} processes; "
+                             f"use a multiple of {self.world}.")
+        self.is_main = self.rank == 0
+        self.progress = progress and cfg.run.progress and self.is_main
+
+        self.ds = Dataset(dataset, preload=cfg.data.preload)
+        self.stats = self.ds.stats
+        self.train_idx, self.val_idx, self.style_map = split_clips(self.ds, cfg)
+        if not self.train_idx:
+            raise InputError(f"no training clips are left in {dataset} after the validation split; lower "
+                             f"data.val_fraction or add clips.")
+        if not self.val_idx:
+            log.warning("no validation clips (the dataset has a single speaker/clip group, or val_fraction is 0); "
+                        "validation metrics are skipped")
+        self.lip_direction = self.ds.lip_direction(self.train_idx)
+        self.model_config = MotionModelConfig(
+            audio_dim=self.ds.audio_dim, whisper_model=self.ds.whisper_model, whisper_layers=self.ds.whisper_layers,
+            d_model=cfg.model.d_model, n_heads=cfg.model.n_heads, n_layers=cfg.model.n_layers,
+            ff_mult=cfg.model.ff_mult, dropout=cfg.model.dropout, period=cfg.model.period,
+            n_styles=max(1, len(self.style_map)))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.run.seed)
+            self.model = MotionModel(self.model_config).to(self.device)
+        self.net = self.model
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.net = DDP(self.model, device_ids=[self.device.index] if use_cuda else None)
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, self.cfg))
+        self.weights = dim_weights(cfg).to(self.device)
+        self.step = 0
+        self._acc = {"n": 0, "loss": 0.0, "loss_motion": 0.0, "loss_velocity": 0.0}
+        self._t0 = time.time()
+        self.last_val: dict = {}
+        self._writer = None
+        self._frames = [self.ds.frames(i) for i in self.train_idx]
+        self._val_windows = self._plan_val_windows()
+        self._setup_run_dir(resume)
+
+    # -- run folder, checkpoints ----------------------------------------------------------------------
+
+    def _setup_run_dir(self, resume: bool) -> None:
+        ckpt = latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
+        if ckpt is not None and not resume:
+            raise InputError(f"the run folder {self.run_dir} already holds checkpoints; pass --resume to continue "
+                             f"it, or choose a new folder.")
+        saved = self.run_dir / "config.yaml"
+        if resume and saved.is_file():
+            from .config import load_config
+
+            diff = _config_diff(load_config(saved).to_dict(), self.cfg.to_dict())
+            if diff:
+                raise InputError(f"the config differs from the one {self.run_dir} was started with "
+                                 f"({'; '.join(diff[:3])}); resume with the same config or start a new run.")
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            for stale in (self.run_dir / "checkpoints").glob(".step-*.tmp-*"):  # a kill during a checkpoint write
+                stale.unlink(missing_ok=True)
+            save_config(self.cfg, saved)
+            info = {"dataset": str(self.ds.root.resolve()),
+                    "train_clips": [self.ds.clips[i]["id"] for i in self.train_idx],
+                    "val_clips": [self.ds.clips[i]["id"] for i in self.val_idx], "speakers": self.style_map,
+                    "world_size": self.world, "model_config": self.model_config.to_dict()}
+            atomic_write_text(self.run_dir / "run.json", json.dumps(info, indent=1))
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+        if resume and ckpt is not None:
+            self._load_checkpoint(ckpt)
+        if self.is_main:
+            self._truncate_csv(self.step)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a damaged file (cannot happen with atomic writes unless the disk is broken)
+            raise InputError(f"checkpoint {path} is unreadable ({e}); delete it to resume from an older one.") from None
+        if ck.get("format") != CKPT_FORMAT:
+            raise InputError(f"{path} is not an audio2lp training checkpoint; delete it or start a new run.")
+        if ck["model_config"] != self.model_config.to_dict():
+            diff = _config_diff(ck["model_config"], self.model_config.to_dict())
+            raise InputError(f"{path} was made for another model or dataset ({'; '.join(diff[:2])}); resume with "
+                             f"the same dataset and config.")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.step = int(ck["step"])
+        self._acc = dict(ck["log_acc"])
+        self.last_val = dict(ck.get("last_val", {}))
+        _set_rng_state(ck["rng"])
+        log.info("resumed %s at step %d", self.run_dir, self.step)
+
+    def save_checkpoint(self) -> Path | None:
+        """Rank 0: write ``checkpoints/step-XXXXXXXX.pt`` atomically and prune old ones. Returns its path."""
+        if not self.is_main:
+            return None
+        ck = {"format": CKPT_FORMAT, "step": self.step, "model": self.model.state_dict(),
+              "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+              "rng": _rng_state(), "config": self.cfg.to_dict(), "model_config": self.model_config.to_dict(),
+              "stats": self.stats.to_dict(), "speakers": self.style_map, "log_acc": dict(self._acc),
+              "last_val": dict(self.last_val)}
+        path = self.run_dir / "checkpoints" / f"step-{self.step:08d}.pt"
+        _torch_save_atomic(ck, path)
+        for old in sorted((self.run_dir / "checkpoints").glob("step-*.pt"))[:-self.cfg.run.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        log.debug("wrote checkpoint %s", path)
+        return path
+
+    # -- data -------------------------------------------------------------------------------------------
+
+    def style_of(self, i: int) -> int:
+        return self.style_map.get(self.ds.speaker(i), 0)
+
+    def _tensors(self, items: list[tuple[int, int]], n: int):
+        """Windows ``(clip index, start)`` -> audio (b, 2n, D), normalised motion (b, n, 70), mask (b, n),
+        style (b,)."""
+        D = self.ds.audio_dim
+        audio = np.zeros((len(items), 2 * n, D), np.float32)
+        motion = np.zeros((len(items), n, MOTION_DIM), np.float32)
+        mask = np.zeros((len(items), n), np.float32)
+        style = np.zeros(len(items), np.int64)
+        for k, (i, start) in enumerate(items):
+            m, a = self.ds.window(i, start, n)
+            t = m.shape[0]
+            motion[k, :t] = self.stats.normalize(m)
+            audio[k, :a.shape[0]] = a
+            if a.shape[0] < 2 * n:  # pad with the last token
+                audio[k, a.shape[0]:] = a[-1]
+            mask[k, :t] = 1
+            style[k] = self.style_of(i)
+        dev = self.device
+        return (torch.from_numpy(audio).to(dev), torch.from_numpy(motion).to(dev), torch.from_numpy(mask).to(dev),
+                torch.from_numpy(style).to(dev))
+
+    def rank_batch(self, step: int) -> list[tuple[int, int]]:
+        """This rank's windows ``(dataset clip index, start)`` for ``step``."""
+        plan = batch_plan(step, self.cfg.run.seed, self.cfg.data.window, self._frames, self.cfg.data.batch_size)
+        per = self.cfg.data.batch_size // self.world
+        mine = plan[self.rank * per:(self.rank + 1) * per]
+        return [(self.train_idx[p], s) for p, s in mine]
+
+    # -- one step ---------------------------------------------------------------------------------------
+
+    def compute_loss(self, step: int) -> tuple[torch.Tensor, dict]:
+        """Seed the RNGs for ``step``, build this rank's batch and return its loss (with graph) and parts."""
+        torch.manual_seed(_seed_for(self.cfg.run.seed, step, self.rank))
+        audio, gt, mask, style = self._tensors(self.rank_batch(step), self.cfg.data.window)
+        p = ss_probability(step, self.cfg)
+        inputs = gt
+        if p > 0:
+            with torch.no_grad():
+                pred0 = self.model(audio, gt, style)
+            gen = torch.Generator(device=gt.device).manual_seed(_seed_for(self.cfg.run.seed, step, self.rank, 1))
+            inputs = scheduled_sampling_inputs(gt, pred0, p, gen)
+        pred = self.net(audio, inputs, style)
+        loss, lm, lv = window_loss(pred, gt, mask, self.weights, self.cfg.loss.velocity_weight)
+        return loss, {"loss": float(loss.detach()), "loss_motion": float(lm.detach()),
+                      "loss_velocity": float(lv.detach()), "ss_prob": p}
+
+    def train_step(self) -> dict:
+        """One optimiser step (all ranks); returns this rank's loss parts."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, parts = self.compute_loss(self.step)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"the training loss became {float(loss)} at step {self.step}; lower optim.lr")
+        loss.backward()
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        parts["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return parts
+
+    # -- validation -------------------------------------------------------------------------------------
+
+    def _plan_val_windows(self) -> list[tuple[int, int, int]]:
+        """Deterministic validation windows ``(clip, start, length)``, round-robin over the clips."""
+        per_clip = []
+        W = self.cfg.data.val_window
+        for i in self.val_idx:
+            T = self.ds.frames(i)
+            if T < W:
+                per_clip.append([(i, 0, T)])
+            else:
+                per_clip.append([(i, s, W) for s in range(0, T - W + 1, W)])
+        out, k = [], 0
+        while len(out) < self.cfg.data.val_max_windows and any(k < len(c) for c in per_clip):
+            out += [c[k] for c in per_clip if k < len(c)]
+            k += 1
+        return out[:self.cfg.data.val_max_windows]
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Validation metrics (see the module docstring); {} without validation clips. Rank 0 only."""
+        if not self._val_windows:
+            return {}
+        self.model.eval()
+        by_len: dict[int, list[tuple[int, int]]] = {}
+        for i, s, n in self._val_windows:
+            by_len.setdefault(n, []).append((i, s))
+        w = self.weights
+        sq, lip, vel, losses, n_frames, n_win = 0.0, 0.0, 0.0, 0.0, 0, 0
+        open_pred, open_true = [], []
+        d = torch.from_numpy(self.lip_direction).to(self.device)
+        std = torch.from_numpy(self.stats.std.copy()).to(self.device)
+        lip_dims = list(LIP_DIMS)
+        for n, items in sorted(by_len.items()):
+            for b in range(0, len(items), 16):
+                chunk = items[b:b + 16]
+                audio, gt, mask, style = self._tensors(chunk, n)
+                tf = self.model(audio, gt, style)
+                losses += float(window_loss(tf, gt, mask, w, self.cfg.loss.velocity_weight)[0]) * len(chunk)
+                pred = torch.as_tensor(self.model.generate(audio, style, n_frames=n, window=None), device=self.device)
+                sq += float((pred - gt).norm(dim=-1).sum())
+                lip += float(((pred - gt)[..., lip_dims] * std[lip_dims]).norm(dim=-1).sum())
+                vel += float(((pred[:, 1:] - pred[:, :-1]) - (gt[:, 1:] - gt[:, :-1])).norm(dim=-1).sum())
+                open_pred.append((pred @ d).flatten().cpu().numpy())
+                open_true.append((gt @ d).flatten().cpu().numpy())
+                n_frames += pred.shape[0] * n
+                n_win += len(chunk)
+        n_vel = max(1, n_frames - n_win)
+        self.model.train()
+        return {"val_loss": losses / n_win, "val_motion_l2": sq / n_frames, "val_lip_l2": lip / n_frames,
+                "val_velocity_err": vel / n_vel,
+                "val_lip_corr": pearson(np.concatenate(open_pred), np.concatenate(open_true))}
+
+    # -- logging ----------------------------------------------------------------------------------------
+
+    def _truncate_csv(self, step: int) -> None:
+        """Keep only the rows of steps <= ``step`` (rows written after the checkpoint a resume starts from)."""
+        path = self.run_dir / "metrics.csv"
+        if not path.is_file():
+            return
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= step]
+        self._write_csv(path, rows)
+
+    @staticmethod
+    def _write_csv(path: Path, rows: list[dict]) -> None:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                wr = csv.DictWriter(f, METRIC_COLUMNS)
+                wr.writeheader()
+                wr.writerows(rows)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _log_row(self, row: dict) -> None:
+        path = self.run_dir / "metrics.csv"
+        new = not path.is_file()
+        with open(path, "a", newline="", encoding="utf-8") as f:
+            wr = csv.DictWriter(f, METRIC_COLUMNS)
+            if new:
+                wr.writeheader()
+            wr.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+        if self.cfg.run.tensorboard:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1)
+            for k, v in row.items():
+                if k not in ("step", "time") and v != "" and v is not None:
+                    tag = f"val/{k[4:]}" if k.startswith("val_") else f"train/{k}"
+                    self._writer.add_scalar(tag, float(v), int(row["step"]))
+            self._writer.flush()
+
+    def plot_curves(self) -> Path | None:
+        """Rank 0: ``RUN/curves.png`` with the training and validation curves from ``metrics.csv``."""
+        path = self.run_dir / "metrics.csv"
+        if not self.is_main or not path.is_file():
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+
+        def series(key):
+            pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in ("", None)]
+            return ([p[0] for p in pts], [p[1] for p in pts])
+
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        for key, label in (("loss", "train loss"), ("val_loss", "val loss (teacher forced)"),
+                           ("val_motion_l2", "val motion L2 (rollout)")):
+            x, y = series(key)
+            if x:
+                a1.plot(x, y, label=label, marker="o" if key != "loss" else None, ms=3)
+        a1.set_yscale("log")
+        a1.set_xlabel("step")
+        if a1.lines:
+            a1.legend()
+        a1.set_title("losses")
+        x, y = series("val_lip_corr")
+        if x:
+            a2.plot(x, y, marker="o", ms=3, label="val lip-opening corr")
+        a2.set_xlabel("step")
+        a2.set_ylim(-1, 1)
+        if a2.lines:
+            a2.legend()
+        a2.set_title("validation lip-opening correlation")
+        fig.tight_layout()
+        out = self.run_dir / "curves.png"
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
+        try:
+            fig.savefig(tmp, dpi=80)
+            os.replace(tmp, out)
+        finally:
+            plt.close(fig)
+            tmp.unlink(missing_ok=True)
+        return out
+
+    def _reduce_acc(self) -> dict:
+        vals = torch.tensor([self._acc["loss"], self._acc["loss_motion"], self._acc["loss_velocity"],
+                             float(self._acc["n"])], dtype=torch.float64)
+        if self.distributed:
+            import torch.distributed as dist
+
+            t = vals.to(self.device)
+            dist.all_reduce(t)
+            vals = t.cpu() / self.world
+        n = max(vals[3].item(), 1.0)
+        return {"loss": vals[0].item() / n, "loss_motion": vals[1].item() / n, "loss_velocity": vals[2].item() / n}
+
+    # -- the loop ---------------------------------------------------------------------------------------
+
+    def extra(self) -> dict:
+        """The ``extra`` metadata of the final model file (see ``training/__init__.py``)."""
+        return {"fps": 25, "speakers": self.style_map, "default_style": 0,
+                "lip_direction": [float(x) for x in self.lip_direction],
+                "dataset": {"path": str(self.ds.root.resolve()), "n_clips": len(self.ds),
+                            "n_frames": int(self.ds.manifest["n_frames"]),
+                            "train_clips": len(self.train_idx), "val_clips": len(self.val_idx),
+                            "whisper_model": self.ds.whisper_model, "whisper_layers": self.ds.whisper_layers,
+                            "settings": self.ds.manifest.get("settings", {})},
+                "train": {"steps": self.step, "world_size": self.world, "config": self.cfg.to_dict()},
+                "val": self.last_val}
+
+    def run(self) -> TrainResult:
+        """Train up to ``schedule.steps``, with checkpoints, logs and validation; returns the final model path."""
+        cfg = self.cfg
+        total = cfg.schedule.steps
+        bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not self.progress,
+                   dynamic_ncols=True)
+        try:
+            while self.step < total:
+                parts = self.train_step()
+                for k in ("loss", "loss_motion", "loss_velocity"):
+                    self._acc[k] += parts[k]
+                self._acc["n"] += 1
+                s = self.step
+                bar.update(1)
+                is_last = s == total
+                row = None
+                if s % cfg.run.log_every == 0 or is_last:
+                    row = {"step": s, "time": round(time.time() - self._t0, 3), "lr": parts["lr"],
+                           "ss_prob": parts["ss_prob"], **self._reduce_acc()}
+                    self._acc = {"n": 0, "loss": 0.0, "loss_motion": 0.0, "loss_velocity": 0.0}
+                    bar.set_postfix(loss=f"{row['loss']:.4f}")
+                do_val = (cfg.run.val_every and s % cfg.run.val_every == 0) or is_last
+                if do_val and self.is_main and self._val_windows:
+                    self.last_val = self.validate()
+                    row = row or {"step": s, "time": round(time.time() - self._t0, 3), "lr": parts["lr"],
+                                  "ss_prob": parts["ss_prob"]}
+                    row.update(self.last_val)
+                    log.info("step %d: %s", s, ", ".join(f"{k} {v:.4g}" for k, v in self.last_val.items()))
+                if row is not None and self.is_main:
+                    self._log_row(row)
+                if do_val and self.is_main:
+                    self.plot_curves()
+                if s % cfg.run.checkpoint_every == 0 or is_last:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        model_path = self.run_dir / MODEL_FILE
+        if self.is_main:
+            save_motion_model(model_path, self.model, self.stats, self.extra())
+            self.plot_curves()
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return TrainResult(model_path, self.step, dict(self.last_val))
+
+    def close(self) -> None:
+        if self._owns_group:
+            import torch.distributed as dist
+
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+            self._owns_group = False
+
+
+def train(dataset: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig | None = None, *,
+          resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train a motion model on ``dataset`` into ``run_dir`` (see :class:`Trainer`); returns the result."""
+    t = Trainer(dataset, run_dir, config, resume=resume, progress=progress)
+    try:
+        return t.run()
+    finally:
+        t.close()
+
+
+def config_from_checkpoint(path: str | os.PathLike) -> TrainConfig:
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    return TrainConfig.from_dict(ck["config"], source=str(path))
+
