@@ -26,16 +26,6 @@ REPO = Path(__file__).resolve().parents[2]
 CLIP = "talking/LipNet__bbaf2n.mpg"  # 3 s, 25 fps, 360x288, one face, speech
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    from lp_renderer.config import RendererConfig
-    from lp_renderer.networks import RendererNetworks
-
-    d = tmp_path_factory.mktemp("weights")
-    RendererNetworks.random(RendererConfig.tiny()).save(d)
-    return d
-
-
 def _opts(weights: Path, **kw) -> PrepareOptions:
     base = {"weights_dir": str(weights), "face_backend": "dlib", "workers": 0, "progress": False,
             "min_seconds": 1.0}
@@ -228,8 +218,9 @@ def test_kill_during_prepare_leaves_no_half_shard(data_dir, tiny_weights, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_smoke_prepare_train_speak_ready(data_dir, tiny_weights, tmp_path):
-    """Real videos -> prepare (2 worker processes, CLI) -> a few training steps -> a loadable motion model."""
+def test_smoke_prepare_train_speak(data_dir, tiny_weights, tmp_path):
+    """Real videos -> prepare (2 worker processes, CLI) -> a few training steps -> `audio2lp speak --motion-model`
+    with the trained checkpoint (CLI)."""
     videos = [data_dir / "talking" / n for n in ("Talking-Face_PC-AVS__00010.mp4", "LipNet__bbaf2n.mpg",
                                                  "EAMM__M030_sad_3_001.mp4")]
     out = tmp_path / "ds"
@@ -253,3 +244,15 @@ def test_smoke_prepare_train_speak_ready(data_dir, tiny_weights, tmp_path):
     assert meta["extra"]["speakers"] == {"talking": 0}
     out_motion = model.generate(read_shard(out / ds.clips[0]["shard"])[0].audio, 0, stats=stats)
     assert out_motion.shape[1] == MOTION_DIM and np.isfinite(out_motion).all()
+    from audio2lp.audio import load_audio, write_wav
+    from audio2lp.video_io import probe_video
+
+    speech = write_wav(tmp_path / "speech.wav", load_audio(data_dir / "speech/MakeItTalk__M6_04_16k.wav")[:24000])
+    video = tmp_path / "talk.mp4"
+    res = subprocess.run([sys.executable, "-m", "audio2lp", "speak", str(data_dir / "portraits/EAMM__14.png"),
+                          str(speech), "-o", str(video), "--motion-model", str(run / "motion_model.safetensors"),
+                          "--weights", str(tiny_weights), "-q"], env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    info = probe_video(video)
+    assert info.has_audio and abs(info.n_frames - 1.5 * 25) <= 1
