@@ -160,6 +160,10 @@ def _add_weights(sub) -> None:
     p = sub.add_parser("weights", help="get, import, check or convert the LivePortrait weights",
                        description="Manage the LivePortrait weights folder (official pretrained_weights layout).")
     wsub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    from .weights_store import add_weights_download_parser, add_weights_import_parser
+
+    add_weights_download_parser(wsub)
+    add_weights_import_parser(wsub)
     c = wsub.add_parser("convert", help="convert an official weights folder to safetensors (pickle-free, faster)",
                         description="Load every official .pth file strictly and write .safetensors files next to "
                                     "them (or under --out in the same layout). They are preferred from then on.")
@@ -191,7 +195,19 @@ def _add_app(sub) -> None:
     add_app_parser(sub)
 
 
-PARSERS = [_add_speak, _add_drive, _add_training, _add_weights, _add_app]
+def _add_doctor(sub) -> None:
+    from .doctor import add_doctor_parser
+
+    add_doctor_parser(sub)
+
+
+def _add_serve(sub) -> None:
+    from .server import add_serve_parser
+
+    add_serve_parser(sub)
+
+
+PARSERS = [_add_speak, _add_drive, _add_training, _add_weights, _add_doctor, _add_app, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -83,11 +83,16 @@ def missing_weight_files(weights_dir: str | os.PathLike, include_stitching: bool
 
 
 def missing_weights_message(weights_dir: Path, missing: list[str]) -> str:
-    listing = ", ".join(missing)
-    return (f"LivePortrait weights are missing in {weights_dir}: {listing}. Get them with "
-            f"`audio2lp weights download` (from the Hugging Face hub), or `audio2lp weights import DIR` "
-            f"for a folder you already have (its pretrained_weights/ layout), or point --weights / "
-            f"${WEIGHTS_ENV} at it.")
+    """One sentence: which files are missing where, and the two ways to get them."""
+    wdir = Path(weights_dir)
+    target = "" if wdir == default_weights_dir() else f" --weights {wdir}"
+    if not wdir.is_dir():
+        what = f"the LivePortrait weights folder {wdir} does not exist"
+    else:
+        what = f"LivePortrait weights are missing in {wdir}: {', '.join(missing)}"
+    return (f"{what}. Get them with `audio2lp weights download{target}` (from the Hugging Face hub), or "
+            f"`audio2lp weights import DIR{target}` for a folder you already have (its pretrained_weights/ "
+            f"layout); or point --weights / ${WEIGHTS_ENV} at a folder that has them.")
 
 
 def rename_keys(key: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -261,8 +266,7 @@ def load_networks(weights_dir: str | os.PathLike, config: RendererConfig | None 
 
     wdir = Path(weights_dir)
     if not wdir.is_dir():
-        raise WeightsError(missing_weights_message(wdir, list(OFFICIAL_FILES.values())).replace(
-            "are missing in", "folder does not exist:", 1))
+        raise WeightsError(missing_weights_message(wdir, list(OFFICIAL_FILES.values())))
     missing = missing_weight_files(wdir, include_stitching=require_stitching)
     if missing:
         raise WeightsError(missing_weights_message(wdir, missing))
