@@ -594,7 +594,7 @@ def test_check_output_path(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["d.mp4"]  # the write probe is removed
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can write anywhere")
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="optional: root can write anywhere")
 def test_unwritable_output_folder(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()

@@ -213,7 +213,7 @@ def test_inputs_and_properties(fake, capsys):
     assert captured.out == "" and captured.err == ""
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="optional: a GPU is present")
 def test_cuda_without_gpu_is_a_clear_error(fake_model):
     with pytest.raises(InputError, match="CUDA"):
         WhisperEncoder("fake", model=fake_model, device="cuda")
