@@ -4,7 +4,8 @@
 - :mod:`training.dataset`: the dataset format, reading windows, writing synthetic datasets;
 - :mod:`training.config`: :class:`~training.config.TrainConfig` (YAML / TOML);
 - :mod:`training.trainer`: ``audio2lp train`` (checkpoints, resume, DDP, logs, validation);
-- :mod:`training.cli`: the two subcommands (``add_prepare_parser`` / ``add_train_parser``).
+- :mod:`training.cli`: the two subcommands (``add_prepare_parser`` / ``add_train_parser``) and
+  ``run_command``, which runs them for ``audio2lp`` and ``python -m training`` alike.
 
 The final model file ``RUN/motion_model.safetensors`` is written by
 :func:`audio2lp.motion_model.save_motion_model`. Its metadata, as read by

@@ -8,7 +8,7 @@ import sys
 
 from lp_renderer.errors import InputError
 
-__all__ = ["add_prepare_parser", "add_train_parser", "run_prepare", "run_train"]
+__all__ = ["COMMANDS", "add_prepare_parser", "add_train_parser", "run_command", "run_prepare", "run_train"]
 
 
 def _positive_int(value: str) -> int:
@@ -115,6 +115,8 @@ def run_prepare(args) -> int:
           f"{rep.wall_seconds:.1f} s), {rep.reused} already done, {len(rep.skipped)} skipped")
     for source, reason in rep.skipped:
         print(f"  skipped {source}: {reason}")
+    for shard, reason in rep.damaged:
+        print(f"  left out {shard}: {reason}")
     if rep.n_clips == 0:
         raise InputError(f"the dataset {rep.dataset} has no usable clip (every input was skipped, see above); give "
                          f"talking-head videos with a visible face and an audio track.")
@@ -137,7 +139,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                     "RUN/tensorboard, RUN/curves.png, and at the end RUN/motion_model.safetensors for "
                     "`audio2lp speak --motion-model`. Several processes: `torchrun --nproc-per-node N -m training "
                     "train ...` (DistributedDataParallel; NCCL on GPUs, gloo on CPU; data.batch_size is the total "
-                    "over all processes).",
+                    "over all processes; RUN and the config are read and written by rank 0 only, so they need to "
+                    "exist only on its machine, while every machine needs DATASET).",
         epilog="example: audio2lp train data/hdtf -o runs/a --config examples/train_config.yaml --set optim.lr=1e-4")
     p.add_argument("dataset", metavar="DATASET", help="dataset folder written by `audio2lp prepare`")
     p.add_argument("-o", "--output", required=True, metavar="RUN", help="run folder (created)")
@@ -146,8 +149,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one config value, e.g. --set optim.lr=1e-4 --set data.window=50 (repeatable)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the newest checkpoint in RUN (with the config RUN was started with; a fresh "
-                        "start when RUN has none). Without it, a RUN that holds checkpoints is an error")
+                   help="continue from the newest checkpoint in RUN (a fresh start when RUN has none). Without "
+                        "--config it uses RUN/config.yaml, with any --set / shortcut options on top. The config must "
+                        "match the run's, except that --steps may raise schedule.steps (the learning-rate schedule "
+                        "is then recomputed over the new length). Without --resume, a RUN that holds checkpoints is "
+                        "an error")
     g = p.add_argument_group("shortcuts for common config values")
     g.add_argument("--steps", type=_positive_int, metavar="N", help="schedule.steps")
     g.add_argument("--batch-size", type=_positive_int, metavar="N", help="data.batch_size (total over processes)")
@@ -161,9 +167,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _train_config(args):
+    """The config of ``train``: --config (or on --resume RUN/config.yaml, else the defaults), then --set and the
+    shortcut options."""
+    from pathlib import Path
+
     from .config import apply_overrides, load_config
 
-    cfg = load_config(args.config)
+    saved = Path(args.output) / "config.yaml"
+    cfg = load_config(saved if args.config is None and args.resume and saved.is_file() else args.config)
     sets = list(args.overrides)
     for flag, key in (("steps", "schedule.steps"), ("batch_size", "data.batch_size"), ("seed", "run.seed"),
                       ("device", "run.device"), ("threads", "run.num_threads")):
@@ -183,22 +194,22 @@ def run_train(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------ python -m training
-def main(argv: list[str] | None = None) -> int:
-    """``python -m training {prepare,train} ...`` (the same subcommands as ``audio2lp``; use it under torchrun)."""
+# ------------------------------------------------------------------------------------------ running
+def run_command(args) -> int:
+    """Run a parsed ``prepare`` / ``train`` command as a CLI: logging, exit codes, messages.
+
+    Both ``audio2lp prepare|train`` and ``python -m training prepare|train`` come here. Under torchrun
+    (``RANK`` set) log lines carry the rank and ranks other than 0 show warnings only and no progress bars.
+    ``InputError`` prints ``error: ...`` and returns 2. Ctrl-C returns 130; finished clips and checkpoints are
+    kept.
+    """
     import logging
 
-    parser = argparse.ArgumentParser(prog="python -m training",
-                                     description="Prepare datasets for and train the audio-to-motion model.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_prepare_parser(sub)
-    add_train_parser(sub)
-    args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     level = logging.DEBUG if args.verbose else logging.WARNING if (args.quiet or rank != 0) else logging.INFO
     logging.basicConfig(level=level, format=f"[rank {rank}] %(levelname)s: %(message)s" if "RANK" in os.environ
                         else "%(levelname)s: %(message)s")
-    for noisy in ("numba", "matplotlib", "PIL", "urllib3", "h5py"):
+    for noisy in ("numba", "matplotlib", "PIL", "urllib3", "httpx", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if rank != 0:
         args.quiet = True
@@ -208,5 +219,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished clips and checkpoints are kept", file=sys.stderr)
+        print("interrupted; finished clips and checkpoints are kept (re-run the command, with --resume for train, "
+              "to continue)", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: out of memory; try a smaller --batch-size", file=sys.stderr)
+        return 1
+
+
+COMMANDS = ("prepare", "train")
+
+
+# ------------------------------------------------------------------------------------------ python -m training
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training {prepare,train} ...`` (the same subcommands as ``audio2lp``; use it under torchrun)."""
+    parser = argparse.ArgumentParser(prog="python -m training",
+                                     description="Prepare datasets for and train the audio-to-motion model.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_prepare_parser(sub)
+    add_train_parser(sub)
+    return run_command(parser.parse_args(argv))

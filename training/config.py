@@ -86,8 +86,20 @@ class LossSection:
 
 @dataclass
 class SamplingSection:
-    """Scheduled sampling: the probability that a decoder input frame is the model's own prediction
-    instead of the ground truth ramps linearly from 0 at ``start_step`` to ``max_prob`` over ``ramp_steps``."""
+    """Scheduled sampling, the two-pass variant for parallel (transformer) decoders of Mihaylova & Liu (2019),
+    "Scheduled Sampling for Transformers".
+
+    Each training step runs the decoder twice on the same windows. Pass 1 is teacher forced (ground-truth
+    previous frames) and runs without gradient. Its predictions replace ground-truth input frames of pass 2
+    with probability ``p``, independently per window and frame. Pass 2 is the pass that is trained; its loss
+    target is still the ground truth. ``p`` ramps linearly from 0 at ``start_step`` to ``max_prob`` over
+    ``ramp_steps`` (0 before ``start_step``; ``max_prob`` 0 turns it off and saves pass 1).
+
+    What this does and does not do: the mixed-in frames are one-step-ahead predictions made from the true
+    history, not a free-running rollout. The decoder learns to tolerate its own one-step errors in its inputs,
+    but not errors that build up over a long rollout. Validation measures those separately, with a true
+    autoregressive rollout (``val_motion_l2`` and friends).
+    """
 
     max_prob: float = 0.5
     start_step: int = 1000

@@ -2,7 +2,7 @@
 
 Layout of a dataset folder::
 
-    DATASET/manifest.json          dataset facts, per-clip entries, skipped inputs, motion stats
+    DATASET/manifest.json          dataset facts, per-clip entries, skipped inputs, damaged shards, motion stats
     DATASET/shards/<id>.safetensors one clip, all arrays at 25 fps (frame i <-> Whisper tokens 2i, 2i+1)
     DATASET/skipped/<id>.json      why an input was skipped (so a re-run does not retry it unchanged)
 
@@ -176,23 +176,45 @@ def build_manifest(root: str | os.PathLike, settings: dict, *, speakers: dict[st
                    ) -> dict:
     """Scan ``root/shards`` and ``root/skipped`` and return the manifest dict (not written).
 
-    Only shards made with ``settings`` are listed (others are ignored with a warning). ``speakers`` maps a
-    clip id to a speaker that overrides the one stored in its shard (a new ``--speakers`` table). Motion
-    stats are computed over all listed clips.
+    Only shards made with ``settings`` are listed (others are ignored with a warning). A shard that cannot be
+    read (truncated or damaged on disk) is left out with a warning and listed under ``damaged``; ``audio2lp
+    prepare`` redoes it when its video is among the inputs again. ``speakers`` maps a clip id to a speaker that
+    overrides the one stored in its shard (a new ``--speakers`` table). Motion stats are computed over all listed
+    clips.
     """
     root = Path(root)
     key = settings_key(settings)
-    clips, stale = [], 0
-    for shard in sorted((root / SHARDS).glob("*.safetensors")):
-        meta, s = read_shard_meta(shard)
-        if settings_key(s) != key:
-            stale += 1
-            continue
-        entry = {k: meta.get(k) for k in ("id", "source", "frames", "duration", "speaker", "src_fps", "flags")}
-        entry["shard"] = f"{SHARDS}/{shard.name}"
-        if speakers is not None and entry["id"] in speakers:
-            entry["speaker"] = speakers[entry["id"]]
-        clips.append(entry)
+    clips, damaged, stale = [], [], 0
+
+    def good_motions():  # lists the readable clips and yields their motion, one shard at a time (for the stats)
+        nonlocal stale
+        for shard in sorted((root / SHARDS).glob("*.safetensors")):
+            try:
+                meta, s = read_shard_meta(shard)
+                if settings_key(s) != key:
+                    stale += 1
+                    continue
+                motion = _read_motion(shard)
+                if motion.ndim != 2 or motion.shape[1] != MOTION_DIM or motion.shape[0] != meta.get("frames"):
+                    raise _open_error(shard, ValueError(f"motion of shape {motion.shape} for {meta.get('frames')} "
+                                                        f"frames"))
+            except InputError as e:
+                log.warning("%s It is left out of the dataset.", e)
+                damaged.append({"shard": f"{SHARDS}/{shard.name}", "reason": str(e)})
+                continue
+            entry = {k: meta.get(k) for k in ("id", "source", "frames", "duration", "speaker", "src_fps", "flags")}
+            entry["shard"] = f"{SHARDS}/{shard.name}"
+            if speakers is not None and entry["id"] in speakers:
+                entry["speaker"] = speakers[entry["id"]]
+            clips.append(entry)
+            yield motion
+
+    try:
+        stats = MotionStats.from_data(good_motions()).to_dict()
+    except ValueError:  # no frames: no readable clip made with these settings
+        if clips:
+            raise
+        stats = None
     if stale:
         log.warning("%d shard(s) in %s were made with other settings (Whisper model / layers, face backend or "
                     "weights) and are not part of the dataset", stale, root / SHARDS)
@@ -203,15 +225,12 @@ def build_manifest(root: str | os.PathLike, settings: dict, *, speakers: dict[st
             skipped.append({"source": r["source"], "reason": r["reason"]})
         except (OSError, ValueError, KeyError):
             continue
-    stats = None
-    if clips:
-        stats = MotionStats.from_data(_read_motion(root / c["shard"]) for c in clips).to_dict()
     names = sorted({c["speaker"] for c in clips if c["speaker"] is not None})
     return {"format": DATASET_FORMAT, "fps": FPS, "motion_dim": MOTION_DIM, "settings": settings,
             "whisper_model": settings.get("whisper_model"), "whisper_layers": settings.get("whisper_layers"),
             "audio_dim": settings.get("audio_dim"), "n_clips": len(clips),
             "n_frames": int(sum(c["frames"] for c in clips)), "speakers": names, "stats": stats,
-            "clips": clips, "skipped": skipped}
+            "clips": clips, "skipped": skipped, "damaged": damaged}
 
 
 def write_manifest(root: str | os.PathLike, manifest: dict) -> Path:

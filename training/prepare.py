@@ -18,6 +18,8 @@ have no audio, no face (or a face in fewer than ``min_face_fraction`` of the fra
 A re-run skips every input whose shard (or skip record) matches its size and modification time and the
 settings (Whisper model and layers, face backend, M weights); changed inputs are redone. The manifest is
 rebuilt from the shards' own metadata during and at the end of each run, with the motion statistics.
+A shard that cannot be read (damaged on disk) is left out of the manifest with a warning, never aborting the
+run. Its clip is prepared again when its video is among the inputs.
 
 Measured on this 2-core machine (see the report in the issue): one worker per core, each single-threaded,
 is faster than one process with two threads, because dlib's detector and ffmpeg are single-threaded and
@@ -94,6 +96,7 @@ class PrepareReport:
     prepared: list[str] = field(default_factory=list)  # sources processed by this run
     reused: int = 0  # inputs whose shard was already there
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason) of this run's inputs
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (shard, reason): unreadable, left out
     n_clips: int = 0  # clips in the dataset (all runs)
     n_frames: int = 0
     video_seconds: float = 0.0  # seconds of video processed by this run
@@ -125,7 +128,12 @@ def find_videos(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 def read_speakers_csv(path: str | os.PathLike) -> dict[str, str]:
     """``{path or file name: speaker}`` from a CSV with a header naming the columns ``path`` (or ``file``) and
-    ``speaker``. Paths may be absolute, relative to the CSV's folder, or bare file names."""
+    ``speaker``. Paths may be absolute, relative to the CSV's folder, or bare file names.
+
+    Every row is keyed by its full path. It is also keyed by its bare file name, so that videos elsewhere can
+    match it. That is done only when the file name is unambiguous: a name that is in several rows with
+    different speakers (``00001.mp4`` in VoxCeleb's layout) matches by full path only, with a warning.
+    """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"speaker table {p} does not exist; check --speakers.")
@@ -140,7 +148,8 @@ def read_speakers_csv(path: str | os.PathLike) -> dict[str, str]:
     if not rows or pcol is None or scol is None:
         raise InputError(f"speaker table {p} needs a header with the columns 'path' (or 'file') and 'speaker' and at "
                          f"least one row; fix the CSV.")
-    table = {}
+    table: dict[str, str] = {}
+    by_name: dict[str, set[str]] = {}
     for r in rows:
         key, spk = (r.get(pcol) or "").strip(), (r.get(scol) or "").strip()
         if not key or not spk:
@@ -149,7 +158,15 @@ def read_speakers_csv(path: str | os.PathLike) -> dict[str, str]:
         full = q if q.is_absolute() else p.parent / q
         table[str(full.absolute())] = spk
         table[str(full.resolve())] = spk
-        table[q.name] = spk
+        by_name.setdefault(q.name, set()).add(spk)
+    ambiguous = sorted(name for name, spks in by_name.items() if len(spks) > 1)
+    if ambiguous:
+        log.warning("speaker table %s: %d file name(s) are in several rows with different speakers (e.g. %s); "
+                    "those rows match videos by their full path only, not by file name", p, len(ambiguous),
+                    ", ".join(ambiguous[:3]))
+    for name, spks in by_name.items():
+        if len(spks) == 1:
+            table.setdefault(name, next(iter(spks)))
     return table
 
 
@@ -513,6 +530,7 @@ def prepare_dataset(videos: Sequence[str | os.PathLike], out_dir: str | os.PathL
         bar.close()
         manifest = build_manifest(root, settings, speakers=speakers)
         write_manifest(root, manifest)
+    report.damaged = [(d["shard"], d["reason"]) for d in manifest["damaged"]]
     report.n_clips = manifest["n_clips"]
     report.n_frames = manifest["n_frames"]
     report.wall_seconds = time.time() - t0

@@ -8,9 +8,14 @@ One optimiser step:
    ``[r * B/W, (r+1) * B/W)``; this is the distributed sampler. Torch's RNG (dropout, scheduled sampling) is
    re-seeded from ``(seed, step, rank)`` every step. So a run killed at any moment and resumed from its last
    checkpoint repeats exactly the steps it lost: the final weights equal those of an uninterrupted run.
-2. Motion is normalised with the dataset's :class:`audio2lp.motion.MotionStats`. With scheduled-sampling
-   probability ``p`` (ramped over steps, see :class:`training.config.SamplingSection`) the decoder inputs are
-   a mix of ground truth and a no-grad teacher-forced prediction (:func:`scheduled_sampling_inputs`).
+2. Motion is normalised with the dataset's :class:`audio2lp.motion.MotionStats`. Scheduled sampling is the
+   two-pass variant for parallel decoders (Mihaylova & Liu 2019, "Scheduled Sampling for Transformers"):
+   with probability ``p`` (ramped over steps, see :class:`training.config.SamplingSection`) each decoder input
+   frame of the second, trained pass is the first pass's prediction instead of the ground truth. The first pass
+   is teacher forced and runs without gradient (:func:`scheduled_sampling_inputs`). So the mixed-in frames are
+   one-step-ahead predictions made from the true history. The model learns to cope with its own one-step
+   errors in its inputs, but it never sees errors that build up over a long rollout. Validation measures those
+   with a real autoregressive rollout.
 3. Loss per window = weighted MSE over the 70 dims (lip-keypoint dims weighted ``loss.lip_weight``) +
    ``loss.velocity_weight`` * the same on first differences, over its real (unpadded) frames; the batch
    loss is the mean over windows, so ``W`` processes with ``B/W`` windows each average to the same
@@ -19,9 +24,15 @@ One optimiser step:
 
 Every ``run.checkpoint_every`` steps (and at the end) rank 0 writes ``RUN/checkpoints/step-XXXXXXXX.pt``
 atomically (temp file + rename; model, optimiser, scheduler, step, RNG states, config, stats, speaker map);
-``resume=True`` continues from the newest. Rank 0 also writes ``RUN/metrics.csv``, TensorBoard events in
-``RUN/tensorboard``, ``RUN/curves.png`` and at the end ``RUN/motion_model.safetensors``
-(:func:`audio2lp.motion_model.save_motion_model`), which ``audio2lp speak --motion-model`` loads.
+``resume=True`` continues from the newest. It may raise ``schedule.steps`` (the learning-rate schedule is
+then recomputed over the new length, with a warning). Other changes to the config are refused. Rank 0 also
+writes ``RUN/metrics.csv``, TensorBoard events in ``RUN/tensorboard``, ``RUN/curves.png`` and at the end
+``RUN/motion_model.safetensors`` (:func:`audio2lp.motion_model.save_motion_model`), which
+``audio2lp speak --motion-model`` loads.
+
+Several processes: ``RUN`` lives on rank 0's filesystem. Only rank 0 reads or writes it: on resume it loads
+the newest checkpoint and sends the state to the other ranks before the model is wrapped in
+DistributedDataParallel. Every rank uses rank 0's config. The other ranks (machines) need only the dataset.
 
 Validation (rank 0, every ``run.val_every`` steps and at the end) rolls the model out autoregressively
 (:meth:`MotionModel.generate`) over windows of held-out speakers and reports, in ``metrics.csv``:
@@ -214,15 +225,33 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """``(dotted key, value in a, value in b)`` for every leaf that differs."""
     out = []
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += _config_diff(va, vb, f"{prefix}{k}.")
         elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+            out.append((f"{prefix}{k}", va, vb))
     return out
+
+
+def _diff_text(diff: list[tuple[str, object, object]], n: int = 3) -> str:
+    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:n])
+
+
+# Config keys that may change on resume without changing the result (schedule.steps is handled separately).
+RESUME_FREE_KEYS = {"run.progress", "run.num_threads", "run.keep_checkpoints"}
+
+
+def _broadcast(obj, src: int = 0):
+    """``obj`` of rank ``src`` on every rank (pickled over the process group: only for our own processes)."""
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 # -- the trainer --------------------------------------------------------------------------------------
@@ -234,12 +263,16 @@ class Trainer:
     Args:
         dataset: a prepared dataset folder (``audio2lp prepare``).
         run_dir: the run folder (created). Must not hold checkpoints unless ``resume``.
-        config: the training config (default :class:`TrainConfig`). On resume it must equal the saved one.
+        config: the training config (default :class:`TrainConfig`). On resume it must equal the one the
+            checkpoint was made with, except that ``schedule.steps`` may be raised (and the keys in
+            ``RESUME_FREE_KEYS``, which do not change the result, may differ).
         resume: continue from the newest checkpoint in ``run_dir`` (a fresh start when there is none).
         progress: tqdm bar over steps (rank 0 only; also needs ``config.run.progress``).
 
-    Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised here (NCCL on CUDA, gloo on CPU)
-    unless it already is, and the model is wrapped in DistributedDataParallel.
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised here (NCCL on CUDA, gloo on CPU;
+    chosen from each process's own ``run.device``) unless it already is. Every process then uses rank 0's
+    config. Only rank 0 touches ``run_dir``: it checks and loads the checkpoint and broadcasts its state. Then the
+    model is wrapped in DistributedDataParallel.
     """
 
     def __init__(self, dataset: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig | None = None, *,
@@ -264,6 +297,12 @@ class Trainer:
             torch.cuda.set_device(self.device)
         else:
             self.device = torch.device("cpu")
+        if self.distributed:  # rank 0's config for all (RUN/config.yaml may exist only on rank 0's machine)
+            ref = _broadcast(cfg.to_dict())
+            if ref != cfg.to_dict():
+                log.info("rank %d uses rank 0's config (its own differs: %s)", self.rank,
+                         _diff_text(_config_diff(cfg.to_dict(), ref)))
+                self.cfg = cfg = TrainConfig.from_dict(ref, source="rank 0's config")
         if cfg.run.num_threads > 0:
             torch.set_num_threads(cfg.run.num_threads)
         if cfg.data.batch_size % self.world:
@@ -290,11 +329,6 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.run.seed)
             self.model = MotionModel(self.model_config).to(self.device)
-        self.net = self.model
-        if self.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.net = DDP(self.model, device_ids=[self.device.index] if use_cuda else None)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                            weight_decay=o.weight_decay)
@@ -305,60 +339,107 @@ class Trainer:
         self._t0 = time.time()
         self.last_val: dict = {}
         self._writer = None
+        self._resume = resume
+        self.start_step = 0  # the step this process started from (the checkpoint's on resume)
         self._frames = [self.ds.frames(i) for i in self.train_idx]
         self._val_windows = self._plan_val_windows()
-        self._setup_run_dir(resume)
+        self._setup_run_dir(resume)  # loads the checkpoint into model / optimiser before DDP wraps the model
+        self.net = self.model
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.net = DDP(self.model, device_ids=[self.device.index] if use_cuda else None)
 
     # -- run folder, checkpoints ----------------------------------------------------------------------
 
     def _setup_run_dir(self, resume: bool) -> None:
+        """Rank 0 checks ``run_dir`` and reads the checkpoint to resume from, then writes ``config.yaml`` and
+        ``run.json``; every rank gets the verdict (an InputError message) and the checkpoint state from it."""
+        state, error = None, None
+        if self.is_main:
+            try:
+                state = self._read_resume_state(resume)
+                self._write_run_files()
+            except InputError as e:
+                error = str(e)
+        if self.distributed:
+            error, state = _broadcast((error, state))
+        if error is not None:
+            raise InputError(error)
+        if state is not None:
+            self._apply_checkpoint(state)
+        if self.is_main:
+            self._truncate_csv(self.step)
+
+    def _check_resume_config(self, saved: dict, where: str, at_step: int) -> None:
+        """InputError unless ``self.cfg`` may continue a run made with ``saved`` (a config dict) at ``at_step``."""
+        diff = [d for d in _config_diff(saved, self.cfg.to_dict()) if d[0] not in RESUME_FREE_KEYS]
+        other = [d for d in diff if d[0] != "schedule.steps"]
+        if other:
+            raise InputError(f"the config differs from the one {where} was made with ({_diff_text(other)}); resume "
+                             f"with the same config (only schedule.steps may be raised) or start a new run.")
+        if diff:
+            old, new = diff[0][1], diff[0][2]
+            if new < old:
+                raise InputError(f"schedule.steps can only be raised on resume ({old} -> {new}); resume with "
+                                 f"schedule.steps >= {old} or start a new run.")
+            if at_step > 0:
+                log.warning("schedule.steps raised from %d to %d on resume: the learning-rate schedule is recomputed "
+                            "over %d steps (stretched; at step %d the factor goes from %.4g to %.4g), so the result "
+                            "differs from an uninterrupted run of either length", old, new, new, at_step,
+                            lr_factor(at_step, TrainConfig.from_dict(saved)), lr_factor(at_step, self.cfg))
+
+    def _read_resume_state(self, resume: bool) -> dict | None:
+        """Rank 0: the checkpoint dict to continue from (validated), or None for a fresh start."""
         ckpt = latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
         if ckpt is not None and not resume:
             raise InputError(f"the run folder {self.run_dir} already holds checkpoints; pass --resume to continue "
                              f"it, or choose a new folder.")
-        saved = self.run_dir / "config.yaml"
-        if resume and saved.is_file():
-            from .config import load_config
+        if not resume:
+            return None
+        if ckpt is None:  # killed before its first checkpoint: a fresh start, with the same config
+            saved = self.run_dir / "config.yaml"
+            if saved.is_file():
+                from .config import load_config
 
-            diff = _config_diff(load_config(saved).to_dict(), self.cfg.to_dict())
-            if diff:
-                raise InputError(f"the config differs from the one {self.run_dir} was started with "
-                                 f"({'; '.join(diff[:3])}); resume with the same config or start a new run.")
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
-            for stale in (self.run_dir / "checkpoints").glob(".step-*.tmp-*"):  # a kill during a checkpoint write
-                stale.unlink(missing_ok=True)
-            save_config(self.cfg, saved)
-            info = {"dataset": str(self.ds.root.resolve()),
-                    "train_clips": [self.ds.clips[i]["id"] for i in self.train_idx],
-                    "val_clips": [self.ds.clips[i]["id"] for i in self.val_idx], "speakers": self.style_map,
-                    "world_size": self.world, "model_config": self.model_config.to_dict()}
-            atomic_write_text(self.run_dir / "run.json", json.dumps(info, indent=1))
-        if self.distributed:
-            import torch.distributed as dist
-
-            dist.barrier()
-        if resume and ckpt is not None:
-            self._load_checkpoint(ckpt)
-        if self.is_main:
-            self._truncate_csv(self.step)
-
-    def _load_checkpoint(self, path: Path) -> None:
+                self._check_resume_config(load_config(saved).to_dict(), str(self.run_dir), 0)
+            return None
         try:
-            ck = torch.load(path, map_location="cpu", weights_only=True)
+            ck = torch.load(ckpt, map_location="cpu", weights_only=True)
         except Exception as e:  # a damaged file (cannot happen with atomic writes unless the disk is broken)
-            raise InputError(f"checkpoint {path} is unreadable ({e}); delete it to resume from an older one.") from None
-        if ck.get("format") != CKPT_FORMAT:
-            raise InputError(f"{path} is not an audio2lp training checkpoint; delete it or start a new run.")
+            raise InputError(f"checkpoint {ckpt} is unreadable ({e}); delete it to resume from an older one.") from None
+        if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
+            raise InputError(f"{ckpt} is not an audio2lp training checkpoint; delete it or start a new run.")
         if ck["model_config"] != self.model_config.to_dict():
             diff = _config_diff(ck["model_config"], self.model_config.to_dict())
-            raise InputError(f"{path} was made for another model or dataset ({'; '.join(diff[:2])}); resume with "
+            raise InputError(f"{ckpt} was made for another model or dataset ({_diff_text(diff, 2)}); resume with "
                              f"the same dataset and config.")
+        self._check_resume_config(ck["config"], str(ckpt), int(ck["step"]))
+        return ck
+
+    def _write_run_files(self) -> None:
+        """Rank 0: create ``run_dir`` and write ``config.yaml`` and ``run.json``."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        for stale in (self.run_dir / "checkpoints").glob(".step-*.tmp-*"):  # a kill during a checkpoint write
+            stale.unlink(missing_ok=True)
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        info = {"dataset": str(self.ds.root.resolve()),
+                "train_clips": [self.ds.clips[i]["id"] for i in self.train_idx],
+                "val_clips": [self.ds.clips[i]["id"] for i in self.val_idx], "speakers": self.style_map,
+                "world_size": self.world, "model_config": self.model_config.to_dict()}
+        atomic_write_text(self.run_dir / "run.json", json.dumps(info, indent=1))
+
+    def _apply_checkpoint(self, ck: dict) -> None:
+        """Load a checkpoint dict (validated by rank 0) into this process's model, optimiser and scheduler."""
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
-        self.step = int(ck["step"])
+        self.step = self.start_step = int(ck["step"])
+        if ck["config"]["schedule"]["steps"] != self.cfg.schedule.steps:  # the lr of this step, on the new schedule
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                group["lr"] = base * lr_factor(self.step, self.cfg)
+            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         self._acc = dict(ck["log_acc"])
         self.last_val = dict(ck.get("last_val", {}))
         _set_rng_state(ck["rng"])
@@ -421,7 +502,7 @@ class Trainer:
         audio, gt, mask, style = self._tensors(self.rank_batch(step), self.cfg.data.window)
         p = ss_probability(step, self.cfg)
         inputs = gt
-        if p > 0:
+        if p > 0:  # two-pass scheduled sampling (module docstring): pass 1 teacher forced, no gradient
             with torch.no_grad():
                 pred0 = self.model(audio, gt, style)
             gen = torch.Generator(device=gt.device).manual_seed(_seed_for(self.cfg.run.seed, step, self.rank, 1))
@@ -535,7 +616,9 @@ class Trainer:
             if self._writer is None:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1)
+                # on resume, hide the events a killed run wrote after the checkpoint we continue from
+                self._writer = SummaryWriter(str(self.run_dir / "tensorboard"),
+                                             purge_step=self.start_step + 1 if self._resume else None)
             for k, v in row.items():
                 if k not in ("step", "time") and v != "" and v is not None:
                     tag = f"val/{k[4:]}" if k.startswith("val_") else f"train/{k}"
@@ -681,9 +764,3 @@ def train(dataset: str | os.PathLike, run_dir: str | os.PathLike, config: TrainC
         return t.run()
     finally:
         t.close()
-
-
-def config_from_checkpoint(path: str | os.PathLike) -> TrainConfig:
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    return TrainConfig.from_dict(ck["config"], source=str(path))
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import os
 import subprocess
 import sys
@@ -52,45 +53,88 @@ def test_torchrun_two_processes(tmp_path):
     assert extra["train"]["steps"] == 60
 
 
-def _grad_worker(rank: int, world: int, init_file: str, ds: str, run: str, out: str) -> None:
+RESUME = ["schedule.steps=8", "run.checkpoint_every=4", "run.tensorboard=false", "model.dropout=0.0",
+          "sampling.max_prob=0"]  # no dropout or sampling noise, whose draws depend on the rank
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, ds: str, tmp: str) -> None:
     import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
 
     from training.trainer import Trainer
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))  # ranks out of step fail instead of hanging
     try:
-        t = Trainer(ds, run, tiny_config("model.dropout=0.0", "data.batch_size=4", "run.tensorboard=false"),
+        # 1. the first step's gradients, averaged by DDP over the ranks
+        t = Trainer(ds, f"{tmp}/ddp", tiny_config("model.dropout=0.0", "data.batch_size=4", "run.tensorboard=false"),
                     progress=False)
         t.model.train()
         loss, _ = t.compute_loss(0)
-        loss.backward()  # DDP averages the gradients over the ranks
+        loss.backward()
         if rank == 0:
-            torch.save({k: p.grad.clone() for k, p in t.model.named_parameters() if p.grad is not None}, out)
+            torch.save({k: p.grad.clone() for k, p in t.model.named_parameters() if p.grad is not None},
+                       f"{tmp}/grads.pt")
+        # 2. resume: only rank 0 sees the run folder; rank 1 gets a folder that does not exist and another config
+        run = f"{tmp}/single" if rank == 0 else f"{tmp}/not-on-this-machine"
+        cfg = tiny_config(*RESUME) if rank == 0 else tiny_config("schedule.steps=8", "optim.lr=0.5")
+        r = Trainer(ds, run, cfg, resume=True, progress=False)
+        info = {"step": r.step, "config": r.cfg.to_dict(), "ddp": isinstance(r.net, DistributedDataParallel),
+                "model": {k: v.clone() for k, v in r.model.state_dict().items()},
+                "exp_avg": [s["exp_avg"].clone() for s in r.optimizer.state.values()]}
+        res = r.run()
+        info["steps"] = res.steps
+        info["final"] = {k: v.clone() for k, v in r.model.state_dict().items()}
+        torch.save(info, f"{tmp}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_two_ranks_with_half_batches_give_the_single_process_gradients(tmp_path):
+def test_two_ranks_match_one_process_and_resume_from_rank_0s_checkpoint(tmp_path):
+    """Two ranks with half batches give the single-process gradients. A 2-rank resume of a single-process run
+    takes the checkpoint and config from rank 0 only, and ends with the weights of the uninterrupted run."""
     import torch.multiprocessing as mp
+    from safetensors.torch import load_file
 
-    from training.trainer import Trainer
+    from training.trainer import Trainer, train
 
     ds = make_dataset(tmp_path / "ds")
-    t = Trainer(ds, tmp_path / "single", tiny_config("model.dropout=0.0", "data.batch_size=4",
-                                                     "run.tensorboard=false"), progress=False)
+    t = Trainer(ds, tmp_path / "single-grad", tiny_config("model.dropout=0.0", "data.batch_size=4",
+                                                          "run.tensorboard=false"), progress=False)
     t.model.train()
     loss, _ = t.compute_loss(0)
     loss.backward()
     single = {k: p.grad.clone() for k, p in t.model.named_parameters() if p.grad is not None}
-    out = tmp_path / "grads.pt"
-    mp.spawn(_grad_worker, args=(2, str(tmp_path / "init"), str(ds), str(tmp_path / "ddp"), str(out)), nprocs=2,
-             join=True)
-    ddp = torch.load(out, weights_only=True)
+    # an uninterrupted single-process run of 8 steps, then "killed" back to its checkpoint at step 4
+    train(ds, tmp_path / "single", tiny_config(*RESUME), progress=False)
+    full = load_file(str(tmp_path / "single" / "motion_model.safetensors"))
+    (tmp_path / "single" / "checkpoints" / "step-00000008.pt").unlink()
+    ck4 = torch.load(tmp_path / "single" / "checkpoints" / "step-00000004.pt", weights_only=True)
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(ds), str(tmp_path)), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "grads.pt", weights_only=True)
     assert single.keys() == ddp.keys() and len(single) > 10
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], rtol=1e-5, atol=1e-7, msg=f"gradient of {k}")
     assert max(float(g.abs().max()) for g in single.values()) > 1e-4, "non-trivial gradients"
+
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert not (tmp_path / "not-on-this-machine").exists(), "rank 1 never touches a run folder"
+    assert r0["ddp"] and r1["ddp"]
+    assert r0["step"] == r1["step"] == 4 and r0["steps"] == r1["steps"] == 8
+    assert r1["config"] == r0["config"] == ck4["config"], "rank 1 runs with rank 0's config"
+    for r in (r0, r1):
+        for k, v in ck4["model"].items():
+            torch.testing.assert_close(r["model"][k], v, rtol=0, atol=0, msg=f"resumed weight {k}")
+        saved = [st["exp_avg"] for st in ck4["optimizer"]["state"].values()]
+        assert len(r["exp_avg"]) == len(saved) and all(torch.equal(a, b) for a, b in zip(r["exp_avg"], saved))
+    for k, v in r0["final"].items():
+        torch.testing.assert_close(r1["final"][k], v, rtol=0, atol=0, msg=f"ranks disagree on {k}")
+    final = load_file(str(tmp_path / "single" / "motion_model.safetensors"))
+    assert final.keys() == full.keys()
+    for k in full:
+        torch.testing.assert_close(final[k], full[k], rtol=1e-4, atol=1e-5, msg=f"weight {k} after the 2-rank resume")
 
 
 def test_batch_must_divide_by_world_size(tmp_path):

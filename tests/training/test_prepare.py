@@ -20,7 +20,7 @@ from audio2lp.motion import MOTION_DIM
 from audio2lp.motion_model import load_motion_model, read_motion_model_metadata
 from lp_renderer.errors import InputError, WeightsError
 from training.dataset import Dataset, pearson, read_shard
-from training.prepare import PrepareOptions, find_videos, prepare_dataset, read_speakers_csv
+from training.prepare import PrepareOptions, _speaker_for, find_videos, prepare_dataset, read_speakers_csv
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP = "talking/LipNet__bbaf2n.mpg"  # 3 s, 25 fps, 360x288, one face, speech
@@ -108,8 +108,13 @@ def test_input_errors(tiny_weights, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         prepare_dataset([tmp_path / "missing.mp4"], tmp_path / "ds", _opts(tiny_weights))
     v = _noise_video(tmp_path / "v.mp4", seconds=0.5)
-    with pytest.raises(WeightsError, match="motion_extractor"):
+    with pytest.raises(WeightsError) as e:  # names the folder and says how to get the weights
         prepare_dataset([v], tmp_path / "ds", _opts(tmp_path / "no-weights"))
+    assert f"weights folder {tmp_path / 'no-weights'} does not exist" in str(e.value)
+    assert "audio2lp weights download" in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "empty-weights").mkdir()
+    with pytest.raises(WeightsError, match=r"missing in .*empty-weights: liveportrait/base_models/motion_extractor"):
+        prepare_dataset([v], tmp_path / "ds", _opts(tmp_path / "empty-weights"))
     with pytest.raises(InputError, match="Whisper layers"):
         prepare_dataset([v], tmp_path / "ds", _opts(tiny_weights, whisper_layers="deepest"))
     with pytest.raises(InputError, match="does not fit"):
@@ -133,6 +138,63 @@ def test_speaker_table_and_video_search(tmp_path):
     csv_path.write_text("path,speaker\nspk_a/x.mp4,alice\ny.MOV,bob\n")
     table = read_speakers_csv(csv_path)
     assert table[str((tmp_path / "spk_a" / "x.mp4").resolve())] == "alice" and table["y.MOV"] == "bob"
+
+
+def test_speaker_table_bare_names_only_when_unambiguous(tmp_path, caplog):
+    csv_path = tmp_path / "speakers.csv"
+    csv_path.write_text("path,speaker\nid1/00001.mp4,alice\nid2/00001.mp4,bob\nid1/00002.mp4,alice\n"
+                        "id3/00003.mp4,carol\nid4/00003.mp4,carol\n")
+    with caplog.at_level("WARNING", logger="training.prepare"):
+        table = read_speakers_csv(csv_path)
+    assert "00001.mp4" not in table, "a file name with two speakers is not matched by name"
+    assert "1 file name(s)" in caplog.text and "00001.mp4" in caplog.text
+    assert table[str((tmp_path / "id1" / "00001.mp4").resolve())] == "alice"
+    assert table[str((tmp_path / "id2" / "00001.mp4").resolve())] == "bob"
+    assert table["00002.mp4"] == "alice" and table["00003.mp4"] == "carol"
+    other = tmp_path / "elsewhere"
+    assert _speaker_for(other / "00002.mp4", table, 0) == "alice"
+    assert _speaker_for(other / "00001.mp4", table, 0) is None
+    assert _speaker_for(tmp_path / "id2" / "00001.mp4", table, 0) == "bob"
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_a_damaged_shard_is_left_out_with_a_warning(tiny_weights, tmp_path, caplog):
+    from training.dataset import ClipData, build_manifest, settings_key, write_dataset, write_shard
+    from training.prepare import _input_fingerprint, _is_done
+
+    settings = {"whisper_model": "tiny.en", "whisper_layers": "middle", "audio_dim": 8}
+    rng = np.random.default_rng(0)
+    clips = [(f"c{k}", ClipData(rng.normal(size=(30, MOTION_DIM)), rng.normal(size=(60, 8))), None) for k in range(3)]
+    root = write_dataset(tmp_path / "ds", clips, settings).parent
+    _truncate(root / "shards" / "c1.safetensors")
+    with caplog.at_level("WARNING", logger="training.dataset"):
+        m = build_manifest(root, settings)
+    assert [c["id"] for c in m["clips"]] == ["c0", "c2"] and m["n_frames"] == 60
+    assert [d["shard"] for d in m["damaged"]] == ["shards/c1.safetensors"]
+    assert "c1.safetensors is unreadable" in caplog.text and "left out" in caplog.text
+    # a re-run of prepare redoes it: a damaged shard does not count as done
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"1")
+    fp, shard = _input_fingerprint(video), root / "shards" / "c0.safetensors"
+    clip, meta = read_shard(shard)
+    write_shard(shard, clip, {**meta, "input": fp}, settings)
+    assert _is_done(shard, tmp_path / "none.json", fp, settings_key(settings), False) == "ok"
+    _truncate(shard)
+    assert _is_done(shard, tmp_path / "none.json", fp, settings_key(settings), False) is None
+
+    # prepare does not abort because of it: the other inputs are handled and the shard is reported
+    out = tmp_path / "prep"
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "old-clip.safetensors").write_bytes((root / "shards" / "c1.safetensors").read_bytes())
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(b"\x00" * 1000)
+    rep = prepare_dataset([bad], out, _opts(tiny_weights))
+    assert [s for s, _ in rep.damaged] == ["shards/old-clip.safetensors"] and len(rep.skipped) == 1
+    assert json.loads((out / "manifest.json").read_text())["damaged"][0]["shard"] == "shards/old-clip.safetensors"
 
 
 # -- real clips ---------------------------------------------------------------------------------------------

@@ -194,15 +194,29 @@ def test_train_writes_logs_checkpoints_and_a_speak_ready_model(dataset, tmp_path
     assert {"model", "optimizer", "scheduler", "step", "rng", "config", "stats", "speakers"} <= set(ck)
 
 
-def test_existing_run_needs_resume_and_same_config(dataset, tmp_path):
+def test_existing_run_needs_resume_and_same_config(dataset, tmp_path, caplog):
     run = tmp_path / "run"
-    train(dataset, run, tiny_config("schedule.steps=4", "run.checkpoint_every=2", "run.tensorboard=false"),
-          progress=False)
+    base = ["run.checkpoint_every=2", "run.tensorboard=false"]
+    train(dataset, run, tiny_config("schedule.steps=4", *base), progress=False)
     with pytest.raises(InputError, match="--resume"):
-        Trainer(dataset, run, tiny_config("schedule.steps=4", "run.checkpoint_every=2", "run.tensorboard=false"))
-    with pytest.raises(InputError, match="config differs"):
-        Trainer(dataset, run, tiny_config("schedule.steps=8", "run.checkpoint_every=2", "run.tensorboard=false"),
-                resume=True)
+        Trainer(dataset, run, tiny_config("schedule.steps=4", *base))
+    with pytest.raises(InputError, match=r"config differs .*optim\.lr: 0\.003 -> 0\.01"):
+        Trainer(dataset, run, tiny_config("schedule.steps=4", "optim.lr=0.01", *base), resume=True)
+    with pytest.raises(InputError, match="schedule.steps can only be raised"):
+        Trainer(dataset, run, tiny_config("schedule.steps=3", *base), resume=True)
+    Trainer(dataset, run, tiny_config("schedule.steps=4", "run.keep_checkpoints=5", *base), resume=True).close()
+    # raising schedule.steps continues, with a warning; the lr follows the new schedule from the resumed step on
+    longer = tiny_config("schedule.steps=8", *base)
+    with caplog.at_level("WARNING", logger="training.trainer"):
+        t = Trainer(dataset, run, longer, resume=True, progress=False)
+    assert t.step == 4
+    assert "schedule.steps raised from 4 to 8" in caplog.text and "learning-rate schedule" in caplog.text
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(longer.optim.lr * lr_factor(4, longer))
+    lrs = []
+    while t.step < 8:
+        lrs.append(t.train_step()["lr"])
+    assert lrs == pytest.approx([longer.optim.lr * lr_factor(s, longer) for s in range(4, 8)])
+    t.close()
 
 
 def test_bad_datasets(tmp_path):
@@ -271,6 +285,70 @@ def test_resume_after_real_kill_matches_uninterrupted_run(dataset, tmp_path):
         killed_rows = list(csv.DictReader(f))
     for ra, rb in zip(full_rows, killed_rows):
         assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5)
+
+
+def _tb_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_cli_resume_uses_the_run_config_and_purges_later_tensorboard_events(dataset, tmp_path, capsys, caplog):
+    """`train` then `train --resume` with no config options (through both entry points) continues the run;
+    --steps raises its length. TensorBoard events written after the resumed checkpoint are hidden."""
+    from audio2lp.cli import main as audio2lp_main
+    from training.cli import main as training_main
+
+    cfg = tmp_path / "cfg.yaml"
+    save_config(tiny_config("schedule.steps=6", "run.checkpoint_every=3", "run.log_every=3", "run.val_every=0"), cfg)
+    run = tmp_path / "run"
+    assert training_main(["train", str(dataset), "-o", str(run), "--config", str(cfg), "-q"]) == 0
+    first = {s: v for s, v in _tb_scalars(run / "tensorboard", "train/loss")}
+    assert sorted(first) == [3, 6]
+    # as if killed after step 6 was logged but before its checkpoint was written
+    (run / "checkpoints" / "step-00000006.pt").unlink()
+    (run / "motion_model.safetensors").unlink()
+    capsys.readouterr()
+    assert audio2lp_main(["train", str(dataset), "-o", str(run), "--resume", "-q"]) == 0
+    assert "wrote" in capsys.readouterr().out and (run / "motion_model.safetensors").is_file()
+    assert latest_checkpoint(run).name == "step-00000006.pt"
+    with caplog.at_level("WARNING", logger="training.trainer"):
+        assert training_main(["train", str(dataset), "-o", str(run), "--resume", "--steps", "9", "-q"]) == 0
+    assert "after 9 steps" in capsys.readouterr().out
+    assert "schedule.steps raised from 6 to 9" in caplog.text
+    assert load_config(run / "config.yaml") == apply_overrides(load_config(cfg), ["schedule.steps=9"])
+    with open(run / "metrics.csv", newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [3, 6, 9]
+    events = _tb_scalars(run / "tensorboard", "train/loss")
+    assert [s for s, _ in events] == [3, 6, 9], "each step once: the events after a resumed checkpoint are purged"
+    assert dict(events)[6] == pytest.approx(first[6], rel=1e-5), "the resumed run repeats step 6 exactly"
+    # a config change other than schedule.steps is refused, as a one-line error
+    assert training_main(["train", str(dataset), "-o", str(run), "--resume", "--set", "optim.lr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the config differs") and "optim.lr" in err
+
+
+def test_both_entry_points_share_interrupt_and_rank_handling(dataset, tmp_path, monkeypatch, capsys):
+    import audio2lp.cli
+    import training.cli
+
+    seen = []
+
+    def interrupted(args):
+        seen.append(args.quiet)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.cli, "run_train", interrupted)
+    monkeypatch.setattr(training.cli, "run_prepare", interrupted)
+    monkeypatch.setenv("RANK", "1")
+    for main in (audio2lp.cli.main, training.cli.main):
+        for cmd in (["train", str(dataset), "-o", str(tmp_path / "r")], ["prepare", str(dataset), "-o", "x"]):
+            assert main(cmd) == 130
+            err = capsys.readouterr().err
+            assert "checkpoints are kept" in err and "no partial output" not in err
+    assert seen == [True] * 4, "ranks other than 0 run quietly under both entry points"
 
 
 def test_cli_help_texts():
