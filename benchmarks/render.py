@@ -1,18 +1,28 @@
-"""Per-frame render time and peak memory: the naive path against the optimised one, in one run.
+"""Per-stage and per-frame render time and peak memory: the naive path against the optimised one, in one run.
 
-    python benchmarks/render.py                  # default (official) sizes, random weights
-    python benchmarks/render.py --weights DIR    # real weights (same speed; numbers are data-independent)
-    python benchmarks/render.py --quick          # tiny config, a smoke run
+    python benchmarks/render.py                  # default (official) sizes with filled weights (see below)
+    python benchmarks/render.py --weights DIR    # real weights (same cost; the numbers are data-independent)
+    python benchmarks/render.py --random         # default sizes, random weights (no conformance folder needed)
+    python benchmarks/render.py --quick          # tiny config, random weights: a smoke run of this script
 
-A frame is what the drive loop does per driving frame: M on the driving crop, relative motion and
-stitching, W, G. F runs once per source and is reported separately. Each path runs in a child
-process of its own so its peak RSS is its own:
+Weights: by default, when the conformance folder (``$AUDIO2LP_CONFORMANCE_DIR``, default
+``../shared/conformance``) is present, its ``lp_fill.py`` weights are written in the official release
+layout (``liveportrait/base_models/*.pth``, the stitching dict with ``module.`` keys) to a temporary
+folder and loaded with ``Renderer.from_weights``, exactly as ``tests/conftest.py::filled_weights_dir``
+does; without that folder the script falls back to random weights and says so.
+
+A frame is what the drive loop does per driving frame: M on the driving crop, Algorithm 1 with the
+default options (``lp_renderer.animation.driving_keypoints``: relative motion, expression-friendly,
+stitching MLP), W, G. The source preparation runs once per source and is reported separately (F alone,
+and the whole ``prepare_source``: F, M and W's per-source cache). Each path runs in a child process of
+its own so its peak RSS is its own:
 
 * naive     - the networks as loaded (spectral norm and BatchNorm evaluated every call, no per-source
               cache, direct convolutions), batch 1: what the official code does;
 * optimised - the default Renderer (folded, fast layers, per-source cache), batch 1 and batch 8.
 
-Threads default to 2 (``--threads``); fp32 on the CPU.
+Threads default to 2 (``--threads``); fp32 on the CPU. The output ends with a Markdown table and the
+exact command, ready for ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -20,13 +30,46 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
+import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+STAGES = ("M", "stitch", "W", "G")
+
+
+def conformance_dir() -> Path:
+    return Path(os.environ.get("AUDIO2LP_CONFORMANCE_DIR", REPO.parent / "shared" / "conformance"))
+
+
+def write_filled_weights(root: Path) -> Path:
+    """lp_fill's weights in the official release layout under ``root`` (as tests/conftest.py does)."""
+    import importlib.util
+
+    import torch
+
+    from lp_renderer.weights import OFFICIAL_FILES, STITCHING_SUBDICTS
+
+    spec = importlib.util.spec_from_file_location("lp_fill", conformance_dir() / "lp_fill.py")
+    lp_fill = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lp_fill)
+    for key in ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator"):
+        path = root / OFFICIAL_FILES[key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(lp_fill.state_dict_for(key), path)
+    stitch = {STITCHING_SUBDICTS[name]: {f"module.{k}": v for k, v in lp_fill.state_dict_for(name).items()}
+              for name in ("stitching", "lip", "eye")}
+    path = root / OFFICIAL_FILES["stitching_retargeting_module"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(stitch, path)
+    return root
 
 
 def child(args) -> dict:
@@ -34,21 +77,21 @@ def child(args) -> dict:
     import torch
 
     from lp_renderer import Renderer, RendererConfig, RendererNetworks
-    from lp_renderer.keypoints import relative_motion
+    from lp_renderer.animation import driving_keypoints
 
     torch.set_num_threads(args.threads)
-    cfg = RendererConfig.tiny() if args.quick else RendererConfig()
     fold = args.mode != "naive"
     if args.weights:
         r = Renderer.from_weights(args.weights, device="cpu", fold=fold)
     else:
+        cfg = RendererConfig.tiny() if args.quick else RendererConfig()
         r = Renderer(RendererNetworks.random(cfg, seed=0), device="cpu", fold=fold, _owned=True)
     rng = np.random.default_rng(0)
     src_img = rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)
     b = args.batch
-    n_batches = args.frames // b if b > 1 else args.frames
+    n_batches = max(1, args.frames // b)
     drv = rng.integers(0, 255, (b, 256, 256, 3), dtype=np.uint8)
-    t = {"F": 0.0, "M": 0.0, "stitch": 0.0, "W": 0.0, "G": 0.0}
+    t = dict.fromkeys(STAGES, 0.0)
 
     def timed(key, fn):
         t0 = time.perf_counter()
@@ -60,30 +103,80 @@ def child(args) -> dict:
         # warm-up (first-call allocations, FFT plans, weight spectra)
         src = r.prepare_source(src_img)
         ref = r.extract_motion(drv[:1])
-        r.decode(r.warp(src, r.stitch(src.x_s, relative_motion(src.info, ref, ref)))["out"])
+        r.decode(r.warp(src, driving_keypoints(r, src, ref, ref))["out"])
+        t0 = time.perf_counter()
+        r.appearance(src_img)
+        f_once = time.perf_counter() - t0
         t0 = time.perf_counter()
         src = r.prepare_source(src_img)
-        if not fold:
-            src.warp_cache = {}
-        t["F"] = time.perf_counter() - t0
+        prepare_once = time.perf_counter() - t0
         for _ in range(n_batches):
             info = timed("M", lambda: r.extract_motion(drv))
-            x_d = timed("stitch", lambda info=info: r.stitch(src.x_s, relative_motion(src.info, info, ref)))
+            x_d = timed("stitch", lambda info=info: driving_keypoints(r, src, info, ref))
             warped = timed("W", lambda x_d=x_d: r.warp(src, x_d)["out"])
             timed("G", lambda warped=warped: r.decode(warped))
     frames = n_batches * b
-    per_frame = {k: v / frames for k, v in t.items() if k != "F"}
+    per_frame = {k: v / frames for k, v in t.items()}
     per_frame["total"] = sum(per_frame.values())
-    return {"mode": args.mode, "batch": b, "frames": frames, "F_once": t["F"], "per_frame": per_frame,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    return {"mode": args.mode, "batch": b, "frames": frames, "F_once": f_once, "prepare_once": prepare_once,
+            "per_frame": per_frame, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def run_children(args, weights: str | None) -> list[dict]:
+    runs = [("naive", 1, args.frames), ("optimised", 1, args.frames), ("optimised", 8, 16)]
+    results = []
+    for mode, batch, frames in runs:
+        cmd = [sys.executable, __file__, "--child", "--mode", mode, "--batch", str(batch), "--frames", str(frames),
+               "--threads", str(args.threads)] + (["--quick"] if args.quick else []) + \
+              (["--weights", weights] if weights else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        if proc.returncode != 0:
+            sys.exit(f"error: the {mode} batch-{batch} run failed:\n{proc.stderr.strip()}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def report(args, results: list[dict], weights_label: str) -> str:
+    import torch
+
+    naive = results[0]["per_frame"]["total"]
+    lines = [f"render benchmark: {'tiny' if args.quick else 'default (official)'} config, {weights_label}, "
+             f"fp32 CPU, {args.threads} threads, {os.cpu_count()} cores, torch {torch.__version__}, "
+             f"Python {platform.python_version()}", ""]
+    lines.append(f"{'path':<20}{'M':>8}{'stitch':>8}{'W':>8}{'G':>8}{'frame':>8}{'naive/this':>12}"
+                 f"{'F':>7}{'prepare':>9}{'peak RSS':>11}")
+    for r in results:
+        pf = r["per_frame"]
+        lines.append(f"{r['mode'] + ' batch ' + str(r['batch']):<20}" + "".join(f"{pf[k]:8.3f}" for k in STAGES)
+                     + f"{pf['total']:8.3f}{naive / pf['total']:11.2f}x{r['F_once']:7.2f}{r['prepare_once']:9.2f}"
+                     + f"{r['peak_rss_gib']:7.2f} GiB")
+    lines += ["", "seconds per frame (M, stitch = Algorithm 1 keypoints incl. the stitching MLP, W, G, frame = "
+              "their sum); F and prepare (F + M + W's per-source cache) in seconds, once per source.", "",
+              "Markdown for benchmarks/RESULTS.md:", "",
+              "| path | M | stitching | W | G | per frame | naive / this | F (once) | prepare_source (once) "
+              "| peak RSS |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        pf = r["per_frame"]
+        lines.append(f"| {r['mode']} batch {r['batch']} | " + " | ".join(f"{pf[k]:.3f} s" for k in STAGES)
+                     + f" | {pf['total']:.3f} s | {naive / pf['total']:.2f}x | {r['F_once']:.2f} s"
+                     f" | {r['prepare_once']:.2f} s | {r['peak_rss_gib']:.2f} GiB |")
+    cmd = shlex.join(["python", "benchmarks/render.py", *sys.argv[1:]])
+    env = f"AUDIO2LP_CONFORMANCE_DIR={shlex.quote(str(conformance_dir()))} " \
+        if "AUDIO2LP_CONFORMANCE_DIR" in os.environ else ""
+    lines += ["", f"Command: `{env}{cmd}` ({weights_label}; {os.cpu_count()} cores, {args.threads} threads, "
+              f"torch {torch.__version__})"]
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", help="official weights folder (default: random weights, same cost)")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--weights", help="a weights folder (official layout or safetensors)")
+    src.add_argument("--random", action="store_true", help="random weights instead of the filled ones")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--frames", type=int, default=3, help="frames per batch-1 path (batch 8 renders 2 batches)")
-    ap.add_argument("--quick", action="store_true", help="tiny config smoke run")
+    ap.add_argument("--quick", action="store_true", help="tiny config, random weights: a smoke run")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="optimised", help=argparse.SUPPRESS)
@@ -92,27 +185,26 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args)))
         return
-    runs = [("naive", 1, args.frames), ("optimised", 1, args.frames), ("optimised", 8, 16)]
-    results = []
-    for mode, batch, frames in runs:
-        cmd = [sys.executable, __file__, "--child", "--mode", mode, "--batch", str(batch), "--frames", str(frames),
-               "--threads", str(args.threads)] + (["--quick"] if args.quick else []) + \
-              (["--weights", args.weights] if args.weights else [])
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ)).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    base = results[0]["per_frame"]["total"]
-    print(f"render benchmark: {'tiny' if args.quick else 'default (official)'} config, fp32 CPU, "
-          f"{args.threads} threads, {os.cpu_count()} cores")
-    print(f"{'path':<22}{'M':>8}{'stitch':>8}{'W':>8}{'G':>8}{'total':>9}{'speed-up':>10}{'peak RSS':>11}")
-    for r in results:
-        pf = r["per_frame"]
-        name = f"{r['mode']} batch {r['batch']}"
-        print(f"{name:<22}{pf['M']:8.3f}{pf['stitch']:8.4f}{pf['W']:8.3f}{pf['G']:8.3f}{pf['total']:9.3f}"
-              f"{base / pf['total']:9.2f}x{r['peak_rss_gib']:9.2f} GiB")
-    print("seconds per frame; F (once per source): " +
-          ", ".join(f"{r['mode']} b{r['batch']} {r['F_once']:.2f} s" for r in results))
+    if args.quick and args.weights:
+        ap.error("--quick uses the tiny config with random weights; it cannot be combined with --weights")
+    if args.weights:
+        results, label = run_children(args, args.weights), f"weights from {args.weights}"
+    elif args.quick or args.random:
+        results, label = run_children(args, None), "random weights"
+    elif (conformance_dir() / "lp_fill.py").is_file():
+        with tempfile.TemporaryDirectory(prefix="lp_filled_weights_") as tmp:
+            print(f"writing lp_fill weights ({conformance_dir()}) in the official layout to {tmp} ...",
+                  file=sys.stderr)
+            write_filled_weights(Path(tmp))
+            results = run_children(args, tmp)
+        label = "lp_fill weights (official layout, Renderer.from_weights)"
+    else:
+        print(f"note: no conformance folder at {conformance_dir()} (AUDIO2LP_CONFORMANCE_DIR); using random "
+              f"weights (same cost)", file=sys.stderr)
+        results, label = run_children(args, None), "random weights"
+    print(report(args, results, label))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps({"weights": label, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 For each driving frame i (relative mode, image source)::
 
-    x_d = Eq. 7 (source, driving_i, driving_0, region)
-    x_d = (x_d - x_d0) * multiplier + x_s                  # expression-friendly (no-op here, kept)
+    x_d = Eq. 7 (source, driving_i, driving_0, region)     # driving_0 = None for a single image
+    x_d = (x_d - x_d0) * multiplier + x_s                  # expression-friendly (driving videos only)
     if no retargeting:  x_d = S(x_s, x_d) if stitching
     else:               x_d = x_s + R_eyes(...) + R_lip(...);  x_d = S(x_s, x_d) if stitching
     x_d = x_s + (x_d - x_s) * driving_multiplier
@@ -64,15 +64,16 @@ def driving_keypoints(renderer: Renderer, source: PreparedSource, driving: Keypo
     """Driving keypoints x_d (B, 21, 3) for a batch of driving frames.
 
     driving: motion of B driving frames; reference: the first driving frame (batch 1), or None for a
-    single driving image. driving_eye_ratio (B,) / driving_lip_ratio (B,): landmark ratios of the
-    driving frames, required when the matching retargeting option is on (and the source's own ratios
-    must be set on ``source``).
+    single driving image (its expression is then taken relative to ``renderer.neutral_exp``, LivePortrait's
+    ``lip_array.pkl``, when the weights folder has it; see :func:`relative_motion`).
+    driving_eye_ratio (B,) / driving_lip_ratio (B,): landmark ratios of the driving frames, required when
+    the matching retargeting option is on (and the source's own ratios must be set on ``source``).
     """
     device = source.x_s.device
     driving = driving.to(device)
     x_s = source.x_s
     x_d = relative_motion(source.info, driving, reference.to(device) if reference is not None else None,
-                          options.region)
+                          options.region, neutral_exp=renderer.neutral_exp)
     if options.expression_friendly and reference is not None:
         x_d0 = relative_motion(source.info, reference.to(device), reference.to(device), options.region)
         x_d = expression_friendly(x_d, x_d0, x_s, motion_multiplier(x_s, x_d0))

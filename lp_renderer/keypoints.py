@@ -6,6 +6,7 @@ Everything here is pure tensor maths; the networks that consume it live in :mod:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -17,15 +18,22 @@ LIP_INDICES = (6, 12, 14, 17, 19, 20)
 EYE_INDICES = (11, 13, 15, 16, 18)
 REGIONS = ("all", "exp", "pose", "lip", "eyes")
 
+log = logging.getLogger(__name__)
+
+
+#: Number of head-pose bins of M's pitch / yaw / roll heads (3 degrees each, -97.5 .. 97.5).
+NUM_BINS = 66
+
 
 def headpose_to_degrees(logits: torch.Tensor) -> torch.Tensor:
     """Pose-bin logits (B, 66) -> degrees (B,), the softmax expectation ``E[bin] * 3 - 97.5``.
 
-    A tensor whose dim 1 is not the number of bins is returned unchanged (already degrees).
+    As the official ``headpose_pred_to_degree``, any tensor whose dim 1 is not :data:`NUM_BINS` (or
+    that has fewer than two dims) is returned unchanged (already degrees), so calling it twice is harmless.
     """
-    if logits.ndim != 2 or logits.shape[1] == 1:
+    if logits.ndim < 2 or logits.shape[1] != NUM_BINS:
         return logits
-    idx = torch.arange(logits.shape[1], dtype=torch.float32, device=logits.device)
+    idx = torch.arange(NUM_BINS, dtype=torch.float32, device=logits.device)
     return torch.sum(F.softmax(logits, dim=1) * idx, dim=1) * 3 - 97.5
 
 
@@ -145,29 +153,40 @@ def compose_keypoints(kp: torch.Tensor, rotation: torch.Tensor, exp: torch.Tenso
 
 
 def relative_motion(source: KeypointInfo, driving: KeypointInfo, reference: KeypointInfo | None,
-                    region: str = "all") -> torch.Tensor:
+                    region: str = "all", neutral_exp: torch.Tensor | None = None) -> torch.Tensor:
     """Paper Eq. 7, the official relative mode: driving motion applied relative to a reference frame.
 
     ``source`` has batch 1 (or B); ``driving`` has batch B; ``reference`` (batch 1) is the first driving
-    frame. With ``reference=None`` (a single driving image) the driving expression is applied relative
-    to the source's own expression and the pose is kept. ``region`` is one of :data:`REGIONS`.
-    Returns x_d (B, 21, 3) before stitching::
+    frame. ``region`` is one of :data:`REGIONS`. Returns x_d (B, 21, 3) before stitching::
 
         R   = (R_d R_d0^T) R_s          exp = exp_s + (exp_d - exp_d0)
         s   = s_s * s_d / s_d0           t   = t_s + (t_d - t_d0), tz = 0
         x_d = s * (kp_s R + exp) + t
+
+    With ``reference=None`` (a single driving image) the source pose, scale and t are kept and, as
+    the official code, ``exp = exp_s + (exp_d - neutral_exp)`` for the regions 'all', 'exp' and 'lip'
+    (``neutral_exp``: LivePortrait's ``lip_array.pkl``, (1, 21, 3)) and ``exp_s + exp_d`` on the eye
+    rows for 'eyes'. Without ``neutral_exp`` the source expression stands in for it (``exp = exp_d``), a
+    documented deviation from the official output; a warning is logged once.
     """
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
     b = driving.batch_size
-    ref = reference if reference is not None else source
     r_s = source.rotation.expand(b, 3, 3)
-    if region in ("all", "pose") and reference is not None:
-        r_new = (driving.rotation @ ref.rotation.permute(0, 2, 1)) @ r_s
-    else:
-        r_new = r_s
     exp_s = source.exp.expand(b, *source.exp.shape[1:])
-    full_exp = exp_s + (driving.exp - ref.exp)
+    if region == "pose":
+        full_exp = exp_s  # unused: 'pose' keeps the source expression
+    elif reference is not None:
+        full_exp = exp_s + (driving.exp - reference.exp)
+    elif region == "eyes":
+        full_exp = exp_s + driving.exp  # the official image-driving branch subtracts 0 here
+    else:
+        if neutral_exp is None:
+            _warn_no_neutral_expression()
+            neutral = source.exp
+        else:
+            neutral = neutral_exp.to(dtype=driving.exp.dtype, device=driving.exp.device).reshape(1, *exp_s.shape[1:])
+        full_exp = exp_s + (driving.exp - neutral)
     if region in ("all", "exp"):
         delta = full_exp
     elif region == "lip":
@@ -178,16 +197,34 @@ def relative_motion(source: KeypointInfo, driving: KeypointInfo, reference: Keyp
         delta[:, EYE_INDICES] = full_exp[:, EYE_INDICES]
     else:
         delta = exp_s
+    # a single driving image is its own reference: R_d R_d^T = I, s_d / s_d = 1, t_d - t_d = 0
+    if region in ("all", "pose") and reference is not None:
+        r_new = (driving.rotation @ reference.rotation.permute(0, 2, 1)) @ r_s
+    else:
+        r_new = r_s
     if region == "all" and reference is not None:
-        scale = source.scale * (driving.scale / ref.scale)
+        scale = source.scale * (driving.scale / reference.scale)
     else:
         scale = source.scale.expand(b, 1)
     if region in ("all", "pose") and reference is not None:
-        t = source.t + (driving.t - ref.t)
+        t = source.t + (driving.t - reference.t)
     else:
         t = source.t.expand(b, 3)
     t = torch.cat([t[:, :2], torch.zeros_like(t[:, 2:])], dim=1)  # tz zeroed
     return compose_keypoints(source.kp.expand(b, *source.kp.shape[1:]), r_new, delta, scale, t)
+
+
+_warned_no_neutral = False
+
+
+def _warn_no_neutral_expression() -> None:
+    global _warned_no_neutral
+    if not _warned_no_neutral:
+        _warned_no_neutral = True
+        log.warning("single-image driving without LivePortrait's neutral expression (lip_array.pkl): the "
+                    "driving expression is applied as is, which differs from the official output; copy "
+                    "lip_array.pkl from the LivePortrait repository's src/utils/resources/ into the "
+                    "weights folder to match it.")
 
 
 def motion_multiplier(x_s: torch.Tensor, x_d0: torch.Tensor) -> float:

@@ -3,7 +3,7 @@
     renderer = Renderer.from_weights("~/weights")           # official release layout
     src = renderer.prepare_source(crop_rgb_256)              # F, M, x_s, W's per-source work
     info = renderer.extract_motion(driving_crops)            # M on a batch of 256x256 crops
-    x_d = renderer.stitch(src.x_s, relative_motion(src.info, info, reference))
+    x_d = driving_keypoints(renderer, src, info, info[0])    # Algorithm 1 (lp_renderer.animation)
     frames = renderer.render(src, x_d)                       # (B, 512, 512, 3) uint8
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .config import RendererConfig
+from .errors import InputError
 from .keypoints import KeypointInfo, apply_stitching, motion_from_raw, transform_keypoints
 from .networks import RendererNetworks
 
@@ -53,11 +54,14 @@ class Renderer:
 
     ``half`` (CUDA only) runs W and G under float16 autocast with the keypoint and warp maths in
     float32; on CPU everything is float32. ``fold`` replaces spectral-norm and BatchNorm layers by
-    plain convolutions once (eval mode only; same outputs).
+    plain convolutions once (eval mode only; same outputs). ``neutral_exp`` (1, 21, 3) is LivePortrait's
+    neutral expression (``lip_array.pkl``), used when a single image drives the portrait; without it that
+    case deviates from the official output (see :func:`lp_renderer.keypoints.relative_motion`).
     """
 
     def __init__(self, networks: RendererNetworks, device: str | torch.device | None = None,
-                 half: bool | None = None, fold: bool = True, compile: bool = False, _owned: bool = False):
+                 half: bool | None = None, fold: bool = True, compile: bool = False,
+                 neutral_exp: torch.Tensor | None = None, _owned: bool = False):
         self.device = torch.device(device) if device is not None else default_device()
         if half is None:
             half = self.device.type == "cuda"
@@ -72,6 +76,8 @@ class Renderer:
             networks = fold_network(networks, fft_conv=self.device.type == "cpu", inplace=_owned)
         self.nets = networks.to(self.device)
         self.folded = fold
+        self.neutral_exp = None if neutral_exp is None else \
+            torch.as_tensor(neutral_exp, dtype=torch.float32).reshape(1, -1, 3).to(self.device)
         self._warp = self.nets.warping
         self._decode = self.nets.decoder
         if compile:
@@ -82,11 +88,14 @@ class Renderer:
     @classmethod
     def from_weights(cls, weights_dir: str | Path | None = None, device=None, half: bool | None = None,
                      fold: bool = True, compile: bool = False, require_stitching: bool = False) -> Renderer:
-        """Load the official release (or our safetensors) from ``weights_dir`` (see :mod:`.weights`)."""
-        from .weights import load_networks, resolve_weights_dir
+        """Load the official release (or our safetensors) from ``weights_dir`` (see :mod:`.weights`), and
+        ``lip_array.pkl`` (the neutral expression) when the folder has it."""
+        from .weights import load_networks, load_neutral_expression, resolve_weights_dir
 
-        nets = load_networks(resolve_weights_dir(weights_dir), require_stitching=require_stitching)
-        return cls(nets, device=device, half=half, fold=fold, compile=compile, _owned=True)
+        wdir = resolve_weights_dir(weights_dir)
+        nets = load_networks(wdir, require_stitching=require_stitching)
+        return cls(nets, device=device, half=half, fold=fold, compile=compile,
+                   neutral_exp=load_neutral_expression(wdir), _owned=True)
 
     @classmethod
     def from_config(cls, config: RendererConfig, seed: int = 0, **kwargs) -> Renderer:
@@ -107,15 +116,25 @@ class Renderer:
         """RGB uint8 (H, W, 3) or (B, H, W, 3) -> (B, 3, 256, 256) float32 in [0, 1] on the device.
 
         Images that are not 256x256 are resized with ``cv2.resize`` (bilinear), as the official code does.
-        A float tensor (B, 3, 256, 256) in [0, 1] is passed through.
+        A float tensor must already be (B, 3, 256, 256) with values in [0, 1]; it is passed through.
+        Anything else raises :class:`InputError`.
         """
         if isinstance(images, torch.Tensor) and images.dtype.is_floating_point:
+            if images.ndim != 4 or tuple(images.shape[1:]) != (3, 256, 256):
+                raise InputError(f"a float image tensor must be (B, 3, 256, 256), not {tuple(images.shape)}; "
+                                 f"pass RGB uint8 images (H, W, 3) to have them resized.")
+            if images.numel() and not (torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
+                raise InputError("a float image tensor must hold values in [0, 1] (RGB / 255); got values "
+                                 f"from {float(images.min()):.3g} to {float(images.max()):.3g}.")
             return images.to(self.device, torch.float32)
         arr = np.asarray(images)
+        if arr.dtype != np.uint8:
+            raise InputError(f"images must be RGB uint8 arrays (or float tensors (B, 3, 256, 256) in [0, 1]), "
+                             f"not {arr.dtype}.")
         if arr.ndim == 3:
             arr = arr[None]
         if arr.ndim != 4 or arr.shape[-1] != 3:
-            raise ValueError(f"expected RGB images (H, W, 3) or (B, H, W, 3), got shape {arr.shape}")
+            raise InputError(f"expected RGB images (H, W, 3) or (B, H, W, 3), got shape {arr.shape}.")
         if arr.shape[1:3] != (256, 256):
             arr = np.stack([cv2.resize(a, (256, 256)) for a in arr])
         x = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
@@ -143,7 +162,7 @@ class Renderer:
         """Compute and cache everything that depends only on the source crop (256x256 RGB)."""
         x = self.to_tensor(image)
         if x.shape[0] != 1:
-            raise ValueError("prepare_source takes one image")
+            raise InputError(f"prepare_source takes one image, not a batch of {x.shape[0]}.")
         feature = self.appearance(x)
         info = self.extract_motion(x)
         x_s = transform_keypoints(info)
@@ -207,9 +226,11 @@ class Renderer:
 
     @torch.no_grad()
     def render(self, source: PreparedSource, x_d: torch.Tensor, batch_size: int = 8) -> np.ndarray:
-        """Render driving keypoints (N, 21, 3) -> (N, 512, 512, 3) uint8, in batches of ``batch_size``.
+        """Render driving keypoints x_d (N, 21, 3) float32 -> (N, 512, 512, 3) uint8, in batches of ``batch_size``.
 
-        The float -> uint8 conversion truncates (``* 255`` then ``astype``), as the official code.
+        ``x_d`` are the final driving keypoints (after relative motion, stitching and retargeting, e.g. from
+        :func:`lp_renderer.animation.driving_keypoints`), not motion parameters. The float -> uint8
+        conversion truncates (``* 255`` then ``astype``), as the official code.
         """
         outs = []
         for i in range(0, x_d.shape[0], batch_size):

@@ -1,4 +1,4 @@
-"""Load pickles of plain data (LivePortrait ``.pkl`` motion templates) without running code.
+"""Load pickles of plain data (LivePortrait ``.pkl`` motion templates, ``lip_array.pkl``) without running code.
 
 ``pickle.load`` executes whatever callables a pickle names, so a crafted ``.pkl`` can run any
 command. :func:`load_restricted_pickle` uses an unpickler whose ``find_class`` only resolves
@@ -12,7 +12,7 @@ the few globals that plain containers and numpy arrays need, each mapped to a fi
   ``set``, ``frozenset`` and ``complex`` (stored as calls before protocol 4).
 
 Anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, torch classes, any class
-with a custom ``__reduce__``) raises :class:`audio2lp.errors.InputError` naming the refused
+with a custom ``__reduce__``) raises :class:`lp_renderer.errors.InputError` naming the refused
 global, before it is called. Persistent ids and out-of-band buffers are refused too. The loaded
 object is then checked recursively: only dict, list, tuple, set, frozenset, str, bytes, int,
 float, complex, bool, None, numpy arrays (not of dtype object) and numpy scalars may appear.
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from audio2lp.errors import InputError
+from .errors import InputError
 
 __all__ = ["load_restricted_pickle", "loads_restricted_pickle", "DEFAULT_MAX_BYTES", "MAX_DEPTH"]
 
@@ -105,7 +105,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if obj is None:
             raise InputError(
                 f"{self._source} refers to {module}.{name}, which a plain-data pickle never needs, so "
-                "it was refused without loading anything; use a template made by LivePortrait or "
+                "it was refused without loading anything; use a file made by LivePortrait or "
                 "audio2lp, and do not load this file with plain pickle."
             )
         return obj

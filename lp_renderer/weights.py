@@ -12,10 +12,18 @@ Two layouts are understood, both rooted at a weights folder ``DIR``:
   dicts whose keys may carry ``module.``);
 * safetensors files with the same stems next to them (``*.safetensors``), written by
   :func:`convert_to_safetensors` or :func:`save_safetensors`. They load without pickle at all and
-  carry the network's config, so they also hold our small test networks.
+  carry the network's config, so they also hold our small test networks. When both a ``.pth`` and a
+  ``.safetensors`` file are present the newer one is loaded (the safetensors file on a tie), and the
+  file loaded for each network is logged.
+
+Optionally ``DIR/lip_array.pkl``, LivePortrait's neutral expression (copy it from the LivePortrait
+repository's ``src/utils/resources/``; it is not part of the weights release). It is only used when
+a single image drives the portrait (see :func:`lp_renderer.keypoints.relative_motion`) and is read with
+a restricted unpickler that accepts plain numpy arrays only.
 
 ``.pth`` files are always read with ``torch.load(..., weights_only=True)``: a file that needs pickle
-code execution is refused. Every load is strict; errors name the file and the first offending key.
+code execution is refused. Every load is strict (names, shapes and dtypes: the official files are
+float32, with int64 BatchNorm counters); errors name the file and the first offending key.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ OFFICIAL_FILES = {
 #: our MLP name -> key of its sub-dict in the released stitching_retargeting_module.pth
 STITCHING_SUBDICTS = {"stitching": "retarget_shoulder", "lip": "retarget_mouth", "eye": "retarget_eye"}
 WEIGHTS_ENV = "AUDIO2LP_WEIGHTS"
+#: LivePortrait's neutral expression (``src/utils/resources/lip_array.pkl``), optional, in the weights folder
+NEUTRAL_EXPRESSION_FILE = "lip_array.pkl"
 FORMAT = "audio2lp-renderer-v1"
 
 
@@ -66,9 +76,12 @@ def resolve_weights_dir(path: str | os.PathLike | None = None) -> Path:
 
 
 def weight_file(weights_dir: Path, key: str) -> Path | None:
-    """The file to load for network ``key``: safetensors preferred, else the official .pth; None if absent."""
+    """The file to load for network ``key``: the official .pth or its .safetensors copy, whichever is newer
+    (the safetensors file when both have the same modification time); None if neither exists."""
     pth = Path(weights_dir) / OFFICIAL_FILES[key]
     st = pth.with_suffix(".safetensors")
+    if st.is_file() and pth.is_file():
+        return pth if pth.stat().st_mtime > st.stat().st_mtime else st
     if st.is_file():
         return st
     if pth.is_file():
@@ -95,13 +108,22 @@ def missing_weights_message(weights_dir: Path, missing: list[str]) -> str:
             f"layout); or point --weights / ${WEIGHTS_ENV} at a folder that has them.")
 
 
-def rename_keys(key: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def rename_keys(state_dict: dict, prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """The single place where checkpoint key names are adapted to our modules.
 
-    * ``module.`` (left by DataParallel/DDP) is removed anywhere in a key, as the official loader does;
-    * flattened stitching files (``retarget_shoulder_module.mlp.0.bias`` or ``retarget_shoulder.mlp...``)
-      are split back into the three sub-dicts (handled by :func:`_stitching_subdicts`).
+    * with ``prefixes``, only the tensors whose key starts with one of them are kept, with the prefix
+      removed: how one MLP is picked out of a flattened stitching file
+      (``retarget_shoulder_module.mlp.0.bias`` -> ``mlp.0.bias``);
+    * ``module.`` (left by DataParallel/DDP) is then removed anywhere in a key, as the official loader does.
     """
+    if prefixes:
+        picked = {}
+        for k, v in state_dict.items():
+            for prefix in prefixes:
+                if isinstance(v, torch.Tensor) and k.startswith(prefix):
+                    picked[k[len(prefix):]] = v
+                    break
+        state_dict = picked
     return {k.replace("module.", ""): v for k, v in state_dict.items()}
 
 
@@ -140,28 +162,23 @@ def _stitching_subdicts(path: Path, obj: dict) -> dict[str, dict[str, torch.Tens
     out: dict[str, dict[str, torch.Tensor]] = {}
     for ours, released in STITCHING_SUBDICTS.items():
         if released in obj and isinstance(obj[released], dict):
-            out[ours] = rename_keys(ours, obj[released])
+            out[ours] = rename_keys(obj[released])
             continue
         if ours in obj and isinstance(obj[ours], dict):
-            out[ours] = rename_keys(ours, obj[ours])
+            out[ours] = rename_keys(obj[ours])
             continue
         # flattened: "<prefix>.mlp.0.weight" with prefix in (retarget_shoulder[_module], stitching, ...)
-        sub = {}
-        for k, v in obj.items():
-            if not isinstance(v, torch.Tensor):
-                continue
-            for prefix in (f"{released}_module.", f"{released}.", f"{ours}."):
-                if k.startswith(prefix):
-                    sub[k[len(prefix):]] = v
+        sub = rename_keys(obj, (f"{released}_module.", f"{released}.", f"{ours}."))
         if not sub:
             raise WeightsError(f"{path} has no '{released}' part (keys found: {sorted(obj)[:6]}...); "
                                f"is it stitching_retargeting_module.pth?")
-        out[ours] = rename_keys(ours, sub)
+        out[ours] = sub
     return out
 
 
 def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load with an error naming ``source`` and the first missing / unexpected / mis-shaped key."""
+    """Strict load with an error naming ``source`` and the first missing / unexpected / mis-shaped /
+    mis-typed key. Dtypes must match exactly (a float16 or float64 file is refused, not cast)."""
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -175,8 +192,11 @@ def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor
         if tuple(state_dict[k].shape) != tuple(t.shape):
             raise WeightsError(f"{source}: key '{k}' has shape {tuple(state_dict[k].shape)}, the network "
                                f"expects {tuple(t.shape)}.")
-    fixed = {k: (v.to(own[k].dtype) if v.dtype != own[k].dtype else v) for k, v in state_dict.items()}
-    module.load_state_dict(fixed, strict=True)
+        if state_dict[k].dtype != t.dtype:
+            raise WeightsError(f"{source}: key '{k}' has dtype {str(state_dict[k].dtype).removeprefix('torch.')}, "
+                               f"the network expects {str(t.dtype).removeprefix('torch.')}; use the official "
+                               f"release files (or their safetensors conversion) unchanged.")
+    module.load_state_dict(state_dict, strict=True)
 
 
 @dataclass
@@ -198,13 +218,13 @@ def read_weight_file(path: Path, key: str) -> LoadedFile:
         config = json.loads(meta["config"]) if "config" in meta else None
         if key == "stitching_retargeting_module":
             return LoadedFile(path, _stitching_subdicts(path, tensors), config)
-        return LoadedFile(path, {key: rename_keys(key, tensors)}, config)
+        return LoadedFile(path, {key: rename_keys(tensors)}, config)
     obj = _torch_load(path)
     if key == "stitching_retargeting_module":
         return LoadedFile(path, _stitching_subdicts(path, obj), None)
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    return LoadedFile(path, {key: rename_keys(key, obj)}, None)
+    return LoadedFile(path, {key: rename_keys(obj)}, None)
 
 
 def save_safetensors(path: Path, state_dicts: dict[str, dict[str, torch.Tensor]], config: dict | None) -> None:
@@ -276,6 +296,11 @@ def load_networks(weights_dir: str | os.PathLike, config: RendererConfig | None 
             (wdir / OFFICIAL_FILES[key]) if (wdir / OFFICIAL_FILES[key]).is_file() else weight_file(wdir, key))
         if path is None:
             continue
+        stale = path.with_suffix(".safetensors")
+        if prefer_safetensors and path.suffix == ".pth" and stale.is_file():  # weight_file: the .pth is newer
+            log.warning("%s is newer than %s, so the .pth is loaded; run `audio2lp weights convert` again to "
+                        "refresh the safetensors copy (or delete it).", path, stale)
+        log.info("loading %s", path)
         files[key] = read_weight_file(path, key)
     if config is None:
         config = _config_from_files(files)
@@ -303,3 +328,36 @@ def _config_from_files(files: dict[str, LoadedFile]) -> RendererConfig:
     d = json.loads(base.to_json())
     d.update(parts)
     return RendererConfig.from_dict(d)
+
+
+def load_neutral_expression(weights_dir: str | os.PathLike) -> torch.Tensor | None:
+    """LivePortrait's neutral expression ``DIR/lip_array.pkl`` as a (1, 21, 3) float32 tensor, or None when
+    the file is absent.
+
+    The official code subtracts it from the driving expression when a single image drives the portrait.
+    It is not part of the weights release: copy ``src/utils/resources/lip_array.pkl`` of the LivePortrait
+    repository into the weights folder. Read with a restricted unpickler (numpy arrays only, no code runs).
+    """
+    import numpy as np
+
+    from .errors import InputError
+    from .safe_pickle import load_restricted_pickle
+
+    path = Path(weights_dir) / NEUTRAL_EXPRESSION_FILE
+    if not path.is_file():
+        return None
+    try:
+        obj = load_restricted_pickle(path, max_bytes=1 << 20)
+    except InputError as e:
+        detail = str(e).split(";")[0].rstrip(".")
+        raise WeightsError(f"{detail}; it should be LivePortrait's neutral expression: copy lip_array.pkl "
+                           f"again from the LivePortrait repository's src/utils/resources/, or delete it.") from None
+    if not isinstance(obj, np.ndarray) or obj.dtype.kind != "f" or obj.size != 63 or \
+            not np.isfinite(obj).all():
+        what = f"a {obj.dtype} array of shape {obj.shape}" if isinstance(obj, np.ndarray) else \
+            f"a {type(obj).__name__}"
+        raise WeightsError(f"{path} holds {what}, not LivePortrait's 1x21x3 float neutral expression; copy "
+                           f"lip_array.pkl again from the LivePortrait repository's src/utils/resources/ "
+                           f"or delete it.")
+    log.info("loaded the neutral expression %s", path)
+    return torch.from_numpy(np.asarray(obj, dtype=np.float32).reshape(1, 21, 3))

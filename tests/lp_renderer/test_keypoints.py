@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
-from lp_renderer import Renderer, RendererConfig
+from lp_renderer import Renderer, RendererConfig, WeightsError, keypoints
 from lp_renderer.animation import AnimationOptions, driving_keypoints
 from lp_renderer.errors import InputError
 from lp_renderer.keypoints import (
@@ -39,6 +43,9 @@ def test_headpose_bins():
     assert torch.allclose(headpose_to_degrees(torch.zeros(1, 66)), torch.tensor([0.0]))  # uniform -> 0
     deg = torch.tensor([[12.5]])
     assert headpose_to_degrees(deg) is deg  # already degrees
+    # as the official headpose_pred_to_degree: anything whose dim 1 is not 66 passes through
+    for other in (torch.zeros(2, 3), torch.zeros(2, 65), torch.zeros(2, 67), torch.zeros(66)):
+        assert headpose_to_degrees(other) is other
 
 
 def test_rotation_matrix_properties():
@@ -90,11 +97,39 @@ def test_regions():
         relative_motion(src, drv, ref, "mouth")
 
 
-def test_single_image_driving_keeps_pose():
+def test_single_image_driving_official_formula():
+    """One driving image (no reference frame): the source pose, scale and t stay; the expression is
+    ``exp_s + (exp_d - lip_array)`` ('all', 'exp'; 'lip' on the lip rows) and ``exp_s + exp_d`` on the
+    eye rows for 'eyes' (the official image-driving branches)."""
     src, drv = random_info(seed=1), random_info(seed=2)
-    x = relative_motion(src, drv, None)
-    expected = transform_keypoints(src.replace(exp=drv.exp))
-    assert torch.allclose(x, expected, atol=1e-5)
+    neutral = 0.03 * torch.randn(1, 21, 3, generator=torch.Generator().manual_seed(4))
+    full = src.replace(exp=src.exp + (drv.exp - neutral))
+    for region in ("all", "exp"):
+        x = relative_motion(src, drv, None, region, neutral_exp=neutral)
+        assert torch.allclose(x, transform_keypoints(full), atol=1e-5), region
+    lip_exp = src.exp.clone()
+    lip_exp[:, LIP_INDICES] = full.exp[:, LIP_INDICES]
+    x = relative_motion(src, drv, None, "lip", neutral_exp=neutral)
+    assert torch.allclose(x, transform_keypoints(src.replace(exp=lip_exp)), atol=1e-5)
+    eye_exp = src.exp.clone()
+    eye_exp[:, EYE_INDICES] = (src.exp + drv.exp)[:, EYE_INDICES]
+    for n in (neutral, None):  # the eyes branch never uses the neutral expression
+        x = relative_motion(src, drv, None, "eyes", neutral_exp=n)
+        assert torch.allclose(x, transform_keypoints(src.replace(exp=eye_exp)), atol=1e-5)
+    x = relative_motion(src, drv, None, "pose", neutral_exp=neutral)
+    assert torch.allclose(x, transform_keypoints(src), atol=1e-5)
+
+
+def test_single_image_driving_without_neutral_expression_warns_once(caplog, monkeypatch):
+    """Without lip_array.pkl the source expression stands in for the neutral one (exp = exp_d): a
+    documented deviation from the official output, logged once."""
+    monkeypatch.setattr(keypoints, "_warned_no_neutral", False)
+    src, drv = random_info(seed=1), random_info(seed=2)
+    with caplog.at_level(logging.WARNING, logger="lp_renderer.keypoints"):
+        x = relative_motion(src, drv, None)
+        relative_motion(src, drv, None, "lip")
+    assert torch.allclose(x, transform_keypoints(src.replace(exp=drv.exp)), atol=1e-5)
+    assert [r.levelno for r in caplog.records if "lip_array.pkl" in r.getMessage()] == [logging.WARNING]
 
 
 def test_apply_stitching_layout():
@@ -141,3 +176,46 @@ def test_rotation_to_degrees_roundtrip():
     back = rotation_to_degrees(rotation_matrix(pitch, yaw, roll))
     for a, b in zip((pitch, yaw, roll), back):
         assert torch.allclose(a, b, atol=1e-3)
+
+
+def test_renderer_uses_lip_array_from_weights_folder(tiny_weights, tmp_path):
+    """``lip_array.pkl`` (a pickled 1x21x3 float64 numpy array, as LivePortrait ships it; protocols 2 and 4)
+    in the weights folder is loaded by ``Renderer.from_weights`` and used by Algorithm 1 for a single
+    driving image."""
+    wdir = tmp_path / "weights"
+    shutil.copytree(tiny_weights, wdir)
+    neutral = np.random.default_rng(7).normal(0.0, 0.02, (1, 21, 3))
+    for protocol in (4, 2):
+        (wdir / "lip_array.pkl").write_bytes(pickle.dumps(neutral, protocol=protocol))
+        r = Renderer.from_weights(wdir, device="cpu")
+        assert r.neutral_exp.dtype == torch.float32 and r.neutral_exp.shape == (1, 21, 3)
+        assert torch.allclose(r.neutral_exp, torch.from_numpy(neutral).float())
+    rng = np.random.default_rng(0)
+    src = r.prepare_source(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    drv = r.extract_motion(rng.integers(0, 255, (1, 256, 256, 3), dtype=np.uint8))
+    x = driving_keypoints(r, src, drv, None, AnimationOptions(stitching=False))
+    expected = transform_keypoints(src.info.replace(exp=src.info.exp + (drv.exp - torch.from_numpy(neutral).float())))
+    assert torch.allclose(x, expected, atol=1e-5)
+    assert Renderer.from_weights(tiny_weights, device="cpu").neutral_exp is None  # absent: the fallback
+
+
+def test_malicious_lip_array_is_refused(tiny_weights, tmp_path):
+    wdir = tmp_path / "weights"
+    shutil.copytree(tiny_weights, wdir)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (wdir / "lip_array.pkl").write_bytes(pickle.dumps(Evil(), protocol=4))
+    with pytest.raises(WeightsError, match=r"lip_array\.pkl refers to \S*open, .*src/utils/resources"):
+        Renderer.from_weights(wdir, device="cpu")
+    assert not marker.exists()
+    (wdir / "lip_array.pkl").write_bytes(pickle.dumps({"exp": np.zeros((1, 21, 3))}, protocol=4))
+    with pytest.raises(WeightsError, match="holds a dict, not LivePortrait's 1x21x3"):
+        Renderer.from_weights(wdir, device="cpu")
+    (wdir / "lip_array.pkl").write_bytes(pickle.dumps(np.zeros((1, 20, 3)), protocol=4))
+    with pytest.raises(WeightsError, match=r"shape \(1, 20, 3\)"):
+        Renderer.from_weights(wdir, device="cpu")
+

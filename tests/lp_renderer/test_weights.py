@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from lp_renderer import Renderer, RendererConfig, RendererNetworks, WeightsError
+from lp_renderer import InputError, Renderer, RendererConfig, RendererNetworks, WeightsError
 from lp_renderer.weights import (
     OFFICIAL_FILES,
     STITCHING_SUBDICTS,
     convert_to_safetensors,
     load_networks,
+    load_neutral_expression,
     missing_weight_files,
+    rename_keys,
     resolve_weights_dir,
+    weight_file,
 )
 
 TINY = RendererConfig.tiny()
@@ -183,3 +188,80 @@ def test_tiny_renderer_outputs(tiny_nets):
     assert frames.shape == (3, 512, 512, 3) and frames.dtype == np.uint8
     # frame 2 was rendered in a batch of its own: batching changes rounding only
     assert np.abs(frames[0].astype(int) - frames[2]).max() <= 1
+
+
+def test_rename_keys():
+    t = torch.zeros(1)
+    assert rename_keys({"module.mlp.0.weight": t, "a.module.b": t}) == {"mlp.0.weight": t, "a.b": t}
+    flat = {"retarget_shoulder_module.mlp.0.bias": t, "retarget_mouth.module.mlp.0.bias": t, "other": t,
+            "retarget_shoulder_module.note": "not a tensor"}
+    assert rename_keys(flat, ("retarget_shoulder_module.", "retarget_shoulder.")) == {"mlp.0.bias": t}
+    assert rename_keys(flat, ("retarget_mouth.",)) == {"mlp.0.bias": t}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.int32])
+def test_dtype_mismatch_names_file_and_key(tiny_nets, tmp_path, dtype):
+    tiny_nets.save(tmp_path, official_layout_pth=True)
+    path = tmp_path / OFFICIAL_FILES["warping_module"]
+    sd = torch.load(path, weights_only=True)
+    key = next(k for k, v in sd.items() if (v.dtype == torch.int64) == (dtype == torch.int32))
+    sd[key] = sd[key].to(dtype)
+    torch.save(sd, path)
+    with pytest.raises(WeightsError) as e:
+        load_networks(tmp_path, config=TINY)
+    msg = str(e.value)
+    assert "warping_module.pth" in msg and f"key '{key}' has dtype {str(dtype).removeprefix('torch.')}" in msg
+
+
+def test_newer_of_pth_and_safetensors_is_loaded(tmp_path, caplog):
+    """A leftover .safetensors does not shadow a newer .pth (and the reverse); the file loaded is logged."""
+    old, new = RendererNetworks.random(TINY, seed=1), RendererNetworks.random(TINY, seed=2)
+    old.save(tmp_path)  # safetensors
+    new.save(tmp_path, official_layout_pth=True)
+    pths, sts = sorted(tmp_path.rglob("*.pth")), sorted(tmp_path.rglob("*.safetensors"))
+    assert len(pths) == len(sts) == 5
+    for p in sts:
+        os.utime(p, (1_000_000, 1_000_000))
+    for p in pths:
+        os.utime(p, (2_000_000, 2_000_000))
+    assert weight_file(tmp_path, "spade_generator").suffix == ".pth"
+    with caplog.at_level(logging.INFO, logger="lp_renderer.weights"):
+        _same_weights(new, load_networks(tmp_path, config=TINY))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("spade_generator.pth is newer than" in m and r.levelno == logging.WARNING
+               for m, r in zip(messages, caplog.records))
+    assert any(m.startswith("loading ") and m.endswith("motion_extractor.pth") for m in messages)
+    for p in sts:  # a fresh conversion wins again (a tie goes to the safetensors file too)
+        os.utime(p, (2_000_000, 2_000_000))
+    assert weight_file(tmp_path, "spade_generator").suffix == ".safetensors"
+    _same_weights(old, load_networks(tmp_path))
+
+
+def test_neutral_expression_file(tmp_path):
+    assert load_neutral_expression(tmp_path) is None
+    arr = np.random.default_rng(0).standard_normal((1, 21, 3))
+    (tmp_path / "lip_array.pkl").write_bytes(pickle.dumps(arr, protocol=2))
+    got = load_neutral_expression(tmp_path)
+    assert got.dtype == torch.float32 and torch.allclose(got, torch.from_numpy(arr).float())
+    (tmp_path / "lip_array.pkl").write_bytes(pickle.dumps(np.zeros((1, 21, 3), np.int64), protocol=4))
+    with pytest.raises(WeightsError, match="int64 array"):
+        load_neutral_expression(tmp_path)
+
+
+def test_to_tensor_validates_float_tensors(tiny_nets):
+    r = Renderer(tiny_nets, device="cpu")
+    ok = torch.rand(2, 3, 256, 256)
+    assert r.to_tensor(ok).shape == (2, 3, 256, 256)
+    with pytest.raises(InputError, match=r"\(B, 3, 256, 256\), not \(2, 256, 256, 3\)"):
+        r.to_tensor(torch.rand(2, 256, 256, 3))
+    with pytest.raises(InputError, match=r"\(B, 3, 256, 256\), not \(3, 256, 256\)"):
+        r.to_tensor(torch.rand(3, 256, 256))
+    with pytest.raises(InputError, match=r"values in \[0, 1\].* to 255"):
+        r.to_tensor(ok * 255)
+    with pytest.raises(InputError, match=r"values in \[0, 1\]"):
+        r.to_tensor(torch.full((1, 3, 256, 256), float("nan")))
+    with pytest.raises(InputError, match="uint8"):
+        r.to_tensor(np.zeros((256, 256, 3), np.float32))
+    with pytest.raises(InputError, match="RGB images"):
+        r.to_tensor(np.zeros((256, 256, 4), np.uint8))
+

@@ -1,4 +1,4 @@
-"""Tests of audio2lp.safe_pickle: real numpy 1.x / 2.x pickles load, malicious ones never run."""
+"""Tests of lp_renderer.safe_pickle: real numpy 1.x / 2.x pickles load, malicious ones never run."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from audio2lp.errors import InputError
-from audio2lp.safe_pickle import load_restricted_pickle, loads_restricted_pickle
+from lp_renderer.safe_pickle import load_restricted_pickle, loads_restricted_pickle
 
 # Written by numpy 1.26.4 (module paths numpy.core.multiarray / numpy.core.numeric) with
 # pickle.dumps(NUMPY1_TEMPLATE_EXPECTED, protocol=p); see expected_numpy1_template() for the value.
