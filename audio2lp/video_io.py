@@ -204,6 +204,8 @@ class VideoInfo:
         has_audio: the file has at least one audio stream.
         audio_sample_rate: sample rate (Hz) of the first audio stream, None without audio.
         audio_channels: channel count of the first audio stream, None without audio or unknown.
+        audio_codec: ffmpeg's name of the first audio stream's codec (``"aac"``, ``"mp3"``, ``"opus"``,
+            ``"pcm_s16le"``, ...), None without audio.
         codec: ffmpeg's name of the video codec (``"h264"``, ``"mpeg4"``, ``"vp9"``, ...).
         container: ffmpeg's name of the demuxer (``"mov,mp4,m4a,3gp,3g2,mj2"``, ``"matroska,webm"``).
         constant_frame_rate: False when the average rate differs from the stream's nominal rate
@@ -223,6 +225,7 @@ class VideoInfo:
     codec: str
     container: str
     constant_frame_rate: bool
+    audio_codec: str | None = None
 
 
 @dataclasses.dataclass
@@ -236,6 +239,7 @@ class _Header:
     has_audio: bool = False
     audio_sample_rate: int | None = None
     audio_channels: int | None = None
+    audio_codec: str | None = None
 
 
 _STREAM_RE = re.compile(
@@ -282,6 +286,7 @@ def _parse_header(text: str) -> _Header:
                 head.avg_fps = _parse_rate(*fps.groups())
         elif kind == "Audio" and not head.has_audio:
             head.has_audio = True
+            head.audio_codec = rest.split(",", 1)[0].split(" ", 1)[0].strip() or None
             sr = re.search(r"(\d+) Hz", rest)
             head.audio_sample_rate = int(sr.group(1)) if sr else None
             fields = [f.strip() for f in rest.split(",")]
@@ -440,6 +445,7 @@ def probe_video(path: str | os.PathLike, *, count_frames: bool | None = None) ->
         audio_sample_rate=head.audio_sample_rate if head.has_audio else None,
         audio_channels=head.audio_channels if head.has_audio else None,
         codec=head.video_codec or "", container=head.container, constant_frame_rate=cfr,
+        audio_codec=head.audio_codec if head.has_audio else None,
     )
 
 

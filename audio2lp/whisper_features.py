@@ -51,6 +51,7 @@ __all__ = [
     "num_tokens",
     "plan_windows",
     "resolve_whisper_checkpoint",
+    "whisper_names_for_dims",
 ]
 
 logger = logging.getLogger(__name__)
@@ -278,17 +279,26 @@ class WhisperEncoder:
     batch size.
 
     Args:
-        name: Whisper model name (``"tiny.en"``, ``"base"``, ...).
+        name: Whisper model name (``"tiny.en"``, ``"base"``, ...); default :data:`DEFAULT_MODEL`, or with
+            ``checkpoint`` the model the checkpoint holds.
         checkpoint: explicit checkpoint path (see :func:`resolve_whisper_checkpoint`).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a :class:`torch.device`.
         cache_dir: where converted checkpoints are cached.
         model: an already built ``whisper.model.Whisper`` or ``AudioEncoder`` to use instead of
             loading weights (its encoder is used as is).
+
+    Attributes:
+        model_name: the Whisper model name, safe to store in configs. With a checkpoint of a standard
+            size it is read from the checkpoint's dimensions (:func:`whisper_names_for_dims`; ``name``
+            only picks among names the dimensions cannot tell apart, e.g. ``large-v1`` / ``large-v2``, and
+            a ``name`` that contradicts the checkpoint is logged as a warning and not used). For a
+            non-standard size it is ``name``, else the checkpoint file's stem.
+        checkpoint_path: the checkpoint file the weights came from (None with ``model``).
     """
 
     def __init__(
         self,
-        name: str = DEFAULT_MODEL,
+        name: str | None = None,
         checkpoint: str | os.PathLike | None = None,
         *,
         device: str | torch.device = "cpu",
@@ -298,12 +308,12 @@ class WhisperEncoder:
         self.device = _check_device(device)
         if model is not None:
             encoder = getattr(model, "encoder", model)
-            self.model_name = name
+            self.model_name = name or DEFAULT_MODEL
             self.checkpoint_path: Path | None = None
         else:
-            path = resolve_whisper_checkpoint(name, checkpoint, cache_dir)
-            encoder = _load_encoder(path)
-            self.model_name = name if checkpoint is None else Path(checkpoint).stem
+            path = resolve_whisper_checkpoint(name or DEFAULT_MODEL, checkpoint, cache_dir)
+            encoder, dims = _load_encoder(path)
+            self.model_name = _checkpoint_model_name(dims, name, path)
             self.checkpoint_path = path
         self._encoder = encoder.float().to(self.device).eval()
         for p in self._encoder.parameters():
@@ -410,7 +420,7 @@ class WhisperEncoder:
         windows = plan_windows(audio.shape[0])
         out = np.empty((num_tokens(audio.shape[0]), self.dim), dtype=np.float32)
         bar = tqdm(total=len(windows), desc=f"Whisper {self.model_name}", unit="window",
-                   disable=not progress or not windows, leave=False)
+                   disable=not progress or not windows, dynamic_ncols=True)
         row = 0
         try:
             for b in range(0, len(windows), batch_size):
@@ -448,8 +458,49 @@ def _check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _load_encoder(path: Path) -> torch.nn.Module:
-    """Build openai-whisper's AudioEncoder from the ``encoder.*`` weights of a checkpoint."""
+# (n_mels, n_audio_state, n_audio_layer, n_text_layer) -> names, preferred first; openai-whisper's models.
+# English-only models (n_vocab 51864) add ".en" to the first four.
+_SIZES: dict[tuple[int, int, int, int], tuple[str, ...]] = {
+    (80, 384, 4, 4): ("tiny",),
+    (80, 512, 6, 6): ("base",),
+    (80, 768, 12, 12): ("small",),
+    (80, 1024, 24, 24): ("medium",),
+    (80, 1280, 32, 32): ("large-v2", "large-v1"),
+    (128, 1280, 32, 32): ("large-v3", "large"),  # openai-whisper's "large" is large-v3
+    (128, 1280, 32, 4): ("large-v3-turbo", "turbo"),
+}
+_ENGLISH_VOCAB = 51864
+
+
+def whisper_names_for_dims(dims: Any) -> tuple[str, ...]:
+    """openai-whisper model names whose checkpoints have these dimensions (``ModelDimensions`` or its dict),
+    preferred first; ``()`` for a non-standard size. ``tiny.en`` and ``tiny`` differ in ``n_vocab``;
+    ``large-v1`` and ``large-v2`` cannot be told apart."""
+    d = dims if isinstance(dims, dict) else vars(dims)
+    try:
+        names = _SIZES.get((int(d["n_mels"]), int(d["n_audio_state"]), int(d["n_audio_layer"]),
+                            int(d["n_text_layer"])), ())
+        english = int(d["n_vocab"]) == _ENGLISH_VOCAB
+    except (KeyError, TypeError, ValueError):
+        return ()
+    if english:
+        return tuple(n + ".en" for n in names) if names and names[0] in ("tiny", "base", "small", "medium") else ()
+    return names
+
+
+def _checkpoint_model_name(dims: Any, name: str | None, path: Path) -> str:
+    """The model name of a loaded checkpoint: from its dimensions, else ``name``, else the file's stem."""
+    names = whisper_names_for_dims(dims)
+    if not names:
+        return name or path.stem
+    if name is not None and name not in names:
+        logger.warning("%s holds Whisper %s, not %s; using it as %s", path, names[0], name, names[0])
+    return name if name in names else names[0]
+
+
+def _load_encoder(path: Path) -> tuple[torch.nn.Module, Any]:
+    """Build openai-whisper's AudioEncoder from the ``encoder.*`` weights of a checkpoint; return it with the
+    checkpoint's ``ModelDimensions``."""
     from whisper.model import AudioEncoder, ModelDimensions
 
     try:
@@ -473,5 +524,5 @@ def _load_encoder(path: Path) -> torch.nn.Module:
             "is damaged, delete it or pass another one."
         ) from exc
     logger.info("loaded the Whisper encoder from %s (%s)", path, dims)
-    return encoder
+    return encoder, dims
 

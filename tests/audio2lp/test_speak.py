@@ -7,20 +7,29 @@ import pytest
 import torch
 
 from audio2lp.api import Animator
-from audio2lp.audio import write_wav
+from audio2lp.audio import load_audio, write_wav
 from audio2lp.cli import main
 from audio2lp.motion import MotionStats
 from audio2lp.motion_model import MotionModel, MotionModelConfig, save_motion_model
-from audio2lp.video_io import probe_video
+from audio2lp.video_io import probe_video, read_frames
 
 PORTRAIT = "portraits/EAMM__14.png"
 SPEECH = "speech/MakeItTalk__M6_04_16k.wav"
 
 
+def small_motion_model(seed: int = 0) -> MotionModel:
+    """A small motion model with a random (not zero-initialised) output head, so the motion it predicts changes
+    with the audio and over time (the zero head of an untrained model always predicts the mean motion)."""
+    torch.manual_seed(seed)
+    model = MotionModel(MotionModelConfig(d_model=32, n_layers=1, n_styles=2, dropout=0.0))
+    torch.nn.init.normal_(model.head.weight, std=0.3)
+    torch.nn.init.normal_(model.head.bias, std=0.1)
+    return model
+
+
 @pytest.fixture(scope="module")
 def motion_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = MotionModel(MotionModelConfig(d_model=32, n_layers=1, n_styles=2))
+    model = small_motion_model()
     mean = np.zeros(70, np.float32)
     mean[69] = 1.5
     std = np.full(70, 0.01, np.float32)
@@ -41,8 +50,6 @@ def test_speak_with_motion_model(animator, motion_ckpt, data_dir, tmp_path, fps)
     speech = data_dir / SPEECH
     duration = 4.877  # MANIFEST duration of the clip
     if fps != 25.0:  # a 1.3 s cut of the same clip (written to tmp) keeps the second case short
-        from audio2lp.audio import load_audio
-
         speech = write_wav(tmp_path / "cut.wav", load_audio(speech)[: int(1.3 * 16000)])
         duration = 1.3
     out = tmp_path / "talk.mp4"
@@ -54,6 +61,15 @@ def test_speak_with_motion_model(animator, motion_ckpt, data_dir, tmp_path, fps)
     assert res.extra["mode"] == "motion-model"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert res.n_frames == info.n_frames
+    # The speech is muxed in as AAC and lasts as long as the input audio (decoded, to within one frame).
+    assert info.audio_codec == "aac"
+    assert abs(len(load_audio(out)) / 16000 - len(load_audio(speech)) / 16000) <= 1 / fps
+    # The predicted motion moves the face: frames differ over time, far more than video coding noise.
+    frames = np.stack(list(read_frames(out))).astype(np.float32)
+    assert len(frames) == info.n_frames
+    change = np.abs(frames - frames[0]).mean(axis=(1, 2, 3))  # mean |frame t - frame 0|, grey levels
+    assert change.max() > 1.0, change
+    assert np.count_nonzero(change > 0.25) >= len(frames) // 2, change
 
 
 def test_speak_keypoints_follow_the_motion(animator, motion_ckpt):

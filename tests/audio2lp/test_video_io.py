@@ -135,6 +135,7 @@ def test_probe_and_read_containers(tmp_path, suffix, vcodec, pix_fmt, acodec, ex
     assert (info.n_frames, info.n_frames_exact) == (15, True)
     assert (info.width, info.height) == (64, 48)
     assert info.has_audio and info.audio_sample_rate == sr and info.audio_channels == 1
+    assert info.audio_codec == {"libmp3lame": "mp3", "libopus": "opus"}.get(acodec, acodec)
     # the container's duration: some containers count the audio encoder's priming and padding
     # (AAC in Matroska: +1024 samples = +0.064 s at 16 kHz; MP3 in AVI: +0.04 s)
     assert 0.58 <= info.duration <= 0.68
@@ -160,6 +161,7 @@ def test_probe_odd_size_and_no_audio(tmp_path):
     info = probe_video(path)
     assert (info.width, info.height, info.n_frames) == (33, 27, 7)
     assert not info.has_audio and info.audio_sample_rate is None and info.audio_channels is None
+    assert info.audio_codec is None
     frames = list(read_frames(path))
     assert len(frames) == 7 and frames[0].shape == (27, 33, 3)
 
@@ -387,6 +389,7 @@ def test_writer_numpy_audio_fits_video(tmp_path, fps, n, audio_seconds):
             writer.write(synthetic_frame(i, 48, 64))
     info = probe_video(out)
     assert info.has_audio and info.audio_sample_rate == 16000 and info.n_frames == n
+    assert info.audio_codec == "aac"
     video_duration = n / float(video_io._fps_fraction(fps))
     audio_duration = audio_samples(out, 16000) / 16000
     assert abs(audio_duration - video_duration) <= 1.0 / fps  # within one frame ...

@@ -504,35 +504,83 @@ def test_real_model_matches_ctranslate2_on_real_speech(real, clip):
     assert wer(theirs, ours) <= 0.05, (ours, theirs)
 
 
+# What the speakers say, established by listening through both converted models and both CTranslate2 models
+# (tiny.en and base, greedy decoding): all four give these words.
+TRANSCRIPTS = {
+    "MakeItTalk__M6_04_16k.wav": "And I don't know when your moment was, but I bet you there was one.",
+    "SadTalker__RD_Radio36_000.wav": "I'm honored to represent a district made up largely of working people, and I'm "
+                                     "proud to tell you that I come from a family of workers.",
+}
+
+
 @pytest.mark.slow
-def test_real_encoder_matches_ctranslate2(real, monkeypatch):
+@pytest.mark.realdata
+@pytest.mark.parametrize("clip", sorted(TRANSCRIPTS))
+def test_real_model_transcribes_real_speech(real, clip):
+    path = DATA / "speech" / clip
+    if not path.is_file():
+        pytest.skip(f"{path} not found (set AUDIO2LP_TEST_DATA)")
+    from audio2lp.audio import load_audio
+
+    text = real.transcribe(real.mel(load_audio(path)))
+    assert wer(TRANSCRIPTS[clip], text) <= 0.1, text
+
+
+def _test_signals() -> dict[str, np.ndarray]:
+    """A synthetic 12 s buzz (always), plus two real English clips when the shared data is there (the second
+    gave the largest float32 difference of the English clips for base)."""
     rng = np.random.default_rng(0)
     t = np.arange(12 * 16000) / 16000
-    audio = (0.2 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 2 * t))
-             + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
-    if (DATA / "speech" / ENGLISH_CLIPS[0]).is_file():
-        from audio2lp.audio import load_audio
+    out = {"synthetic": (0.2 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 2 * t))
+                         + 0.05 * rng.standard_normal(t.size)).astype(np.float32)}
+    for clip in (ENGLISH_CLIPS[0], "hallo__3.wav"):
+        if (DATA / "speech" / clip).is_file():
+            from audio2lp.audio import load_audio
 
-        audio = load_audio(DATA / "speech" / ENGLISH_CLIPS[0])
-    mel = real.mel(audio)
-    ref = real.ct2_encode(mel)
-    with torch.no_grad():
-        ours = real.model.encoder(torch.from_numpy(mel)).numpy()
-    assert ours.shape == ref.shape == (1, 1500, real.model.dims.n_audio_state)
-    diff32 = float(np.abs(ours - ref).max())
-    # In float64 the converted weights reproduce CTranslate2 to its own float32 rounding.
-    monkeypatch.setattr(whisper.model.LayerNorm, "forward", torch.nn.LayerNorm.forward)
-    enc64 = real.model.encoder.double()
-    try:
+            out[clip] = load_audio(DATA / "speech" / clip)
+    return out
+
+
+@pytest.mark.slow
+def test_real_encoder_matches_ctranslate2(real, monkeypatch):
+    """The converted encoder's output matches CTranslate2's (``compute_type="float32"``) within 1e-3.
+
+    What is compared, on all 1500 output tokens of a 30 s window (padding included):
+
+    * The converted weights, run by openai-whisper's encoder in float64, against CTranslate2 in float32:
+      ``max |ours64 - ct2| < 1e-3`` (absolute). float64 removes our own rounding, so what is left is
+      CTranslate2's float32 rounding (measured up to 7e-4 on 15 English clips, both models).
+    * Both in float32: ``max |ours32 - ct2| <= 1e-3 * max |ct2|`` (relative to the output's scale, measured
+      up to 8e-5) and a mean absolute difference below 1e-5 (measured ~2e-6). The absolute float32 difference
+      reaches 1.9e-3 for base (1.3e-3 for tiny.en) on some clips. That is not a conversion error: both
+      runtimes use the same weights (every tensor is stored as float16 and widened to float32; only the
+      scalar config values are ints) but sum in different orders, and the residual stream before the final
+      LayerNorm has an outlier channel of magnitude ~600 (float32 step ~4e-5 there), which that LayerNorm
+      scales to outputs of up to 12 (tiny.en) / 24 (base). Our float32 pass differs from our own float64 pass
+      by as much (up to 1.4e-3), so 1e-3 absolute between two float32 runtimes is below float32's noise floor.
+    """
+    for label, audio in _test_signals().items():
+        mel = real.mel(audio)
+        ref = real.ct2_encode(mel)
         with torch.no_grad():
-            ours64 = enc64(torch.from_numpy(mel).double()).numpy()
-    finally:
-        real.model.encoder.float()
-    diff64 = float(np.abs(ours64 - ref).max())
-    print(f"{real.name}: max|encoder - ctranslate2| = {diff32:.2e} (float32), {diff64:.2e} (float64)")
-    assert diff64 < 1e-3
-    # float32 rounding through the layers alone reaches ~1e-3 for base (outputs up to ~25).
-    assert diff32 < (1e-3 if real.name == "tiny.en" else 2.5e-3)
+            ours = real.model.encoder(torch.from_numpy(mel)).numpy()
+        assert ours.shape == ref.shape == (1, 1500, real.model.dims.n_audio_state)
+        with monkeypatch.context() as m:  # openai-whisper's LayerNorm computes in float32 whatever the input
+            m.setattr(whisper.model.LayerNorm, "forward", torch.nn.LayerNorm.forward)
+            enc64 = real.model.encoder.double()
+            try:
+                with torch.no_grad():
+                    ours64 = enc64(torch.from_numpy(mel).double()).numpy()
+            finally:
+                real.model.encoder.float()
+        diff64 = float(np.abs(ours64 - ref).max())
+        diff32 = np.abs(ours - ref)
+        scale = float(np.abs(ref).max())
+        print(f"{real.name} {label}: max|ours - ct2| = {diff64:.2e} (ours in float64), {diff32.max():.2e} "
+              f"(float32; {diff32.max() / scale:.1e} of max|ct2| = {scale:.1f}; mean {diff32.mean():.1e})")
+        assert diff64 < 1e-3, label
+        assert diff32.max() <= 1e-3 * scale, label
+        assert diff32.mean() < 1e-5, label
 
 
 @pytest.mark.slow

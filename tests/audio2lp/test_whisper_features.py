@@ -233,6 +233,55 @@ def test_load_encoder_from_checkpoint_file(fake_model, tmp_path):
         WhisperEncoder(checkpoint=bad)
 
 
+def test_progress_bar_stays_when_done(fake, capsys):
+    fake.encode(_speechlike(WINDOW_SAMPLES + SR), batch_size=1)  # two windows
+    err = capsys.readouterr().err
+    assert err.endswith("\n"), repr(err[-200:])  # leave=True: the finished bar stays on its own line
+    assert "Whisper fake" in err.splitlines()[-1] and "2/2" in err.splitlines()[-1]
+
+
+# openai-whisper's published dimensions (n_mels, n_audio_state, n_audio_layer, n_text_layer, n_vocab)
+OPENAI_DIMS = {
+    "tiny.en": (80, 384, 4, 4, 51864), "tiny": (80, 384, 4, 4, 51865),
+    "base.en": (80, 512, 6, 6, 51864), "base": (80, 512, 6, 6, 51865),
+    "small.en": (80, 768, 12, 12, 51864), "small": (80, 768, 12, 12, 51865),
+    "medium.en": (80, 1024, 24, 24, 51864), "medium": (80, 1024, 24, 24, 51865),
+    "large-v2": (80, 1280, 32, 32, 51865), "large-v3": (128, 1280, 32, 32, 51866),
+    "large-v3-turbo": (128, 1280, 32, 4, 51866),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPENAI_DIMS))
+def test_model_names_for_dims(name):
+    n_mels, state, layers, text_layers, vocab = OPENAI_DIMS[name]
+    dims = {**FAKE_DIMS, "n_mels": n_mels, "n_audio_state": state, "n_audio_layer": layers,
+            "n_text_layer": text_layers, "n_vocab": vocab}
+    names = wf.whisper_names_for_dims(dims)
+    assert names[0] == name
+    assert wf.whisper_names_for_dims(whisper.model.ModelDimensions(**dims)) == names
+    if name == "large-v2":
+        assert names == ("large-v2", "large-v1")
+    assert wf.whisper_names_for_dims(FAKE_DIMS) == ()
+    assert wf.whisper_names_for_dims({"n_mels": 80}) == ()
+
+
+def test_model_name_of_a_checkpoint_comes_from_its_dims(fake_model, tmp_path, monkeypatch, caplog):
+    path = tmp_path / "my-finetune.pt"
+    torch.save({"dims": FAKE_DIMS, "model_state_dict": fake_model.state_dict()}, path)
+    # A non-standard size: the given name, else the file's stem.
+    assert WhisperEncoder(checkpoint=path).model_name == "my-finetune"
+    assert WhisperEncoder("fake", checkpoint=path).model_name == "fake"
+    # A standard size (pretend FAKE_DIMS is one): the name from the dims, whatever the file is called.
+    key = (FAKE_DIMS["n_mels"], FAKE_DIMS["n_audio_state"], FAKE_DIMS["n_audio_layer"], FAKE_DIMS["n_text_layer"])
+    monkeypatch.setitem(wf._SIZES, key, ("fake-v2", "fake-v1"))
+    assert WhisperEncoder(checkpoint=path).model_name == "fake-v2"
+    assert WhisperEncoder("fake-v1", checkpoint=path).model_name == "fake-v1"  # the dims allow both
+    with caplog.at_level("WARNING", logger="audio2lp.whisper_features"):
+        enc = WhisperEncoder("tiny.en", checkpoint=path)
+    assert enc.model_name == "fake-v2"
+    assert "my-finetune.pt holds Whisper fake-v2, not tiny.en" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------
 # resolving checkpoints
 
@@ -405,6 +454,14 @@ def test_real_tiny_en_ten_minutes(tiny_en):
     np.testing.assert_allclose(f600[3000:6000], f60, atol=1e-4)
     # Output (46 MiB) + one batch of activations; a quadratic cost would need tens of GiB.
     assert grow < 1500
+
+
+@pytest.mark.slow
+def test_real_checkpoint_keeps_its_model_name(tiny_en, tmp_path):
+    link = tmp_path / "renamed.pt"
+    link.symlink_to(tiny_en.checkpoint_path)
+    assert tiny_en.model_name == "tiny.en"
+    assert WhisperEncoder(checkpoint=link).model_name == "tiny.en"
 
 
 @pytest.mark.slow
