@@ -98,6 +98,7 @@ class WeightsReport:
     weights_dir: Path
     files: list[FileReport] = field(default_factory=list)
     converted: list[Path] = field(default_factory=list)
+    extra_files: list[str] = field(default_factory=list)  # optional files placed besides the five networks
 
     @property
     def missing(self) -> list[str]:
@@ -493,6 +494,7 @@ def import_weights(src: str | os.PathLike, weights_dir: str | os.PathLike | None
         if final.suffix == ".pth":
             _drop_stale_safetensors(final)
         report.files.append(FileReport(key, final, _ACTION[mode], digest, status))
+    _import_neutral_expression(Path(src).expanduser(), dest, mode, report)
     _check_whole_folder(dest, config)
     if safetensors:
         from lp_renderer.weights import convert_to_safetensors
@@ -501,11 +503,39 @@ def import_weights(src: str | os.PathLike, weights_dir: str | os.PathLike | None
     return report
 
 
+def _import_neutral_expression(src: Path, dest: Path, mode: str, report: WeightsReport) -> None:
+    """Also bring LivePortrait's ``lip_array.pkl`` (used when a single image drives the portrait) when ``src``
+    has one: in the folder itself, one level up or down (``pretrained_weights/``), or where a checkout of the
+    LivePortrait repository keeps it (``src/utils/resources/``). It is checked before it is placed."""
+    from lp_renderer.weights import NEUTRAL_EXPRESSION_FILE, load_neutral_expression
+
+    for folder in (src, src.parent, src / "pretrained_weights", src / "src" / "utils" / "resources",
+                   src.parent / "src" / "utils" / "resources"):
+        cand = folder / NEUTRAL_EXPRESSION_FILE
+        if not cand.is_file():
+            continue
+        try:
+            load_neutral_expression(folder)
+        except WeightsError as e:
+            log.warning("not importing %s: %s", cand, e)
+            report.extra_files.append(f"{NEUTRAL_EXPRESSION_FILE}: not imported ({cand} is not a valid one)")
+            return
+        final = dest / NEUTRAL_EXPRESSION_FILE
+        if final.exists() and os.path.samefile(cand, final):
+            report.extra_files.append(f"{NEUTRAL_EXPRESSION_FILE}: present")
+        else:
+            _place(cand, final, mode)
+            report.extra_files.append(f"{NEUTRAL_EXPRESSION_FILE}: {_ACTION[mode]} from {cand}")
+        return
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def _print_report(report: WeightsReport, verb: str) -> None:
     print(f"{verb} {report.weights_dir}")
     for f in report.files:
         print(f"  {f.describe()}")
+    for line in report.extra_files:
+        print(f"  {line}")
     for p in report.converted:
         print(f"  wrote {p}")
     unknown = [OFFICIAL_FILES[f.key] for f in report.files if f.hash_status == "unknown"]

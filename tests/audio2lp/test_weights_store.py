@@ -317,6 +317,33 @@ def test_import_layouts(hub, hashes, tmp_path, layout):
     assert [f.action for f in rep2.files] == ["present"] * 5
 
 
+def test_import_brings_lip_array_from_a_liveportrait_checkout(hub, hashes, tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from lp_renderer.weights import load_neutral_expression
+
+    repo = tmp_path / "LivePortrait"  # a checkout: pretrained_weights/ next to src/utils/resources/
+    for rel in OFFICIAL_FILES.values():
+        (repo / "pretrained_weights" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "pretrained_weights" / rel).write_bytes((hub / rel).read_bytes())
+    res = repo / "src" / "utils" / "resources"
+    res.mkdir(parents=True)
+    neutral = np.linspace(-0.1, 0.1, 63).reshape(1, 21, 3)
+    (res / "lip_array.pkl").write_bytes(pickle.dumps(neutral, protocol=4))
+    dest = tmp_path / "dest"
+    rep = ws.import_weights(repo, dest, expected=hashes, config=TINY)
+    assert any(line.startswith("lip_array.pkl: copied") for line in rep.extra_files)
+    assert np.allclose(load_neutral_expression(dest).numpy(), neutral)
+    # a broken one is reported and left out; the networks are still imported
+    (res / "lip_array.pkl").write_bytes(pickle.dumps({"not": "an array"}))
+    dest2 = tmp_path / "dest2"
+    rep = ws.import_weights(repo, dest2, expected=hashes, config=TINY)
+    assert [f.action for f in rep.files] == ["copied"] * 5
+    assert "not imported" in rep.extra_files[0] and not (dest2 / "lip_array.pkl").exists()
+
+
 @pytest.mark.parametrize("mode", ["hardlink", "symlink"])
 def test_import_links(hub, hashes, tmp_path, mode):
     dest = tmp_path / "dest"
