@@ -99,10 +99,13 @@ class Animator:
 
     @property
     def faces(self) -> FaceBackend:
+        """The face backend (created once). ``auto`` finds insightface models in ``--insightface-dir``,
+        ``$AUDIO2LP_INSIGHTFACE_DIR`` or ``<weights folder>/insightface/models/buffalo_l``, where the
+        weights folder is the configured one (``--weights``, else ``$AUDIO2LP_WEIGHTS`` or the cache)."""
         if self._faces is None:
-            weights_dir = None
-            if self.weights is not None:
-                weights_dir = self.weights
+            from lp_renderer.weights import resolve_weights_dir
+
+            weights_dir = resolve_weights_dir(self.weights)  # never raises, even if the folder is missing
             self._faces = get_face_backend(self.face_backend_name, self.insightface_dir, weights_dir=weights_dir)
         return self._faces
 
@@ -122,13 +125,23 @@ class Animator:
         The first driving frame is the reference (relative motion, as the official pipeline). The output
         is an H.264 mp4 at the driving fps with the driving video's audio, pasted back into the portrait
         (or the 512x512 crop with ``pasteback=False``); an image when both driving and output are images.
-        ``save_template`` writes the extracted motion as an ``.npz`` template for later use.
+        ``face`` picks the portrait's face(s); the driving video always uses its largest face.
+        ``save_template`` writes the extracted motion as an ``.npz`` template for later use (committed
+        together with the output: if either fails, neither is left). ``crf``: H.264 quality, 0-51.
         ``progress_callback(done_frames, total_frames)`` is called after every rendered batch.
         """
-        from .video_io import check_output_path
+        from contextlib import ExitStack
 
+        from .video_io import atomic_output, check_output_path
+
+        crf = _check_crf(crf)
+        if max_frames is not None and not (isinstance(max_frames, (int, np.integer)) and max_frames >= 1):
+            raise InputError(f"--max-frames must be at least 1, not {max_frames}.")
         options = AnimationOptions(region=region, stitching=stitching, retarget_eyes=retarget_eyes,
                                    retarget_lip=retarget_lip, multiplier=multiplier)
+        if not stitching and face == "all":
+            raise InputError("--face all pastes every face back into the photo, which needs stitching; drop "
+                             "--no-stitching, or pick one face with --face N or --face largest.")
         src = open_driving(driving)
         image_out = Path(output).suffix.lower() in IMAGE_SUFFIXES
         if image_out and src.kind != "image":
@@ -141,8 +154,6 @@ class Animator:
                 raise InputError("--save-template needs a driving video or image, not a template.")
         if concat and src.kind == "template":
             raise InputError("--concat shows the driving video beside the result; a template has no frames.")
-        if max_frames is not None and max_frames < 1:
-            raise InputError(f"--max-frames must be at least 1, not {max_frames}.")
         if (retarget_eyes or retarget_lip) and src.kind == "template":
             tp = src.template
             if (retarget_eyes and tp.eye_ratio is None) or (retarget_lip and tp.lip_ratio is None):
@@ -155,8 +166,9 @@ class Animator:
         backend = self.faces if src.kind != "template" else None
         pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback)
         n_total = src.n_frames if max_frames is None else min(src.n_frames, max_frames)
-        frames = iter_driving_frames(src, backend, which=face if face != "all" else "largest",
-                                     keep_frames=concat, max_frames=max_frames, progress=self.progress)
+        # the portrait's --face does not apply to the driving video: it is driven by its largest face
+        frames = iter_driving_frames(src, backend, keep_frames=concat, max_frames=max_frames,
+                                     progress=self.progress)
         motions, eyes, lips = [], [], []
         state: dict = {}
 
@@ -189,46 +201,57 @@ class Animator:
                 outs.append(img)
             return outs
 
-        written = 0
-        bar = _Progress(self.progress, n_total, "render", progress_callback)
-        try:
-            if image_out:
-                batch = list(frames)
-                img = render_batch(batch)[0]
-                _write_image_atomic(out, img)
-                written = 1
-                bar.update(1)
-            else:
-                from .video_io import VideoWriter
-
-                audio = src.path if src.kind == "video" and src.has_audio else None
-                with Prefetcher(frames, size=2 * self.batch_size) as pf_iter, \
-                        VideoWriter(out, src.fps, crf=crf, audio=audio, audio_fit="video") as writer:
-                    batch: list[DrivingFrame] = []
-                    for fr in pf_iter:
-                        batch.append(fr)
-                        if len(batch) == self.batch_size:
-                            for img in render_batch(batch):
-                                writer.write(img)
-                            written += len(batch)
-                            bar.update(len(batch))
-                            batch = []
-                    if batch:
-                        for img in render_batch(batch):
-                            writer.write(img)
-                        written += len(batch)
-                        bar.update(len(batch))
-                    if written == 0:
-                        raise InputError(f"the driving input {src.path} has no frames to render.")
-        finally:
-            bar.close()
-        tpath = None
-        if save_template is not None:
+        def write_template(tmp: Path) -> None:
             eye = np.concatenate(eyes)
             lip = np.concatenate(lips)
             tp = MotionTemplate(np.concatenate(motions), src.fps, None if np.isnan(eye).any() else eye,
                                 None if np.isnan(lip).any() else lip)
-            tpath = save_motion_template(save_template, tp)
+            save_motion_template(tmp, tp)
+
+        written = 0
+        bar = _Progress(self.progress, n_total, "render", progress_callback)
+        # The template goes to a temporary file that is renamed only after the output was committed; any
+        # failure before that (rendering, encoding, muxing, writing either file) leaves neither behind.
+        with ExitStack() as commit_last:
+            template_tmp = None if save_template is None else commit_last.enter_context(atomic_output(save_template))
+            try:
+                if image_out:
+                    batch = list(frames)
+                    img = render_batch(batch)[0]
+                    if template_tmp is not None:
+                        write_template(template_tmp)
+                    _write_image_atomic(out, img)
+                    written = 1
+                    bar.update(1)
+                else:
+                    from .video_io import VideoWriter
+
+                    audio = src.path if src.kind == "video" and src.has_audio else None
+                    with Prefetcher(frames, size=2 * self.batch_size) as pf_iter, \
+                            VideoWriter(out, src.fps, crf=crf, audio=audio, audio_fit="video") as writer:
+                        batch: list[DrivingFrame] = []
+                        for fr in pf_iter:
+                            batch.append(fr)
+                            if len(batch) == self.batch_size:
+                                for img in render_batch(batch):
+                                    writer.write(img)
+                                written += len(batch)
+                                bar.update(len(batch))
+                                batch = []
+                        if batch:
+                            for img in render_batch(batch):
+                                writer.write(img)
+                            written += len(batch)
+                            bar.update(len(batch))
+                        if written == 0:
+                            raise InputError(f"the driving input {src.path} has no frames to render.")
+                        if template_tmp is not None:
+                            write_template(template_tmp)
+            finally:
+                bar.close()
+        tpath = None if save_template is None else Path(save_template)
+        if tpath is not None:
+            log.info("wrote motion template %s (%d frames)", tpath, written)
         log.info("wrote %s (%d frames at %.3g fps)", out, written, src.fps)
         return RenderResult(out, written, src.fps, bool(not image_out and src.kind == "video" and src.has_audio),
                             tpath)
@@ -255,6 +278,7 @@ class Animator:
         from .audio import load_audio
         from .video_io import check_output_path
 
+        crf = _check_crf(crf)
         for name, v in (("--expression-scale", expression_scale), ("--pose-scale", pose_scale)):
             if not np.isfinite(v) or v < 0:
                 raise InputError(f"{name} must be a non-negative number, not {v}.")
@@ -403,6 +427,19 @@ class SpeechPlan:
             eyes = np.column_stack([np.full(b, left), np.full(b, right), target]).astype(np.float32)
             x_d = x_d + renderer.retarget_eyes(src.x_s, eyes)
         return renderer.stitch(src.x_s, x_d)
+
+
+def _check_crf(crf) -> int:
+    """``--crf`` as an int, or InputError unless it is a whole number from 0 to 51 (H.264's range)."""
+    try:
+        value = int(crf)
+        ok = value == crf and 0 <= value <= 51 and not isinstance(crf, bool)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise InputError(f"--crf must be a whole number from 0 (best) to 51 (worst), not {crf}; 18 (the default) "
+                         f"is visually lossless.")
+    return value
 
 
 def _write_image_atomic(path: Path, rgb: np.ndarray) -> None:

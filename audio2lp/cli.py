@@ -75,24 +75,31 @@ def _add_drive(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output .mp4 (or an image when DRIVING is an image)")
     p.add_argument("--face", type=_face_arg, default="largest",
                    help="which face of the portrait to animate: largest (default), a number (0 = largest), "
-                        "or all (each face, stitched in place)")
+                        "or all (each face, stitched in place); the driving video always uses its largest face")
     p.add_argument("--region", choices=["all", "exp", "pose", "lip", "eyes"], default="all",
                    help="which part of the driving motion to apply (default all)")
     p.add_argument("--multiplier", type=float, default=1.0, help="scale of the motion around the portrait's own "
                                                                  "pose and expression (default 1.0)")
     p.add_argument("--retarget-eyes", action="store_true",
-                   help="drive eye opening by the driving face's eye-open ratio (eye retargeting network)")
+                   help="drive eye opening by the driving face's eye-open ratio (eye retargeting network). As "
+                        "in LivePortrait (Algorithm 1), retargeting replaces the driving expression and head "
+                        "pose: the result is the portrait's own pose and expression plus the eye (and, with "
+                        "--retarget-lip, lip) deltas")
     p.add_argument("--retarget-lip", action="store_true",
-                   help="drive mouth opening by the driving face's lip-open ratio (lip retargeting network)")
+                   help="drive mouth opening by the driving face's lip-open ratio (lip retargeting network). "
+                        "As in LivePortrait, retargeting replaces the driving expression and head pose: the "
+                        "result is the portrait's own pose and expression plus the lip (and eye) deltas")
     p.add_argument("--no-stitching", dest="stitching", action="store_false",
-                   help="skip the stitching network (implies --no-pasteback)")
+                   help="skip the stitching network (implies --no-pasteback: one face's 512x512 crop)")
     p.add_argument("--no-pasteback", dest="pasteback", action="store_false",
                    help="write the 512x512 face crop instead of the full photo")
     p.add_argument("--concat", action="store_true", help="put the driving face crop beside the result")
     p.add_argument("--save-template", metavar="FILE.npz",
                    help="also save the driving motion as a template, to drive other portraits without the video")
-    p.add_argument("--max-frames", type=int, metavar="N", help="render only the first N driving frames")
-    p.add_argument("--crf", type=int, default=18, help="H.264 quality (lower is better; default 18)")
+    p.add_argument("--max-frames", type=int, metavar="N",
+                   help="render only the first N driving frames (the audio is cut to match)")
+    p.add_argument("--crf", type=int, default=18,
+                   help="H.264 quality from 0 (best) to 51 (worst); default 18, visually lossless")
     _add_common(p)
     p.set_defaults(run=_run_drive)
 
@@ -236,6 +243,10 @@ def _setup_logging(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("prepare", "train"):  # their own logging (ranks under torchrun), messages and exit codes
+        from training.cli import run_command
+
+        return run_command(args)
     _setup_logging(args)
     try:
         return int(args.run(args) or 0)

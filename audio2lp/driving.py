@@ -13,7 +13,9 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import torch
 
@@ -26,6 +28,9 @@ from lp_renderer.keypoints import KeypointInfo, rotation_to_degrees
 from .motion import EXP, PITCH, ROLL, SCALE, YAW, MotionTemplate, load_motion_template, pack_motion
 from .motion import T as T_SLICE
 from .portrait import is_image_path
+
+if TYPE_CHECKING:
+    from .video_io import VideoInfo
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +57,10 @@ def motion_to_info(motion: np.ndarray, kp: np.ndarray | None = None, device="cpu
 
 @dataclass
 class DrivingFrame:
-    """One driving frame: its 256x256 crop (None for templates, which carry ``motion`` instead), the
-    landmark ratios (eye (2,), lip) and the original frame for ``--concat`` (None if not kept)."""
+    """One driving frame: its 256x256 uint8 RGB crop (None for templates, which carry ``motion``
+    instead), the landmark ratios (eye (2,) float32, lip) and the original ``HxWx3`` frame (None if not
+    kept, and on frames where the face was lost). On lost frames the crop and ratios are those of the
+    last frame with a face (of the first one for leading lost frames), so the motion holds still."""
 
     index: int
     crop_rgb: np.ndarray | None
@@ -73,6 +80,7 @@ class DrivingSource:
     n_frames: int
     has_audio: bool = False
     template: MotionTemplate | None = None
+    info: VideoInfo | None = None  # a video's probe result (probed once, reused by the frame reader)
 
 
 def open_driving(path: str | os.PathLike) -> DrivingSource:
@@ -96,13 +104,13 @@ def open_driving(path: str | os.PathLike) -> DrivingSource:
     info = probe_video(p)
     if info.n_frames <= 0:
         raise InputError(f"driving video {p} has no frames; give a video with at least one frame.")
-    return DrivingSource(p, "video", info.fps, info.n_frames, has_audio=info.has_audio)
+    return DrivingSource(p, "video", info.fps, info.n_frames, has_audio=info.has_audio, info=info)
 
 
 def load_official_template(path: str | os.PathLike) -> MotionTemplate:
     """Import LivePortrait's ``.pkl`` motion template with a restricted unpickler (plain containers and
     numpy arrays only). Rotation matrices are converted back to degrees."""
-    from .safe_pickle import load_restricted_pickle
+    from lp_renderer.safe_pickle import load_restricted_pickle
 
     data = load_restricted_pickle(path)
     if not isinstance(data, dict) or "motion" not in data or not isinstance(data["motion"], list) \
@@ -136,7 +144,13 @@ def iter_driving_frames(source: DrivingSource, backend: FaceBackend | None, *, w
                         keep_frames: bool = False, smooth_window: int = 5, max_frames: int | None = None,
                         progress: bool = False) -> Iterator[DrivingFrame]:
     """Yield the driving frames of ``source`` in order (streamed for videos; ``progress`` shows a bar of
-    decoded and face-tracked frames)."""
+    decoded and face-tracked frames).
+
+    ``which`` picks the driving face (default the largest; independent of the portrait's ``--face``).
+    Crops follow the official driving path: axis-aligned :data:`DRIVING_CROP` boxes (smoothed over
+    ``smooth_window`` frames), warped to 512 and resized to 256 bilinearly. Frames where the face is lost
+    hold the last good crop and ratios (see :class:`DrivingFrame`); their pixels are not kept, so a long
+    stretch without a face costs no memory. Raises NoFaceError if no frame has a face."""
     if source.kind == "template":
         tp = source.template
         n = tp.n_frames if max_frames is None else min(tp.n_frames, max_frames)
@@ -153,27 +167,35 @@ def iter_driving_frames(source: DrivingSource, backend: FaceBackend | None, *, w
         face = select_faces(faces, "largest" if which == "all" else which, source=str(source.path))[0]
         crop = crop_face(face, **DRIVING_CROP)
         eye, lip = _face_ratios(face)
-        yield DrivingFrame(0, crop.warp(rgb, 256), eye, lip, frame=rgb if keep_frames else None)
+        yield DrivingFrame(0, crop.warp(rgb, 256, resize=cv2.INTER_LINEAR), eye, lip,
+                           frame=rgb if keep_frames else None)
         return
     from tqdm import tqdm
 
     from .video_io import FrameReader
 
     total = source.n_frames if max_frames is None else min(source.n_frames, max_frames)
-    with FrameReader(source.path, max_frames=max_frames) as reader, \
+    with FrameReader(source.path, max_frames=max_frames, info=source.info) as reader, \
             tqdm(reader, total=total, desc="faces", unit="frame", disable=not progress, position=1,
                  leave=False, dynamic_ncols=True) as frames:
         faces = iter_faces_in_frames(backend, frames, "largest" if which == "all" else which)
-        # payload: (index, frame, face); the face's ratios are measured on the frame itself
-        payloads = ((( i, frame, face), face) for i, (frame, face) in enumerate(faces))
-        last_ratios = None
+        # payload: (index, frame or None where the face is lost, face); ratios are measured on the frame
+        payloads = (((i, frame if face is not None else None, face), face)
+                    for i, (frame, face) in enumerate(faces))
+        held = None  # (crop, eye ratios, lip ratio) of the last frame with a face
+        leading: list[int] = []  # frames before the first face (indices only)
         for (i, frame, face), crop in iter_crops_for_frames(payloads, window=smooth_window, **DRIVING_CROP):
-            if face is not None:
-                last_ratios = _face_ratios(face)
-            elif last_ratios is None:  # leading frames without a face: use the neutral-ish defaults
-                last_ratios = (np.array([0.3, 0.3], np.float32), 0.0)
-            yield DrivingFrame(i, crop.warp(frame, 256), last_ratios[0], last_ratios[1],
-                               frame=frame if keep_frames else None)
+            if face is None:
+                if held is None:
+                    leading.append(i)
+                else:
+                    yield DrivingFrame(i, *held)
+                continue
+            held = (crop.warp(frame, 256, resize=cv2.INTER_LINEAR), *_face_ratios(face))
+            for j in leading:
+                yield DrivingFrame(j, *held)
+            leading.clear()
+            yield DrivingFrame(i, *held, frame=frame if keep_frames else None)
 
 
 class Prefetcher:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lp_renderer.crop import SOURCE_CROP, Crop, PasteMask, crop_face, paste_back, paste_mask
+from lp_renderer.crop import SOURCE_CROP, Crop, PasteMask, crop_face, paste_back, shared_paste_masks
 from lp_renderer.errors import InputError, NoFaceError
 from lp_renderer.faces import Face, FaceBackend, eye_open_ratios, lip_open_ratio, select_faces
 from lp_renderer.image_io import load_image
@@ -41,8 +41,9 @@ class Portrait:
     def composite(self, rendered: list[np.ndarray], pasteback: bool = True) -> np.ndarray:
         """Rendered 512x512 crops (one per face) -> the output frame.
 
-        With paste-back, each face is blended into the full-resolution original with its soft mask;
-        without, the single face's 512x512 crop is returned.
+        With paste-back, each face is blended into the full-resolution original with its soft mask, in
+        order (several faces' masks share their overlaps, see
+        :func:`lp_renderer.crop.shared_paste_masks`); without, the single face's 512x512 crop is returned.
         """
         if not pasteback:
             return rendered[0]
@@ -66,12 +67,13 @@ def prepare_portrait(renderer: Renderer, backend: FaceBackend, image: str | os.P
     if not pasteback and len(chosen) > 1:
         raise InputError("--no-pasteback outputs one face's 512x512 crop; pick one face with --face N or "
                          "--face largest.")
+    crops = [crop_face(face, **SOURCE_CROP) for face in chosen]
+    masks = shared_paste_masks(crops, rgb.shape)
     out = []
-    for face in chosen:
-        crop = crop_face(face, **SOURCE_CROP)
+    for face, crop, mask in zip(chosen, crops, masks):
         crop_rgb = crop.warp(rgb, 256)
         src = renderer.prepare_source(crop_rgb, eye_ratios=eye_open_ratios(face), lip_ratio=lip_open_ratio(face))
-        out.append(PortraitFace(face, crop, crop_rgb, src, paste_mask(crop, rgb.shape)))
+        out.append(PortraitFace(face, crop, crop_rgb, src, mask))
     log.info("%s: %d face(s) found, animating %d", name, len(faces), len(out))
     return Portrait(rgb, out, name if not isinstance(image, np.ndarray) else "")
 

@@ -28,14 +28,27 @@ INTER_AREA down) and ``Crop.warp(..., direct=True)`` (one warp with ``matrix(d)`
 Paste-back mask
 ---------------
 The official paste-back mask is a 512x512 template that is 1 everywhere except a 16-pixel linear
-feather at the four borders. It deliberately covers the whole crop rather than a face outline: with
-stitching, the rendered crop stays aligned with the original along its borders while head, hair and
-neck inside it move, so a face-only mask would leave a second, unmoved outline around the head. Ours
-is built procedurally with the same intent: a rounded square covering the crop, alpha = clip(distance
-of the pixel centre to the outside of the rounded square / ``feather``, 0, 1) with ``feather=16``
-crop pixels and corner radius ``2 * feather`` (the corners fade along quarter circles instead of
-diagonal seams); ``margin`` insets it. The mask is warped to the original image with ``M_c2o``
-(INTER_LINEAR, zero outside the crop) once per crop and reused for every frame (:func:`paste_mask`).
+feather at the four borders. Ours is face-shaped instead (:func:`crop_space_mask`): a feathered
+superellipse ``(|u|^p + |v|^p)^(1/p) = rho`` (``u, v`` = pixel-centre offsets from the crop centre /
+``256 - margin``, exponent ``p = 2.5``), alpha = clip((1 - rho) * (256 - margin) / ``feather``, 0, 1) with
+``feather = 48`` crop pixels. It is exactly 1 wherever rho <= 0.8125: on the centre line from y 48 to
+463 of 512, at eye height from x 50 to 461, 56% of the crop, which takes in the head, hair, ears and neck
+(at the source crop's framing the 68 landmarks of the project's portraits span x 145-367, y 209-431,
+rho <= 0.69), and fades out towards the crop's corners, where the shoulders and background are. It is
+deliberately not a tight face outline: with stitching the rendered crop stays aligned with the original
+away from the face while head, hair and neck move inside it, so a face-only mask would leave a second,
+unmoved outline around the head when it turns. The corners come from the original, which keeps them
+sharp (no re-rendering) and keeps neighbouring faces apart in group photos. The mask is warped to the
+original image with ``M_c2o`` (INTER_LINEAR, zero outside the crop) once per crop and reused for every
+frame (:func:`paste_mask`).
+
+Several faces (``--face all``): pasting the masks one after another would let a later face's mask
+cover an earlier face where the crops overlap. :func:`shared_paste_masks` splits the overlap instead:
+with alpha_i the face masks and r_i the distance to crop i's centre in units of its half size, face i
+gets the weight ``w_i = max_j alpha_j * alpha_i r_i^-4 / sum_j alpha_j r_j^-4`` (each pixel mostly goes to
+the nearer face, with a smooth transition between them), and the per-face alphas are rewritten so that
+the usual sequential :func:`paste_back` gives exactly ``sum_i w_i rendered_i + (1 - sum_i w_i) original``.
+Where only one crop covers a pixel its alpha is unchanged.
 
 Only the bounding rectangle of the crop in the original image is warped and blended
 (:class:`PasteMask.region`); outside it the mask is exactly 0, so those pixels are the original's.
@@ -73,6 +86,7 @@ __all__ = [
     "crops_for_frames",
     "paste_back",
     "paste_mask",
+    "shared_paste_masks",
     "smooth_crops",
 ]
 
@@ -276,12 +290,15 @@ def iter_crops_for_frames(
     scale: float = DRIVING_CROP["scale"],
     vy_ratio: float = DRIVING_CROP["vy_ratio"],
     rotate: bool = DRIVING_CROP["rotate"],
+    max_leading: int | None = None,
 ) -> Iterator[tuple[object, Crop]]:
     """Streaming form of :func:`crops_for_frames` (same crops): ``(payload, face or None)`` in,
     ``(payload, crop)`` out, each frame as soon as ``window // 2`` later frames have arrived.
 
-    Leading frames without a face wait for the first face; raises NoFaceError at the end if no frame
-    had one (after consuming the input).
+    Leading frames without a face wait for the first face, so their payloads are buffered: pass light
+    payloads for faceless frames (e.g. the frame index, not the pixels), or set ``max_leading`` to raise
+    NoFaceError once more than that many frames went by without a face. Raises NoFaceError at the end
+    if no frame had one (after consuming the input).
     """
     window = max(1, int(window))
     half = window // 2
@@ -327,6 +344,11 @@ def iter_crops_for_frames(
             n_lost += 1
             if last is None:
                 pending_lost += 1
+                if max_leading is not None and pending_lost > max_leading:
+                    raise NoFaceError(
+                        f"No face was found in the first {max_leading} frames of the driving video; trim "
+                        "the video so that it starts with a clearly visible, roughly frontal face."
+                    )
                 continue
             params.append(last)
         else:
@@ -409,35 +431,33 @@ class PasteMask:
         return out
 
 
-def crop_space_mask(dsize: int = CROP_DSIZE, feather: float = 16.0, margin: float = 0.0,
-                    corner_radius: float | None = None) -> np.ndarray:
-    """The procedural paste-back template in crop space, float32 ``dsize x dsize`` in [0, 1]: a rounded
-    square inset by ``margin`` with a linear ``feather`` (crop pixels at 512) and corner radius
-    ``corner_radius`` (default ``2 * feather``). See the module docstring."""
+def crop_space_mask(dsize: int = CROP_DSIZE, feather: float = 48.0, margin: float = 0.0,
+                    exponent: float = 2.5) -> np.ndarray:
+    """The face-shaped paste-back template in crop space, float32 ``dsize x dsize`` in [0, 1]: a
+    superellipse of exponent ``exponent`` touching the crop's sides (inset by ``margin``) with a linear
+    ``feather`` (both in crop pixels at 512). See the module docstring."""
+    if exponent <= 0:
+        raise ValueError(f"exponent must be positive, got {exponent}")
     k = dsize / CROP_DSIZE
     feather, margin = feather * k, margin * k
-    radius = (2.0 * feather if corner_radius is None else corner_radius * k)
-    half = dsize / 2.0 - margin
-    radius = min(max(radius, 0.0), half)
-    c = (np.arange(dsize, dtype=np.float64) + 0.5) - dsize / 2.0
-    qx = np.abs(c)[None, :] - (half - radius)
-    qy = np.abs(c)[:, None] - (half - radius)
-    outside = np.hypot(np.maximum(qx, 0.0), np.maximum(qy, 0.0))
-    inside = np.minimum(np.maximum(qx, qy), 0.0)
-    signed = outside + inside - radius  # signed distance to the rounded square (negative inside)
+    radius = dsize / 2.0 - margin
+    if radius <= 0:
+        return np.zeros((dsize, dsize), np.float32)
+    c = np.abs((np.arange(dsize, dtype=np.float64) + 0.5) - dsize / 2.0) / radius
+    rho = (c[None, :] ** exponent + c[:, None] ** exponent) ** (1.0 / exponent)
+    inside = (1.0 - rho) * radius  # ~ distance to the superellipse (positive inside), crop pixels
     if feather <= 0:
-        return (signed < 0).astype(np.float32)
-    return np.clip(-signed / feather, 0.0, 1.0).astype(np.float32)
+        return (inside > 0).astype(np.float32)
+    return np.clip(inside / feather, 0.0, 1.0).astype(np.float32)
 
 
 def paste_mask(
-    crop: Crop, shape: Sequence[int], *, feather: float = 16.0, margin: float = 0.0,
-    corner_radius: float | None = None,
+    crop: Crop, shape: Sequence[int], *, feather: float = 48.0, margin: float = 0.0, exponent: float = 2.5,
 ) -> PasteMask:
     """Build the paste-back alpha of ``crop`` for an original image of ``shape`` (H, W[, C]). Build it
     once per crop and pass it to :func:`paste_back` for every frame."""
     h, w = int(shape[0]), int(shape[1])
-    template = crop_space_mask(CROP_DSIZE, feather, margin, corner_radius)
+    template = crop_space_mask(CROP_DSIZE, feather, margin, exponent)
     x0, y0, x1, y1 = crop.region((h, w))
     if x1 <= x0 or y1 <= y0:
         return PasteMask((h, w), (x0, y0, x0, y0), np.zeros((0, 0), np.float32), crop)
@@ -448,6 +468,58 @@ def paste_mask(
     np.clip(alpha, 0.0, 1.0, out=alpha)
     alpha.setflags(write=False)
     return PasteMask((h, w), (x0, y0, x1, y1), alpha, crop)
+
+
+def shared_paste_masks(
+    crops: Sequence[Crop], shape: Sequence[int], *, sharpness: float = 4.0, **mask_options: float
+) -> list[PasteMask]:
+    """Paste masks for several crops of one image that share their overlaps (module docstring).
+
+    Paste the faces with :func:`paste_back` one after another **in the order of** ``crops``; the
+    result is ``sum_i w_i rendered_i + (1 - sum_i w_i) original`` with ``sum_i w_i = max_i alpha_i``.
+    ``sharpness``: exponent of the distance weighting (higher = sharper hand-over between faces).
+    ``mask_options`` go to :func:`paste_mask`. One crop gives the plain :func:`paste_mask`.
+    """
+    masks = [paste_mask(c, shape, **mask_options) for c in crops]
+    live = [i for i, m in enumerate(masks) if m.alpha.size]
+    if len(live) <= 1:
+        return masks
+    h, w = masks[0].shape
+    ux0 = min(masks[i].region[0] for i in live)
+    uy0 = min(masks[i].region[1] for i in live)
+    ux1 = max(masks[i].region[2] for i in live)
+    uy1 = max(masks[i].region[3] for i in live)
+    ys = np.arange(uy0, uy1, dtype=np.float32)[:, None]
+    xs = np.arange(ux0, ux1, dtype=np.float32)[None, :]
+    shape_u = (uy1 - uy0, ux1 - ux0)
+    total = np.zeros(shape_u, np.float32)  # max_j alpha_j
+    den = np.zeros(shape_u, np.float32)
+    scores = []
+    for i in live:
+        m = masks[i]
+        x0, y0, x1, y1 = m.region
+        a = np.zeros(shape_u, np.float32)
+        a[y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0] = m.alpha
+        np.maximum(total, a, out=total)
+        cx, cy = m.crop.center
+        r = np.hypot(xs - np.float32(cx), ys - np.float32(cy)) / np.float32(m.crop.size / 2.0)
+        a /= r ** np.float32(sharpness) + np.float32(1e-6)
+        den += a
+        scores.append(a)
+    # sequential paste_back: face k's weight is a'_k * prod_{j>k} (1 - a'_j); solve from the last face.
+    # total * (score / den) is exactly alpha where a single crop covers the pixel (x / x == 1).
+    out = list(masks)
+    remaining = np.ones(shape_u, np.float32)  # 1 - sum of the weights of the faces pasted later
+    for i, sc in zip(reversed(live), reversed(scores)):
+        m = masks[i]
+        wt = total * np.divide(sc, den, out=np.zeros_like(sc), where=den > 0)
+        a = np.clip(np.divide(wt, remaining, out=np.zeros_like(wt), where=remaining > 1e-6), 0.0, 1.0)
+        remaining = np.clip(remaining - wt, 0.0, 1.0)
+        x0, y0, x1, y1 = m.region
+        alpha = np.ascontiguousarray(a[y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0])
+        alpha.setflags(write=False)
+        out[i] = PasteMask((h, w), m.region, alpha, m.crop)
+    return out
 
 
 def _region_matrix(m_c2o: np.ndarray, x0: int, y0: int) -> np.ndarray:

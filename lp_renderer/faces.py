@@ -11,7 +11,9 @@ Two backends produce :class:`Face` objects (box, score, landmarks in original-im
   40 px x long side / 1024); boxes and landmarks are mapped back to the original pixels. When HOG finds
   nothing, dlib's CNN (MMOD) detector is tried on a <= 384 px copy (0.4-0.8 s); its box is converted
   to the HOG convention through a first landmark pass, because the 68-point predictor was trained on
-  HOG boxes.
+  HOG boxes. Tracking (:meth:`DlibBackend.track`) re-fits the landmarks from the previous face and then
+  checks with a lenient HOG pass around them that a face is really there, so a frame without the face
+  (blank, or the person gone) counts as lost instead of getting the predictor's mean shape.
 - :class:`InsightFaceBackend` (``kind="insightface106"``): what the official LivePortrait uses for source
   images: SCRFD-10G (``det_10g.onnx``, 512x512 letterboxed input, (x-127.5)/128, NMS 0.4) and the 106-point
   ``2d106det.onnx`` (192x192 crop of 1.5x the box, raw 0..255 input), both of the ``buffalo_l`` pack, run
@@ -366,7 +368,8 @@ class DlibBackend(FaceBackend):
     best detection; ``extra_threshold``: margin to accept further ones (low-margin HOG hits beside a real
     face are mostly false positives: on the project's talking clips every real face scored >= 0 and
     the only extra hits scored 0.0 and 0.18). ``cnn_fallback``: try dlib's CNN detector when HOG finds
-    nothing.
+    nothing. ``verify_threshold``, ``verify_size``, ``verify_pad``, ``min_contrast``: how :meth:`track`
+    checks that a tracked face is really there (:meth:`verify`).
     """
 
     name = "dlib"
@@ -381,6 +384,10 @@ class DlibBackend(FaceBackend):
         threshold: float = 0.0,
         extra_threshold: float = 0.3,
         cnn_fallback: bool = True,
+        verify_threshold: float = -0.5,
+        verify_size: float = 100.0,
+        verify_pad: float = 0.5,
+        min_contrast: float = 4.0,
     ) -> None:
         path = Path(predictor_path) if predictor_path is not None else _dlib_models_dir() / DLIB_PREDICTOR_FILE
         if not path.is_file():
@@ -391,6 +398,10 @@ class DlibBackend(FaceBackend):
         self.threshold = float(threshold)
         self.extra_threshold = float(extra_threshold)
         self.cnn_fallback = bool(cnn_fallback)
+        self.verify_threshold = float(verify_threshold)
+        self.verify_size = float(verify_size)
+        self.verify_pad = float(verify_pad)
+        self.min_contrast = float(min_contrast)
         self._predictor = _dlib_predictor(str(path))
         self._hog = _dlib_hog()
 
@@ -460,8 +471,10 @@ class DlibBackend(FaceBackend):
         return faces
 
     def track(self, image_rgb: np.ndarray, previous: Face) -> Face | None:
-        """Re-fit the 68 points from a box derived from ``previous``'s landmarks (no detection, ~2 ms).
-        Returns None when the result is implausible (collapsed or jumped in scale)."""
+        """Re-fit the 68 points from a box derived from ``previous``'s landmarks (no detection), then
+        verify that a face is really there (:meth:`verify`, ~8 ms). Returns None when the result is
+        implausible (collapsed or jumped in scale) or fails verification (e.g. a blank frame, where the
+        predictor still places its mean shape in the box)."""
         image = _check_image(image_rgb)
         work, s = self._working(image)
         prev = (previous.landmarks68.astype(np.float64) + 0.5) * s - 0.5
@@ -473,7 +486,45 @@ class DlibBackend(FaceBackend):
         size_new = float(np.ptp(lmk, axis=0).max())
         if size_prev <= 0 or not (0.75 < size_new / size_prev < 1.33):
             return None
-        return self._to_face(box, previous.score, lmk, s)
+        score = self.verify(work, box)
+        if score is None:
+            return None
+        return self._to_face(box, score, lmk, s)
+
+    def verify(self, work: np.ndarray, box: Sequence[float]) -> float | None:
+        """HOG margin of a face at ``box`` (pixels of ``work``, an ``HxWx3`` uint8 image), or None if
+        there is no face there.
+
+        The region around the box (``verify_pad`` box sides on each side, border replicated) is rescaled
+        so that the box is ``verify_size`` px (the HOG window is 80 px) and searched with the HOG
+        detector at the lenient margin ``verify_threshold``; the face counts as present when a hit
+        overlaps the box (IoU > 0.3). Regions whose grey-level standard deviation is below
+        ``min_contrast`` (blank or nearly uniform frames) are rejected without running HOG. Measured on
+        352 tracked frames of the project's 35 talking clips (every 4th of the first 48 frames): all
+        verified, lowest margin 0.15; ~8 ms per call (a 200x200 region). A frame blurred beyond
+        recognition (Gaussian sigma 40) was still accepted in 1% of the cases (the face's blob survives).
+        """
+        x0, y0, x1, y1 = (float(v) for v in box)
+        side = max(x1 - x0, y1 - y0)
+        if not side > 1:
+            return None
+        cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+        k = self.verify_size / side
+        r = max(1, int(round(side * (1.0 + 2.0 * self.verify_pad) * k)))
+        m = np.array([[k, 0.0, r / 2.0 - k * cx], [0.0, k, r / 2.0 - k * cy]])
+        region = cv2.warpAffine(work, m, (r, r), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        half = self.verify_size / 2.0
+        inner = region[int(r / 2 - half):int(r / 2 + half), int(r / 2 - half):int(r / 2 + half)]
+        if inner.size == 0 or float(cv2.cvtColor(inner, cv2.COLOR_RGB2GRAY).std()) < self.min_contrast:
+            return None
+        rects, scores, _ = self._hog.run(region, 0, self.verify_threshold)
+        target = (r / 2.0 - half, r / 2.0 - half, r / 2.0 + half, r / 2.0 + half)
+        best = None
+        for rect, sc in zip(rects, scores):
+            hit = (rect.left(), rect.top(), rect.right() + 1.0, rect.bottom() + 1.0)
+            if _iou(hit, target) > 0.3 and (best is None or sc > best):
+                best = float(sc)
+        return best
 
 
 # ---- insightface (SCRFD + 2d106det on onnxruntime)

@@ -25,6 +25,22 @@ def animator(tiny_weights):
     return Animator(tiny_weights, device="cpu", progress=False, batch_size=4)
 
 
+def zero_frame_video(dst):
+    """An mp4 whose header declares a video stream but whose frames are gone (the mdat emptied)."""
+    import struct
+
+    full = dst.with_name("full_" + dst.name)
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=64x64:d=0.4",
+                    "-c:v", "libx264", "-movflags", "+faststart", str(full)], check=True)
+    data = full.read_bytes()
+    full.unlink()
+    i = 0
+    while data[i + 4:i + 8] != b"mdat":
+        i += struct.unpack(">I", data[i:i + 4])[0]
+    dst.write_bytes(data[:i] + struct.pack(">I4s", 8, b"mdat"))
+    return dst
+
+
 def cut_clip(src, dst, seconds: float):
     """A short copy of a real clip (video + audio) for tests; written to tmp, never committed."""
     subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-t", str(seconds), "-c:v", "libx264",
@@ -46,6 +62,23 @@ def test_drive_real_video_matches_driving_clip(animator, data_dir, tmp_path):
     tp = load_motion_template(tmp_path / "t.npz")
     assert tp.n_frames == info_in.n_frames and tp.eye_ratio.shape == (tp.n_frames, 2)
     assert not list(tmp_path.glob(".*part*"))  # no temp files left behind
+
+
+@pytest.mark.realdata
+def test_failed_template_leaves_no_video(animator, data_dir, tmp_path, monkeypatch):
+    """The template and the video are committed together: if writing the template fails, no mp4 is
+    left either (and no temporary files)."""
+    import audio2lp.api as api
+
+    clip = cut_clip(data_dir / VIDEO, tmp_path / "clip.mp4", 0.2)
+
+    def broken(path, template):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(api, "save_motion_template", broken)
+    with pytest.raises(OSError, match="space"):
+        animator.drive(data_dir / PORTRAIT, clip, tmp_path / "out.mp4", save_template=tmp_path / "t.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
 
 
 @pytest.mark.realdata
@@ -109,11 +142,25 @@ def test_drive_all_faces(animator, data_dir, tmp_path):
     cv2.imwrite(str(tmp_path / "group.png"), cv2.cvtColor(group, cv2.COLOR_RGB2BGR))
     pt = animator.portrait(tmp_path / "group.png", "all")
     assert len(pt.faces) == 2
+    # the two crops overlap; each face keeps its own centre (the masks share the overlap)
+    red, blue = np.zeros((512, 512, 3), np.uint8), np.zeros((512, 512, 3), np.uint8)
+    red[..., 0], blue[..., 2] = 255, 255
+    assert ((pt.faces[0].mask.full() > 0) & (pt.faces[1].mask.full() > 0)).any()
+    out = pt.composite([red, blue])
+    for pf, colour in zip(pt.faces, ((255, 0, 0), (0, 0, 255))):
+        x, y = (int(round(v)) for v in pf.face.eye_center)
+        assert tuple(out[y, x]) == colour
     clip = cut_clip(data_dir / VIDEO, tmp_path / "clip.mp4", 0.2)
     res = animator.drive(tmp_path / "group.png", clip, tmp_path / "o.mp4", face="all")
     assert res.n_frames == probe_video(clip).n_frames
+    # --face N picks the portrait's face; the one-person driving video still drives with its own face
+    res = animator.drive(tmp_path / "group.png", clip, tmp_path / "f1.mp4", face=1)
+    assert res.n_frames == probe_video(clip).n_frames
     with pytest.raises(InputError, match="out of range"):
         animator.drive(tmp_path / "group.png", clip, tmp_path / "p.mp4", face=5)
+    with pytest.raises(InputError, match="needs stitching"):
+        animator.drive(tmp_path / "group.png", clip, tmp_path / "q.mp4", face="all", stitching=False)
+    assert not (tmp_path / "p.mp4").exists() and not (tmp_path / "q.mp4").exists()
 
 
 def _run_cli(args, capsys):
@@ -134,6 +181,11 @@ def test_cli_bad_inputs(tiny_weights, data_dir, tmp_path, capsys):
     corrupt.write_bytes(b"\x00\x01 not a video " * 100)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
+    zero = zero_frame_video(tmp_path / "zero.mp4")
+    bad_jpg = tmp_path / "bad.jpg"
+    bad_jpg.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 20)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes((data_dir / PORTRAIT).read_bytes()[:2000])
     base = ["drive", "--weights", str(tiny_weights), "-q"]
     cases = [
         ([blank.as_posix(), video, "-o", str(tmp_path / "a.mp4")], "No face"),
@@ -144,13 +196,42 @@ def test_cli_bad_inputs(tiny_weights, data_dir, tmp_path, capsys):
         ([str(tmp_path / "nope.png"), video, "-o", str(tmp_path / "f.mp4")], "nope.png"),
         ([portrait, video, "-o", str(tmp_path / "g.mp4"), "--weights", str(tmp_path / "noweights")], "weights"),
         ([portrait, video, "-o", str(tmp_path / "h.avi")], ".mp4"),
+        ([portrait, str(zero), "-o", str(tmp_path / "i.mp4")], "no video frames"),
+        ([str(bad_jpg), video, "-o", str(tmp_path / "j.mp4")], "bad.jpg"),
+        ([str(truncated), video, "-o", str(tmp_path / "k.mp4")], "truncated.png"),
     ]
     for args, needle in cases:
         code, err = _run_cli(base + args, capsys)
         assert code == 2, (args, err)
         assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], (args, err)
         assert "Traceback" not in "\n".join(err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.png", "corrupt.mp4", "notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jpg", "blank.png", "corrupt.mp4", "notes.txt",
+                                                          "truncated.png", "zero.mp4"]
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("option, needle", [
+    (["--crf", "99"], "--crf"), (["--crf", "-1"], "--crf"),
+    (["--multiplier", "nan"], "--multiplier"), (["--multiplier", "inf"], "--multiplier"),
+    (["--multiplier", "-1"], "--multiplier"),
+    (["--batch-size", "0"], "--batch-size"), (["--batch-size", "-4"], "--batch-size"),
+    (["--max-frames", "0"], "--max-frames"), (["--max-frames", "-3"], "--max-frames"),
+    (["--face", "all", "--no-stitching"], "needs stitching"),
+])
+def test_cli_bad_numbers(tiny_weights, data_dir, tmp_path, capsys, option, needle):
+    """Out-of-range numeric options: one error line naming the option, exit 2, nothing written."""
+    out = tmp_path / "o.mp4"
+    code, err = _run_cli(["drive", str(data_dir / PORTRAIT), str(data_dir / VIDEO), "-o", str(out),
+                          "--weights", str(tiny_weights), "-q", *option], capsys)
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_speak_rejects_bad_crf(tiny_weights, tmp_path):
+    with pytest.raises(InputError, match="--crf"):
+        Animator(tiny_weights, progress=False).speak(np.zeros((64, 64, 3), np.uint8), tmp_path / "a.wav",
+                                                     tmp_path / "o.mp4", crf=52)
 
 
 def test_zero_frame_video(animator, tmp_path):
@@ -171,17 +252,46 @@ def test_portrait_without_face(animator, tmp_path):
 
 @pytest.mark.realdata
 def test_lost_face_frames_hold_last_crop(animator, data_dir, tmp_path):
-    """A driving video where the face disappears for some frames still renders every frame."""
-    frames = list(read_frames(cut_clip(data_dir / VIDEO, tmp_path / "clip.mp4", 0.4)))
-    for i in (3, 4, 5):
-        frames[i] = np.zeros_like(frames[i])  # face lost
+    """A driving video where the face is missing on some frames (blank frames at the start and in the
+    middle) renders every frame; the lost frames hold the last good crop and ratios (the first good one
+    at the start), so the rendered motion holds still there."""
+    from audio2lp.driving import iter_driving_frames, open_driving
     from audio2lp.video_io import VideoWriter
 
-    with VideoWriter(tmp_path / "lost.mp4", 25) as w:
+    frames = list(read_frames(cut_clip(data_dir / VIDEO, tmp_path / "clip.mp4", 0.4)))
+    lost = (0, 1, 5, 6, 7)
+    for i in lost:
+        frames[i] = np.zeros_like(frames[i])  # face lost
+    with VideoWriter(tmp_path / "lost.mp4", 25, crf=0) as w:
         for f in frames:
             w.write(f)
-    res = animator.drive(data_dir / PORTRAIT, tmp_path / "lost.mp4", tmp_path / "o.mp4")
+    drv = list(iter_driving_frames(open_driving(tmp_path / "lost.mp4"), animator.faces))
+    assert [d.index for d in drv] == list(range(len(frames)))
+    for i, src in ((0, 2), (1, 2), (5, 4), (6, 4), (7, 4)):
+        assert np.array_equal(drv[i].crop_rgb, drv[src].crop_rgb), i
+        assert drv[i].crop_rgb.mean() > 40  # a face crop, not the blank frame
+        np.testing.assert_array_equal(drv[i].eye_ratio, drv[src].eye_ratio)
+        assert drv[i].lip_ratio == drv[src].lip_ratio
+    assert not np.array_equal(drv[8].crop_rgb, drv[4].crop_rgb)  # tracking resumes after the gap
+    res = animator.drive(data_dir / PORTRAIT, tmp_path / "lost.mp4", tmp_path / "o.mp4", crf=0)
     assert res.n_frames == len(frames)
+    out = list(read_frames(tmp_path / "o.mp4"))
+    for i, src in ((0, 2), (1, 2), (5, 4), (6, 4), (7, 4)):
+        assert np.abs(out[i].astype(int) - out[src]).max() <= 2, i
+
+
+@pytest.mark.realdata
+def test_faceless_driving_video_fails_clearly(animator, data_dir, tmp_path):
+    """No frame with a face: NoFaceError at the end, nothing written (the faceless frames are not kept in
+    memory while waiting for a face)."""
+    from audio2lp.video_io import VideoWriter
+
+    with VideoWriter(tmp_path / "blank.mp4", 25) as w:
+        for _ in range(6):
+            w.write(np.full((64, 64, 3), 100, np.uint8))
+    with pytest.raises(NoFaceError, match="any frame"):
+        animator.drive(data_dir / PORTRAIT, tmp_path / "blank.mp4", tmp_path / "o.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.mp4"]
 
 
 @pytest.mark.realdata
@@ -193,3 +303,49 @@ def test_cli_drive_subprocess(tiny_weights, data_dir, tmp_path):
                         "--weights", str(tiny_weights), "-q"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert out.is_file() and r.stdout.startswith("wrote ")
+
+
+def test_auto_face_backend_looks_in_the_default_weights_folder(tmp_path, monkeypatch):
+    """Without --weights, `auto` still finds insightface models under the default weights folder (and a
+    missing folder is no error: it falls back to dlib)."""
+    import audio2lp.api as api
+    from lp_renderer.faces import DlibBackend
+
+    seen = {}
+
+    def fake_backend(name, insightface_dir=None, *, weights_dir=None):
+        seen.update(name=name, weights_dir=weights_dir)
+        return DlibBackend()
+
+    monkeypatch.setenv("AUDIO2LP_WEIGHTS", str(tmp_path / "default_weights"))
+    monkeypatch.setattr(api, "get_face_backend", fake_backend)
+    assert isinstance(Animator(progress=False).faces, DlibBackend)
+    assert seen == {"name": "auto", "weights_dir": tmp_path / "default_weights"}
+    monkeypatch.undo()
+    monkeypatch.setenv("AUDIO2LP_WEIGHTS", str(tmp_path / "missing"))
+    monkeypatch.delenv("AUDIO2LP_INSIGHTFACE_DIR", raising=False)
+    assert isinstance(Animator(progress=False).faces, DlibBackend)
+
+
+@pytest.mark.realdata
+def test_driving_crops_follow_the_official_path(animator, data_dir, tmp_path, monkeypatch):
+    """Driving crops: DRIVING_CROP box, warped to 512 then resized to 256 bilinearly (official); the driving
+    video is probed once."""
+    import cv2
+
+    import audio2lp.video_io as vio
+    from audio2lp.driving import iter_driving_frames, open_driving
+    from lp_renderer.crop import DRIVING_CROP, crop_face
+    from lp_renderer.image_io import load_image
+
+    image = data_dir / "portraits/EAMM__21.png"
+    (fr,) = iter_driving_frames(open_driving(image), animator.faces)
+    rgb = load_image(image)
+    crop = crop_face(animator.faces.detect(rgb)[0], **DRIVING_CROP)
+    np.testing.assert_array_equal(fr.crop_rgb, crop.warp(rgb, 256, resize=cv2.INTER_LINEAR))
+
+    calls = []
+    real_probe = vio.probe_video
+    monkeypatch.setattr(vio, "probe_video", lambda *a, **k: calls.append(a) or real_probe(*a, **k))
+    frames = list(iter_driving_frames(open_driving(data_dir / VIDEO), animator.faces, max_frames=2))
+    assert len(frames) == 2 and len(calls) == 1

@@ -237,6 +237,25 @@ def test_crops_for_frames_holds_last_good_and_raises_without_faces():
         crops_for_frames([None, None], window=5)
 
 
+def test_streaming_crops_cap_leading_frames_without_a_face():
+    """Leading faceless frames are buffered until the first face; max_leading bounds that buffer."""
+    from lp_renderer.crop import iter_crops_for_frames
+
+    f1 = _face(_face_points(center=(100, 100)))
+    items = [(i, None) for i in range(5)] + [(5, f1)]
+    assert [i for i, _ in iter_crops_for_frames(iter(items), max_leading=5)] == list(range(6))
+    consumed = []
+
+    def endless():
+        for i in range(10**9):
+            consumed.append(i)
+            yield i, None
+
+    with pytest.raises(NoFaceError, match="first 100 frames"):
+        list(iter_crops_for_frames(endless(), max_leading=100))
+    assert len(consumed) == 101
+
+
 def test_streaming_crops_equal_smoothing_the_filled_sequence():
     """iter_crops_for_frames emits each frame as soon as it can and gives the very same crops as
     smoothing the whole hold-last-good sequence at once."""
@@ -279,17 +298,72 @@ def test_streaming_crops_equal_smoothing_the_filled_sequence():
 
 
 def test_crop_space_mask_shape():
+    """Face-shaped: a feathered superellipse, 1 over head, hair and neck, 0 in the crop's corners."""
     m = crop_space_mask()
     assert m.shape == (512, 512) and m.dtype == np.float32
-    assert m[256, 256] == 1.0 and m[0, 0] == 0.0
-    # 16-px linear feather along the border: the pixel centre at distance 8.5 from the edge -> 8.5 / 16
-    assert m[256, 8] == pytest.approx(8.5 / 16, abs=1e-6)
-    assert m[256, 16] == 1.0 and m[256, 15] == pytest.approx(15.5 / 16, abs=1e-6)
-    assert np.all(np.diff(m[256, :256]) >= 0)
-    # rounded corners: the diagonal fades later than the edges
-    assert m[20, 20] < m[20, 256]
+    assert m[256, 256] == 1.0 and m[0, 0] == 0.0 and m[511, 511] == 0.0
+    # 48-px linear feather towards the middle of each side: the pixel centre 8.5 px in -> 8.5 / 48
+    assert m[256, 8] == pytest.approx(8.5 / 48, abs=1e-6)
+    assert m[256, 0] > 0 and m[256, 48] == 1.0 and m[256, 47] == pytest.approx(47.5 / 48, abs=1e-6)
+    assert np.all(np.diff(m[256, :256]) >= 0) and np.all(np.diff(np.diag(m)[:256]) >= 0)
+    # face-shaped, not a square: the corners (shoulders, background) come from the original
+    assert m[40, 40] == 0.0 and m[470, 470] == 0.0 and m[60, 60] < m[60, 256]
+    # the landmarks of every project portrait fall in crop x 145-367, y 209-431: fully covered, and so is
+    # the hair above them and the neck below
+    assert np.all(m[209:432, 145:368] == 1.0)
+    assert np.all(m[60:460, 256] == 1.0) and np.all(m[300, 60:452] == 1.0)
+    assert 0.5 < (m == 1.0).mean() < 0.65
     np.testing.assert_allclose(m, m[::-1], atol=1e-6)
     np.testing.assert_allclose(m, m.T, atol=1e-6)
+    # other sizes follow the 512 template; feather 0 gives a hard mask; margin insets it
+    small = crop_space_mask(256)
+    assert np.abs(small - cv2.resize(m, (256, 256), interpolation=cv2.INTER_AREA)).max() < 0.02
+    assert set(np.unique(crop_space_mask(feather=0))) == {0.0, 1.0}
+    assert crop_space_mask(margin=20)[256, 19] == 0.0
+
+
+def test_shared_paste_masks_split_overlaps():
+    """Two overlapping crops: neither face covers the other's centre, the weights add up to the larger
+    alpha, and where only one crop reaches the mask is the plain one."""
+    from lp_renderer.crop import shared_paste_masks
+
+    shape = (300, 420)
+    a, b = Crop.from_params((150.0, 150.0), 240.0, 5.0), Crop.from_params((230.0, 150.0), 240.0, -8.0)
+    plain = [paste_mask(a, shape), paste_mask(b, shape)]
+    shared = shared_paste_masks([a, b], shape)
+    assert [m.region for m in shared] == [m.region for m in plain]
+    assert [m.crop for m in shared] == [a, b]
+    overlap = (plain[0].full() > 0) & (plain[1].full() > 0)
+    assert overlap.sum() > 0.1 * overlap.size  # the crops overlap a lot
+    orig = np.full(shape + (3,), 128, np.uint8)
+    red, blue = np.zeros((512, 512, 3), np.uint8), np.zeros((512, 512, 3), np.uint8)
+    red[..., 0] = 255
+    blue[..., 2] = 255
+
+    def composite(masks):
+        out = paste_back(red, a, orig, masks[0])
+        return paste_back(blue, b, out, masks[1])
+
+    naive, ours = composite(plain), composite(shared)
+    # sequential full masks: the later face covers the earlier one's centre
+    assert tuple(naive[150, 150]) == (0, 0, 255)
+    # shared: each face keeps its own centre, and the hand-over is half way between them
+    assert tuple(ours[150, 150]) == (255, 0, 0) and tuple(ours[150, 230]) == (0, 0, 255)
+    assert abs(int(ours[150, 190, 0]) - int(ours[150, 190, 2])) <= 8
+    # the weights sum to max(alpha_a, alpha_b): green (0 in both renders) is 128 (1 - w_red - w_blue)
+    total = np.maximum(plain[0].full(), plain[1].full())
+    assert np.abs((1 - ours[..., 1] / 128.0) - total).max() < 0.02
+    # where only one crop reaches, the alpha is exactly the plain one
+    only_a = (plain[0].full() > 0) & (plain[1].full() == 0)
+    assert only_a.any()
+    np.testing.assert_array_equal(shared[0].full()[only_a], plain[0].full()[only_a])
+    # one crop, or crops far apart: the plain masks
+    assert np.array_equal(shared_paste_masks([a], shape)[0].alpha, plain[0].alpha)
+    far = Crop.from_params((1000.0, 150.0), 240.0, 0.0)
+    wide = (300, 1200)
+    sep = shared_paste_masks([a, far], wide)
+    np.testing.assert_array_equal(sep[0].alpha, paste_mask(a, wide).alpha)
+    np.testing.assert_array_equal(sep[1].alpha, paste_mask(far, wide).alpha)
 
 
 def _linear_image(h, w):
