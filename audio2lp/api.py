@@ -46,6 +46,26 @@ class RenderResult:
 ProgressCallback = Callable[[int, int], None]
 
 
+class _Stage:
+    """A one-step progress bar for a stage a person waits on without per-item progress (loading the audio,
+    finishing the video file)."""
+
+    def __init__(self, enabled: bool, desc: str):
+        self.enabled, self.desc = enabled, desc
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=1, desc=self.desc, unit="step", disable=not self.enabled, dynamic_ncols=True,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.bar.update(1)
+        self.bar.close()
+
+
 class _Progress:
     """A tqdm bar (when enabled) plus an optional ``callback(done, total)``."""
 
@@ -263,15 +283,18 @@ class Animator:
               expression_scale: float = 1.0, pose_scale: float = 1.0, seed: int = 0, style: int = 0,
               blink: bool = True, blink_rate: float | None = None, pose_from: str | os.PathLike | None = None,
               pasteback: bool = True, whisper_checkpoint: str | os.PathLike | None = None,
-              crf: int = 18, progress_callback: ProgressCallback | None = None) -> RenderResult:
+              crf: int = 18, motion_noise: float = 0.0,
+              progress_callback: ProgressCallback | None = None) -> RenderResult:
         """Make ``portrait`` say ``audio``.
 
         With ``motion_model`` (a checkpoint from ``audio2lp train``) the model predicts the full motion
         (expression, head pose, translation, scale) and drives the renderer relative to the source:
         the dataset's mean motion maps to the portrait's own pose and expression; ``expression_scale`` and
-        ``pose_scale`` scale the deviations. Without it, the shipped lip-sync model drives the mouth
-        through lip retargeting, with natural blinks (``blink``, ``blink_rate`` per minute) and subtle
-        idle head motion (``pose_scale`` x a few degrees; or the head motion of the template ``pose_from``).
+        ``pose_scale`` scale the deviations; ``motion_noise`` (normalised units, default 0 = deterministic)
+        perturbs the frames fed back during generation, seeded by ``seed``. Without it, the shipped
+        lip-sync model drives the mouth through lip retargeting, with natural blinks (``blink``,
+        ``blink_rate`` per minute) and subtle idle head motion (``pose_scale`` x a few degrees; or the head
+        motion of the template ``pose_from``); the mouth closes in silences longer than 200 ms.
         The mp4 lasts as long as the audio (to the nearest frame) and carries the original audio as AAC.
         ``progress_callback(done_frames, total_frames)`` is called after every rendered batch.
         """
@@ -304,14 +327,17 @@ class Animator:
             n_styles = meta["config"].n_styles
             if not 0 <= style < n_styles:
                 raise InputError(f"--style must be between 0 and {n_styles - 1} for this motion model, not {style}.")
-        wav = load_audio(audio)
+        if not (np.isfinite(motion_noise) and motion_noise >= 0):
+            raise InputError(f"--motion-noise must be a non-negative number, not {motion_noise}.")
+        with _Stage(self.progress, "audio"):
+            wav = load_audio(audio)
         duration = len(wav) / 16000
         n_frames = max(1, int(round(duration * fps)))
         renderer = self.renderer
         pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback)
         plan = self._speech_plan(wav, n_frames, fps, motion_model=motion_model, seed=seed, style=style, blink=blink,
                                  blink_rate=blink_rate, pose_scale=pose_scale, template=template, portrait=pt,
-                                 whisper_checkpoint=whisper_checkpoint)
+                                 whisper_checkpoint=whisper_checkpoint, motion_noise=motion_noise)
         from .video_io import VideoWriter
 
         bar = _Progress(self.progress, n_frames, "render", progress_callback)
@@ -320,52 +346,62 @@ class Animator:
                 for start in range(0, n_frames, self.batch_size):
                     idx = np.arange(start, min(n_frames, start + self.batch_size))
                     rendered = [renderer.render(pf.source, plan.keypoints(renderer, pf, idx, expression_scale,
-                                                                          pose_scale), batch_size=len(idx))
-                                for pf in pt.faces]
+                                                                          pose_scale, face_index=i),
+                                                batch_size=len(idx))
+                                for i, pf in enumerate(pt.faces)]
                     for j in range(len(idx)):
                         writer.write(pt.composite([r[j] for r in rendered], pasteback=pasteback))
                     bar.update(len(idx))
+                bar.close()
+                with _Stage(self.progress, "write"):  # the encoder's last frames and the audio mux
+                    writer.close()
         finally:
             bar.close()
         log.info("wrote %s (%d frames at %g fps, %.2f s of audio)", out, n_frames, fps, duration)
         return RenderResult(out, n_frames, fps, True, extra={"duration": duration, "mode": plan.mode})
 
     def _speech_plan(self, wav, n_frames, fps, *, motion_model, seed, style, blink, blink_rate, pose_scale,
-                     template, portrait, whisper_checkpoint) -> SpeechPlan:
+                     template, portrait, whisper_checkpoint, motion_noise=0.0) -> SpeechPlan:
         from .motion import resample_motion
-        from .whisper_features import WhisperEncoder
 
         n25 = max(1, int(round(len(wav) / 16000 * 25)))
+        dev = self.renderer.device  # Whisper and the motion models run where the renderer does
         if motion_model is not None:
             from .motion_model import load_motion_model
 
-            model, stats = load_motion_model(motion_model, device="cpu")
+            model, stats = load_motion_model(motion_model, device=dev)
             cfg = model.config
-            enc = WhisperEncoder(cfg.whisper_model, whisper_checkpoint)
-            feats = enc.encode(wav, layers=cfg.whisper_layers, progress=self.progress)
-            source = None
+            feats = self._whisper(cfg.whisper_model, whisper_checkpoint, dev).encode(
+                wav, layers=cfg.whisper_layers, progress=self.progress)
+            # a model conditioned on the portrait makes each face's own motion; otherwise the faces share it
+            sources = [None]
             if cfg.source_cond:
                 from .driving import info_to_motion
 
-                source = stats.normalize(info_to_motion(portrait.faces[0].source.info.to("cpu"))[0])
-            motion = model.generate(feats, style=style, source=source, n_frames=n25, seed=seed, stats=stats,
-                                    progress=self.progress)
-            if fps != 25:
-                motion = resample_motion(motion, 25, fps, n_frames)
-            return SpeechPlan("motion-model", n_frames, motion=motion[:n_frames],
+                sources = [stats.normalize(info_to_motion(pf.source.info.to("cpu"))[0]) for pf in portrait.faces]
+            motions = []
+            for source in sources:
+                motion = model.generate(feats, style=style, source=source, n_frames=n25, noise=motion_noise,
+                                        seed=seed, stats=stats, progress=self.progress)
+                if fps != 25:
+                    motion = resample_motion(motion, 25, fps, n_frames)
+                motions.append(motion[:n_frames])
+            return SpeechPlan("motion-model", n_frames, motion=np.stack(motions),
                               reference=np.asarray(stats.mean, np.float32))
         from .idle import blink_schedule, idle_head_motion, pose_from_template
         from .lipsync import load_lipsync_model
 
-        lips = load_lipsync_model()
-        enc = WhisperEncoder(lips.whisper_model, whisper_checkpoint)
-        feats = enc.encode(wav, layers=lips.whisper_layers, progress=self.progress)
-        pred = lips.predict(feats, n25)
+        lips = load_lipsync_model(device=dev)
+        lc = lips.config
+        feats = self._whisper(lc.whisper_model, whisper_checkpoint, dev).encode(wav, layers=lc.whisper_layers,
+                                                                               progress=self.progress)
+        pred = lips.predict(feats, n25, audio_16k=wav)  # the mouth also closes in silences > 200 ms
         lip = np.asarray(pred.lip_open, np.float32)
         speaking = ~np.asarray(pred.closed, bool)
         if fps != 25:
             lip = resample_motion(lip[:, None], 25, fps, n_frames)[:, 0]
             speaking = resample_motion(speaking[:, None].astype(np.float32), 25, fps, n_frames)[:, 0] > 0.5
+        lip, speaking = lip[:n_frames], speaking[:n_frames]
         eye = None
         if blink:
             kwargs = {} if blink_rate is None else {"rate_per_min": blink_rate}
@@ -376,11 +412,23 @@ class Animator:
             pose = idle_head_motion(n_frames, fps=fps, speaking=speaking, seed=seed) * pose_scale
         return SpeechPlan("lipsync", n_frames, lip_open=lip, eye_open=eye, pose=pose)
 
+    def _whisper(self, model_name: str, checkpoint, device):
+        """The Whisper encoder a motion or lip-sync model was trained with (``checkpoint`` overrides where its
+        weights come from, but must hold the same model)."""
+        from .whisper_features import WhisperEncoder
+
+        enc = WhisperEncoder(model_name, checkpoint, device=device)
+        if checkpoint is not None and enc.model_name != model_name:
+            raise InputError(f"--whisper-checkpoint {checkpoint} holds Whisper {enc.model_name}, but the model was "
+                             f"trained on Whisper {model_name} features; give a {model_name} checkpoint.")
+        return enc
+
 
 @dataclass
 class SpeechPlan:
-    """Per-frame motion for speak: either full motion from a motion model (``motion`` (T, 70) and the
-    ``reference`` motion that maps onto the portrait's own), or lip-open ratios (T,), eye-open multipliers
+    """Per-frame motion for speak: either full motion from a motion model (``motion`` (F, T, 70): one
+    sequence per face, or F = 1 shared by all faces; and the ``reference`` motion that maps onto the
+    portrait's own), or lip-open ratios (T,), eye-open multipliers
     of the portrait's own eye ratios (T,) (None: eyes as in the photo) and head-pose offsets (T, 3) degrees."""
 
     mode: str
@@ -392,8 +440,9 @@ class SpeechPlan:
     pose: np.ndarray | None = None
 
     def keypoints(self, renderer: Renderer, pf, idx: np.ndarray, expression_scale: float = 1.0,
-                  pose_scale: float = 1.0):
-        """Driving keypoints (B, 21, 3) of the frames ``idx`` for one portrait face ``pf``, stitched."""
+                  pose_scale: float = 1.0, face_index: int = 0):
+        """Driving keypoints (B, 21, 3) of the frames ``idx`` for one portrait face ``pf`` (the
+        ``face_index``-th of the portrait), stitched."""
         import torch
 
         from lp_renderer.keypoints import relative_motion, transform_keypoints
@@ -405,7 +454,7 @@ class SpeechPlan:
             from .motion import EXP, POSE, SCALE, T
 
             ref = self.reference
-            m = self.motion[idx].copy()
+            m = self.motion[min(face_index, len(self.motion) - 1)][idx].copy()
             m[:, EXP] = ref[EXP] + expression_scale * (m[:, EXP] - ref[EXP])
             for sl in (POSE, T):
                 m[:, sl] = ref[sl] + pose_scale * (m[:, sl] - ref[sl])

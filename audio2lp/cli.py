@@ -142,7 +142,11 @@ def _add_speak(sub) -> None:
                    help="average blinks per minute (default: natural, about 17)")
     p.add_argument("--no-blink", dest="blink", action="store_false", help="keep the eyes as in the photo")
     p.add_argument("--style", type=int, default=0, help="speaker/style id of the motion model (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (blinks, head motion, sampling; default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the blinks and idle head motion, and of --motion-noise (default 0)")
+    p.add_argument("--motion-noise", type=float, default=0.0, metavar="STD",
+                   help="with --motion-model: noise (normalised units) on the frames fed back while generating, "
+                        "for varied motion from the same audio (default 0: deterministic)")
     p.add_argument("--no-pasteback", dest="pasteback", action="store_false",
                    help="write the 512x512 face crop instead of the full photo")
     p.add_argument("--whisper-checkpoint", metavar="FILE",
@@ -157,7 +161,8 @@ def _run_speak(args) -> int:
                                 face=args.face, fps=args.fps, expression_scale=args.expression_scale,
                                 pose_scale=args.pose_scale, seed=args.seed, style=args.style, blink=args.blink,
                                 blink_rate=args.blink_rate, pose_from=args.pose_from, pasteback=args.pasteback,
-                                whisper_checkpoint=args.whisper_checkpoint, crf=args.crf)
+                                whisper_checkpoint=args.whisper_checkpoint, crf=args.crf,
+                                motion_noise=args.motion_noise)
     print(f"wrote {res.output} ({res.n_frames} frames, {res.fps:.3g} fps, {res.extra['duration']:.2f} s, with audio)")
     return 0
 

@@ -95,7 +95,7 @@ def test_speak_keypoints_follow_the_motion(animator, motion_ckpt):
     ref[69] = 1.5
     motion = np.repeat(ref[None], 3, 0)
     motion[1, 63] += 10.0  # pitch +10 degrees
-    plan = SpeechPlan("motion-model", 3, motion=motion, reference=ref)
+    plan = SpeechPlan("motion-model", 3, motion=motion[None], reference=ref)  # one sequence shared by the faces
     r = animator.renderer
     pf = pt.faces[0]
     x = plan.keypoints(r, pf, np.arange(3))
@@ -141,3 +141,83 @@ def test_speak_bad_inputs(tiny_weights, motion_ckpt, data_dir, tmp_path, capsys)
         assert code == 2, (args, err)
         assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], (args, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.wav", "fake.wav", "short.wav"]
+
+
+# ------------------------------------------------------------------------------------------ built-in lip sync
+LIP_KP = [6, 12, 14, 17, 19, 20]  # LivePortrait's lip keypoints
+EYE_KP = [11, 13, 15, 16, 18]
+
+
+@pytest.fixture
+def rendered_keypoints(monkeypatch):
+    """Records the driving keypoints every render call gets: a list of (B, 21, 3) arrays."""
+    from lp_renderer.renderer import Renderer
+
+    seen: list[np.ndarray] = []
+    original = Renderer.render
+
+    def spy(self, source, x_d, *args, **kwargs):
+        seen.append(x_d.detach().cpu().numpy().copy())
+        return original(self, source, x_d, *args, **kwargs)
+
+    monkeypatch.setattr(Renderer, "render", spy)
+    return seen
+
+
+def _moves(kp: np.ndarray, rows: list[int]) -> np.ndarray:
+    """Per frame, how far the given keypoints are from where they are in the first frame."""
+    return np.abs(kp[:, rows] - kp[:1, rows]).max(axis=(1, 2))
+
+
+def test_speak_default_lip_sync_from_the_cli(tiny_weights, tmp_path, capsys, rendered_keypoints):
+    """The README's command: `audio2lp speak examples/portrait.jpg examples/speech.flac` with only renderer
+    weights: the shipped lip-sync model moves the mouth with the speech and keeps it closed in the silences."""
+    from tests.conftest import REPO
+
+    audio = REPO / "examples" / "speech.flac"
+    out = tmp_path / "talk.mp4"
+    rc = main(["speak", str(REPO / "examples" / "portrait.jpg"), str(audio), "-o", str(out),
+               "--weights", str(tiny_weights), "--device", "cpu", "-q", "--no-blink", "--pose-scale", "0"])
+    assert rc == 0, capsys.readouterr()
+    wav = load_audio(audio)
+    duration = len(wav) / 16000
+    info = probe_video(out)
+    assert info.fps == pytest.approx(25.0) and info.n_frames == round(duration * 25)
+    assert info.has_audio and info.audio_codec == "aac" and abs(info.duration - duration) <= 1 / 25 + 0.03
+    kp = np.concatenate(rendered_keypoints)
+    assert kp.shape == (info.n_frames, 21, 3)
+    # the clip starts and ends with 0.25 s of silence (6 frames): the mouth stays put there and moves in speech
+    lips = _moves(kp, LIP_KP)
+    speech = lips[8:-8]
+    assert lips[:5].max() < 1e-6 and lips[-5:].max() < 0.1 * speech.max()
+    assert np.percentile(speech, 75) > 5 * max(lips[:5].max(), 1e-4)
+    assert (np.diff(speech) != 0).mean() > 0.8  # it keeps moving, frame after frame
+
+
+def test_speak_default_blinks_and_head_motion(animator, tmp_path, rendered_keypoints):
+    """Blinks and idle head motion are on by default; --no-blink and --pose-scale 0 keep eyes and head still."""
+    from tests.conftest import REPO
+
+    silent = write_wav(tmp_path / "silence.wav", np.zeros(6 * 16000, np.float32))  # 6 s, mouth closed
+    portrait = REPO / "examples" / "portrait.jpg"
+
+    def run(name, **kw):
+        rendered_keypoints.clear()
+        res = animator.speak(portrait, silent, tmp_path / f"{name}.mp4", pasteback=False, seed=3, **kw)
+        kp = np.concatenate(rendered_keypoints)
+        assert res.n_frames == kp.shape[0] == 150
+        return kp
+
+    still = run("still", blink=False, pose_scale=0.0)
+    blinks = run("blinks", pose_scale=0.0)
+    head = run("head", blink=False, pose_scale=1.0)
+    assert np.abs(still - still[:1]).max() < 1e-5  # nothing moves in silence without blinks or head motion
+    # blinks: the eye keypoints close briefly, 1-3 times in 6 s (15 a minute, 2-6 s apart), ~150-250 ms each
+    eyes = _moves(blinks, EYE_KP)
+    closed = eyes > 0.5 * eyes.max()
+    starts = np.flatnonzero(np.diff(np.r_[0, closed.astype(int)]) == 1)
+    assert eyes.max() > 1e-5 and 1 <= len(starts) <= 3  # (tiny random networks: small but clear deltas)
+    assert closed.sum() <= 8 * len(starts)
+    # head motion: every keypoint moves, smoothly
+    moves = _moves(head, list(range(21)))
+    assert moves.max() > 1e-3 and np.abs(np.diff(moves)).max() < 0.2 * moves.max()
