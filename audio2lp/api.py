@@ -91,15 +91,16 @@ class Animator:
     weights: the LivePortrait weights folder (official layout; default ``$AUDIO2LP_WEIGHTS`` or the
     cache folder). device: 'cuda', 'cpu' or None (CUDA when available). half: float16 for W and G
     (CUDA only; default on CUDA). compile: ``torch.compile`` W and G. face_backend: 'auto', 'dlib' or
-    'insightface'. batch_size: frames rendered together. progress: show progress bars.
+    'insightface'. batch_size: frames rendered together (default 8 on CUDA, 1 on the CPU, where larger
+    batches are not faster and cost memory: see benchmarks/RESULTS.md). progress: show progress bars.
     A ready :class:`~lp_renderer.Renderer` may be passed instead of weights (tests, notebooks).
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, *, device: str | None = None,
                  half: bool | None = None, compile: bool = False, face_backend: str = "auto",
                  insightface_dir: str | os.PathLike | None = None, renderer: Renderer | None = None,
-                 batch_size: int = 8, progress: bool = True):
-        if batch_size < 1:
+                 batch_size: int | None = None, progress: bool = True):
+        if batch_size is not None and batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, not {batch_size}.")
         self.weights = weights
         self.device, self.half, self.compile = device, half, compile
@@ -107,8 +108,21 @@ class Animator:
         self.insightface_dir = insightface_dir
         self._renderer = renderer
         self._faces: FaceBackend | None = None
-        self.batch_size = batch_size
+        self._batch_size = batch_size
         self.progress = progress
+
+    @property
+    def batch_size(self) -> int:
+        """Frames rendered together: as given, else 8 on CUDA and 1 on the CPU."""
+        if self._batch_size is not None:
+            return self._batch_size
+        return 8 if self.renderer.device.type == "cuda" else 1
+
+    @batch_size.setter
+    def batch_size(self, value: int | None) -> None:
+        if value is not None and value < 1:
+            raise InputError(f"--batch-size must be at least 1, not {value}.")
+        self._batch_size = value
 
     @property
     def renderer(self) -> Renderer:

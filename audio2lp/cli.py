@@ -30,7 +30,8 @@ def _add_common(p: argparse.ArgumentParser, renderer: bool = True) -> None:
         g.add_argument("--half", action=argparse.BooleanOptionalAction, default=None,
                        help="float16 for the warping and decoding networks (CUDA only; default on CUDA)")
         g.add_argument("--compile", action="store_true", help="torch.compile the warping and decoding networks")
-        g.add_argument("--batch-size", type=int, default=8, metavar="N", help="frames rendered together (default 8)")
+        g.add_argument("--batch-size", type=int, default=None, metavar="N",
+                       help="frames rendered together (default 8 on CUDA, 1 on the CPU)")
         g.add_argument("--face-backend", choices=["auto", "dlib", "insightface"], default="auto",
                        help="face detector/landmarks: dlib (built in) or insightface (needs buffalo_l "
                             "models); auto picks insightface when its models are present")
