@@ -433,19 +433,12 @@ def default_lipsync_path():
 def save_lipsync_model(path: str | os.PathLike, model: LipSync, extra: dict | None = None) -> Path:
     """Write the weights as safetensors with the config and ``extra`` (JSON-serialisable training facts) as
     JSON metadata, atomically. Returns the path."""
-    from safetensors.torch import save_file
+    from lp_renderer.weights import write_safetensors
 
     path = Path(path)
     meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict(), sort_keys=True),
             "extra": json.dumps(extra or {}, sort_keys=True)}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_safetensors(path, model.state_dict(), meta)
     log.info("wrote lip-sync model %s", path)
     return path
 

@@ -502,21 +502,14 @@ def save_motion_model(path: str | os.PathLike, model: MotionModel, stats: Motion
                       ) -> Path:
     """Write the weights as safetensors, with the config, the motion stats and ``extra`` (JSON-serialisable,
     e.g. training facts) as JSON in the metadata. Written atomically. Returns the path."""
-    from safetensors.torch import save_file
+    from lp_renderer.weights import write_safetensors
 
     path = Path(path)
     if model.config.motion_dim != MOTION_DIM:
         raise ValueError(f"MotionStats hold {MOTION_DIM} dims but the model predicts {model.config.motion_dim}")
     meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict(), sort_keys=True),
             "stats": json.dumps(stats.to_dict()), "extra": json.dumps(extra or {}, sort_keys=True)}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_safetensors(path, model.state_dict(), meta)
     log.info("wrote motion model %s", path)
     return path
 

@@ -53,23 +53,15 @@ def write_filled_weights(root: Path) -> Path:
     """lp_fill's weights in the official release layout under ``root`` (as tests/conftest.py does)."""
     import importlib.util
 
-    import torch
-
-    from lp_renderer.weights import OFFICIAL_FILES, STITCHING_SUBDICTS
+    from lp_renderer.weights import write_official_pth
 
     spec = importlib.util.spec_from_file_location("lp_fill", conformance_dir() / "lp_fill.py")
     lp_fill = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lp_fill)
-    for key in ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator"):
-        path = root / OFFICIAL_FILES[key]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(lp_fill.state_dict_for(key), path)
-    stitch = {STITCHING_SUBDICTS[name]: {f"module.{k}": v for k, v in lp_fill.state_dict_for(name).items()}
-              for name in ("stitching", "lip", "eye")}
-    path = root / OFFICIAL_FILES["stitching_retargeting_module"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(stitch, path)
-    return root
+    files = {key: lp_fill.state_dict_for(key) for key in
+             ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")}
+    files["stitching_retargeting_module"] = {n: lp_fill.state_dict_for(n) for n in ("stitching", "lip", "eye")}
+    return write_official_pth(root, files)
 
 
 def child(args) -> dict:

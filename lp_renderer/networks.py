@@ -72,7 +72,7 @@ class RendererNetworks(nn.Module):
         shaped exactly like the official release when ``official_layout_pth``)."""
         from pathlib import Path
 
-        from .weights import OFFICIAL_FILES, STITCHING_SUBDICTS, save_safetensors
+        from .weights import OFFICIAL_FILES, save_safetensors, write_official_pth
 
         root = Path(weights_dir)
         for key, rel in OFFICIAL_FILES.items():
@@ -80,12 +80,6 @@ class RendererNetworks(nn.Module):
                 continue
             sds = self.state_dicts_for_file(key)
             if official_layout_pth:
-                path = root / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if key == "stitching_retargeting_module":
-                    obj = {STITCHING_SUBDICTS[n]: {f"module.{k}": v for k, v in sd.items()} for n, sd in sds.items()}
-                else:
-                    obj = sds[key]
-                torch.save(obj, path)
+                write_official_pth(root, {key: sds if key == "stitching_retargeting_module" else sds[key]})
             else:
                 save_safetensors((root / rel).with_suffix(".safetensors"), sds, self.config_dict_for_file(key))

@@ -227,10 +227,25 @@ def read_weight_file(path: Path, key: str) -> LoadedFile:
     return LoadedFile(path, {key: rename_keys(obj)}, None)
 
 
-def save_safetensors(path: Path, state_dicts: dict[str, dict[str, torch.Tensor]], config: dict | None) -> None:
-    """Write one network (or the stitching trio, as ``stitching.* / lip.* / eye.*``) atomically."""
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write ``tensors`` (moved to the CPU, made contiguous) with string ``metadata`` as a safetensors file,
+    atomically (a temporary file in the same folder, renamed). Every safetensors file of the project is
+    written here."""
     from safetensors.torch import save_file
 
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_safetensors(path: Path, state_dicts: dict[str, dict[str, torch.Tensor]], config: dict | None) -> None:
+    """Write one network (or the stitching trio, as ``stitching.* / lip.* / eye.*``) atomically."""
     flat: dict[str, torch.Tensor] = {}
     if len(state_dicts) == 1:
         (sd,) = state_dicts.values()
@@ -241,13 +256,24 @@ def save_safetensors(path: Path, state_dicts: dict[str, dict[str, torch.Tensor]]
     meta = {"format": FORMAT}
     if config is not None:
         meta["config"] = json.dumps(config, sort_keys=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in flat.items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_safetensors(path, flat, meta)
+
+
+def write_official_pth(weights_dir: str | os.PathLike, files: dict[str, dict]) -> Path:
+    """Write ``.pth`` files shaped exactly like the official release into ``weights_dir``.
+
+    ``files`` maps a key of :data:`OFFICIAL_FILES` to its state dict; for ``"stitching_retargeting_module"``
+    to ``{"stitching": sd, "lip": sd, "eye": sd}``, saved as the released dict of ``retarget_shoulder`` /
+    ``retarget_mouth`` / ``retarget_eye`` with ``module.``-prefixed keys. Returns ``weights_dir``.
+    """
+    root = Path(weights_dir)
+    for key, obj in files.items():
+        if key == "stitching_retargeting_module":
+            obj = {STITCHING_SUBDICTS[n]: {f"module.{k}": v for k, v in sd.items()} for n, sd in obj.items()}
+        path = root / OFFICIAL_FILES[key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj, path)
+    return root
 
 
 def convert_to_safetensors(weights_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,

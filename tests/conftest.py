@@ -81,25 +81,23 @@ def load_lp_fill():
     return sys.modules["lp_fill"]
 
 
+def lp_fill_files(lp_fill) -> dict:
+    """Every official file's state dicts filled by ``lp_fill`` (the argument of ``write_official_pth``)."""
+    files = {key: lp_fill.state_dict_for(key) for key in
+             ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")}
+    files["stitching_retargeting_module"] = {n: lp_fill.state_dict_for(n) for n in ("stitching", "lip", "eye")}
+    return files
+
+
 @pytest.fixture(scope="session")
 def filled_weights_dir(tmp_path_factory) -> Path:
     """Full-size weights filled by the conformance rule, written exactly in the official release layout
     (``liveportrait/base_models/*.pth`` and the stitching dict with ``module.`` keys)."""
-    import torch
-
-    from lp_renderer.weights import OFFICIAL_FILES, STITCHING_SUBDICTS
+    from lp_renderer.weights import write_official_pth
 
     lp_fill = load_lp_fill()
     if lp_fill is None:
         pytest.skip(f"conformance data not found at {conformance_dir()} (set AUDIO2LP_CONFORMANCE_DIR)")
     root = tmp_path_factory.mktemp("pretrained_weights")
-    for key in ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator"):
-        path = root / OFFICIAL_FILES[key]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(lp_fill.state_dict_for(key), path)
-    stitch = {STITCHING_SUBDICTS[name]: {f"module.{k}": v for k, v in lp_fill.state_dict_for(name).items()}
-              for name in ("stitching", "lip", "eye")}
-    path = root / OFFICIAL_FILES["stitching_retargeting_module"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(stitch, path)
+    write_official_pth(root, lp_fill_files(lp_fill))
     return root
