@@ -6,6 +6,8 @@ adds audio (Whisper features -> motion), the video-driven path, the CLI and the 
 
 __version__ = "0.1.0"
 
+import lp_renderer  # noqa: E402, F401  (first: it sets the CPU allocator's huge pages before torch loads)
+
 from .api import Animator, RenderResult  # noqa: E402
 
 __all__ = ["Animator", "RenderResult", "__version__"]

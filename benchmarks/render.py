@@ -19,7 +19,11 @@ its own so its peak RSS is its own:
 
 * naive     - the networks as loaded (spectral norm and BatchNorm evaluated every call, no per-source
               cache, direct convolutions), batch 1: what the official code does;
-* optimised - the default Renderer (folded, fast layers, per-source cache), batch 1 and batch 8.
+* optimised - the default Renderer (folded, fast layers, NNPACK convolutions, per-source cache, the
+              allocator settings of ``lp_renderer.cpu_memory``), batch 1 and batch 8;
+* optimised-default-malloc - the same at batch 1 with the allocator's defaults (what those settings buy).
+
+The naive path also runs with the allocator's defaults, as the official code would.
 
 Threads default to 2 (``--threads``); fp32 on the CPU. The output ends with a Markdown table and the
 exact command, ready for ``benchmarks/RESULTS.md``.
@@ -68,7 +72,7 @@ def child(args) -> dict:
     import numpy as np
     import torch
 
-    from lp_renderer import Renderer, RendererConfig, RendererNetworks
+    from lp_renderer import Renderer, RendererConfig, RendererNetworks  # first: it sets THP before torch loads
     from lp_renderer.animation import driving_keypoints
 
     torch.set_num_threads(args.threads)
@@ -115,13 +119,17 @@ def child(args) -> dict:
 
 
 def run_children(args, weights: str | None) -> list[dict]:
-    runs = [("naive", 1, args.frames), ("optimised", 1, args.frames), ("optimised", 8, 16)]
+    runs = [("naive", 1, args.frames), ("optimised", 1, args.frames), ("optimised", 8, 16),
+            ("optimised-default-malloc", 1, args.frames)]
     results = []
     for mode, batch, frames in runs:
+        env = dict(os.environ)
+        if mode != "optimised":  # the official code runs with the allocator's defaults (lp_renderer.cpu_memory)
+            env.update({"THP_MEM_ALLOC_ENABLE": "0", "LP_RENDERER_MALLOC_TUNING": "0"})
         cmd = [sys.executable, __file__, "--child", "--mode", mode, "--batch", str(batch), "--frames", str(frames),
                "--threads", str(args.threads)] + (["--quick"] if args.quick else []) + \
               (["--weights", weights] if weights else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             sys.exit(f"error: the {mode} batch-{batch} run failed:\n{proc.stderr.strip()}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))

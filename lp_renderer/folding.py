@@ -48,13 +48,15 @@ def _remove_spectral_norm(module: nn.Module) -> bool:
 
 
 def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = True,
-                 inplace: bool = False) -> nn.Module:
+                 inplace: bool = False, nnpack: bool = True) -> nn.Module:
     """A folded deep copy of ``module`` (which must be in eval mode), or ``module`` itself folded in
     place when ``inplace`` (saves a copy of the weights at load time).
 
     ``fast_layers`` also swaps in the exact-but-cheaper layers of :mod:`lp_renderer.fast_layers`
     (merged SPADE convolutions, sub-pixel label-map convolutions); ``fft_conv`` computes W's 7x7x7
-    mask convolution by FFT (a win on CPUs; GPUs have fast direct convolutions).
+    mask convolution by FFT (a win on CPUs; GPUs have fast direct convolutions); ``nnpack`` computes W's
+    and G's 2-D convolutions (3x3 and larger) with NNPACK's Winograd / FFT kernels when they run on the CPU
+    in float32 (:class:`lp_renderer.fast_layers.NNPACKConv2d`; elsewhere they stay plain convolutions).
     """
     if module.training:
         raise ValueError("folding is only valid for modules in eval mode")
@@ -82,4 +84,11 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
                     setattr(parent, name, FastSPADEDecoder(child))
                 elif fft_conv and isinstance(child, DenseMotionNetwork):
                     child.mask = FFTConv3d(child.mask)
+        if nnpack:
+            from .fast_layers import use_nnpack
+            from .warping_network import WarpingNetwork
+
+            for m in list(module.modules()):
+                if isinstance(m, (WarpingNetwork, FastSPADEDecoder)):
+                    use_nnpack(m)
     return module.eval()

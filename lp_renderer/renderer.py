@@ -73,7 +73,13 @@ class Renderer:
         if fold:
             from .folding import fold_network
 
-            networks = fold_network(networks, fft_conv=self.device.type == "cpu", inplace=_owned)
+            if self.device.type == "cpu":
+                from .cpu_memory import keep_freed_memory
+
+                keep_freed_memory()
+
+            networks = fold_network(networks, fft_conv=self.device.type == "cpu",
+                                    nnpack=self.device.type == "cpu", inplace=_owned)
         self.nets = networks.to(self.device)
         self.folded = fold
         self.neutral_exp = None if neutral_exp is None else \

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+
 import numpy as np
 import torch
 
@@ -67,3 +70,72 @@ def test_folded_renderer_matches_naive():
     a = fast.render(sf, x_d, batch_size=4)
     b = naive.render(sn, x_d, batch_size=1)
     assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_nnpack_convolutions_match_direct_ones():
+    """NNPACK's Winograd / FFT convolutions (the CPU default for W and G) agree with PyTorch's direct ones,
+    per image in a batch, and fall back to the plain convolution where they do not apply."""
+    from lp_renderer.fast_layers import NNPACKConv2d, nnpack_usable, use_nnpack
+
+    g = torch.Generator().manual_seed(3)
+    for k, cin, cout, size in ((3, 64, 96, 37), (7, 40, 1, 32)):
+        conv = torch.nn.Conv2d(cin, cout, k, padding=k // 2).eval()
+        fast = NNPACKConv2d(conv)
+        x = torch.randn(3, cin, size, size + 3, generator=g)
+        with torch.no_grad():
+            ref = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=k // 2)
+            out = fast(x)
+            assert out.shape == ref.shape
+            scale = float(ref.abs().max())
+            assert float((out.double() - ref).abs().max()) <= 5e-5 * scale, k  # Winograd rounding
+            # float64 (and anything NNPACK does not take) is the plain convolution, bit for bit
+            conv64 = torch.nn.Conv2d(cin, cout, k, padding=k // 2).double()
+            conv64.load_state_dict(conv.state_dict())
+            assert torch.equal(NNPACKConv2d(conv64)(x.double()), conv64(x.double()))
+    # with gradients on, the plain convolution (NNPACK's inference mode has no backward)
+    conv = torch.nn.Conv2d(4, 5, 3, padding=1)
+    x = torch.randn(1, 4, 9, 9, requires_grad=True)
+    NNPACKConv2d(conv)(x).sum().backward()
+    assert x.grad is not None
+    # eligibility: 3x3 and larger stride-1 convolutions only
+    seq = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 1),
+                              torch.nn.Conv2d(4, 4, 3, stride=2, padding=1))
+    assert use_nnpack(seq) == 1 and isinstance(seq[0], NNPACKConv2d) and type(seq[1]) is torch.nn.Conv2d
+    assert use_nnpack(seq) == 0  # idempotent
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert nnpack_usable(), "PyTorch's x86 CPU builds ship NNPACK; without it the fast path is off"
+
+
+def test_default_renderer_uses_nnpack_on_cpu():
+    from lp_renderer.fast_layers import NNPACKConv2d
+
+    r = Renderer(RendererNetworks.random(RendererConfig.tiny(), seed=1), device="cpu")
+    n = sum(isinstance(m, NNPACKConv2d) for m in r.nets.modules())
+    assert n >= 4  # W's 3x3 and 7x7 convolutions and G's
+    assert not any(isinstance(m, NNPACKConv2d) for m in r.nets.motion.modules())
+
+
+def test_allocator_settings(monkeypatch):
+    import subprocess
+    import sys
+
+    from lp_renderer import cpu_memory
+
+    # importing lp_renderer before torch asks PyTorch for huge pages, unless the user said otherwise
+    code = "import os, lp_renderer, torch; print(os.environ.get('THP_MEM_ALLOC_ENABLE'))"
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "1"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**env, "THP_MEM_ALLOC_ENABLE": "0"})
+    assert out.stdout.strip() == "0"
+    # the glibc settings: opt-out respected, applied once otherwise
+    monkeypatch.setattr(cpu_memory, "_state", {})
+    monkeypatch.setenv(cpu_memory.TUNING_ENV, "0")
+    assert cpu_memory.keep_freed_memory() is False
+    monkeypatch.setattr(cpu_memory, "_state", {})
+    monkeypatch.delenv(cpu_memory.TUNING_ENV)
+    applied = cpu_memory.keep_freed_memory()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert applied is True
+    assert cpu_memory.keep_freed_memory() is applied

@@ -1,0 +1,60 @@
+"""Memory-allocation settings that make the renderer's large tensors cheap to allocate on the CPU.
+
+A frame allocates and frees a few GB in tensors of 10-130 MB. With the defaults each of them is a fresh
+``mmap`` whose 4 KB pages the kernel faults in and zeroes on first touch; on a 2-core machine that cost
+more than the arithmetic of the element-wise layers and a fifth of W (``benchmarks/RESULTS.md``). Two
+settings avoid most of it:
+
+* ``THP_MEM_ALLOC_ENABLE=1`` makes PyTorch's CPU allocator ask for transparent huge pages (2 MB) for
+  large tensors: 512x fewer page faults. PyTorch reads it once, at its first allocation, so it must be in
+  the environment before ``torch`` is imported: importing :mod:`lp_renderer` (or :mod:`audio2lp`) sets it
+  unless it is already set (``THP_MEM_ALLOC_ENABLE=0`` opts out). Without effect when ``torch`` was
+  imported first, or when the kernel has transparent huge pages off.
+* glibc ``mallopt``: large blocks come from the heap instead of ``mmap`` and freed memory is kept for the
+  next frame instead of being returned to the kernel (``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``). It is
+  process-wide; a CPU :class:`lp_renderer.Renderer` applies it once (``LP_RENDERER_MALLOC_TUNING=0``
+  opts out). The price: the process keeps its peak heap (a few hundred MB more resident memory).
+
+Neither changes any result. This module must not import torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+THP_ENV = "THP_MEM_ALLOC_ENABLE"
+TUNING_ENV = "LP_RENDERER_MALLOC_TUNING"
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+_state: dict[str, bool] = {}
+
+
+def request_huge_pages() -> None:
+    """Set ``THP_MEM_ALLOC_ENABLE=1`` unless the user set it (effective only before ``torch`` is imported)."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault(THP_ENV, "1")
+
+
+def keep_freed_memory() -> bool:
+    """Apply the glibc settings above once per process. Returns whether they are in effect (False on
+    non-glibc systems, or when ``LP_RENDERER_MALLOC_TUNING=0``)."""
+    if "applied" in _state:
+        return _state["applied"]
+    applied = False
+    if os.environ.get(TUNING_ENV, "1") != "0" and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            mallopt = libc.mallopt
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            applied = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+        except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+            applied = False
+    if applied:
+        log.debug("glibc malloc: large blocks from the heap, freed memory kept for reuse")
+    _state["applied"] = applied
+    return applied
