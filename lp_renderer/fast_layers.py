@@ -60,19 +60,21 @@ class NNPACKConv2d(nn.Module):
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
-        if not (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-                and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)):
+        if not self._stride1_zero_padded(conv):
             raise ValueError("NNPACKConv2d replaces stride-1, zero-padded, ungrouped convolutions only")
         self.conv = conv
         self.padding = list(conv.padding)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
 
     @staticmethod
+    def _stride1_zero_padded(conv: nn.Conv2d) -> bool:
+        return (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+                and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple))
+
+    @staticmethod
     def eligible(conv: nn.Module) -> bool:
         """3x3 and larger stride-1 convolutions (1x1 ones are plain matrix products; oneDNN does them well)."""
-        return (type(conv) is nn.Conv2d and conv.stride == (1, 1) and conv.dilation == (1, 1)
-                and conv.groups == 1 and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-                and min(conv.kernel_size) >= 3)
+        return type(conv) is nn.Conv2d and NNPACKConv2d._stride1_zero_padded(conv) and min(conv.kernel_size) >= 3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.conv.weight
