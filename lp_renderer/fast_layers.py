@@ -108,11 +108,14 @@ def use_nnpack(module: nn.Module) -> int:
 class FFTConv3d(nn.Module):
     """Stride-1, zero-padded ('same') Conv3d with an odd kernel, computed by tiled FFTs.
 
-    Input (B, C, D, H, W) float32 -> (B, O, D, H, W). Weight spectra for a depth D are built on first
-    use (145 MB for W's mask convolution) and kept. ``max_batch`` bounds the working memory.
+    Input (B, C, D, H, W) float32 -> (B, O, D, H, W). Weight spectra for a depth D (145 MB for W's mask
+    convolution) are built for ``depth`` at construction when it is given (long-lived memory allocated
+    early, before the per-frame tensors, fragments the heap less), else on first use, and kept.
+    ``max_batch`` bounds the working memory.
     """
 
-    def __init__(self, conv: nn.Conv3d, tile: int = 16, max_batch: int = 2, tile_rows: int = 1):
+    def __init__(self, conv: nn.Conv3d, tile: int = 16, max_batch: int = 2, tile_rows: int = 1,
+                 depth: int | None = None):
         super().__init__()
         k = conv.kernel_size
         if not (k[0] == k[1] == k[2] and k[0] % 2 == 1 and conv.stride == (1, 1, 1)
@@ -126,17 +129,29 @@ class FFTConv3d(nn.Module):
         self.register_buffer("bias", conv.bias.detach().clone() if conv.bias is not None
                              else torch.zeros(conv.out_channels), persistent=False)
         self._spectra: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if depth is not None:
+            self._weight_spectra(depth)
 
     def _weight_spectra(self, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real and imaginary parts of the conjugate weight spectra for inputs of depth ``depth``, each
+        (nd * n * nf, C, O) float32, built a few output channels at a time (bounded transient memory)."""
         key = depth
         if key not in self._spectra or self._spectra[key][0].device != self.weight.device:
+            self._spectra = {}  # drop spectra of another depth / device before building new ones
             o, c, k = self.weight.shape[0], self.weight.shape[1], self.k
             nd, n = depth + k - 1, self.tile + k - 1
-            w = torch.zeros(o, c, nd, n, n, device=self.weight.device, dtype=torch.float32)
-            w[:, :, :k, :k, :k] = self.weight.float()
-            # correlation = IFFT(X * conj(FFT(w))): (O, C, nd, n, n//2+1) -> (f, C, O)
-            spec = torch.fft.rfftn(w, dim=(2, 3, 4)).conj().permute(2, 3, 4, 1, 0).reshape(-1, c, o)
-            self._spectra = {key: (spec.real.contiguous(), spec.imag.contiguous())}
+            nf = n // 2 + 1
+            real = torch.empty(nd, n, nf, c, o, device=self.weight.device, dtype=torch.float32)
+            imag = torch.empty_like(real)
+            w = torch.zeros(4, c, nd, n, n, device=self.weight.device, dtype=torch.float32)
+            for o0 in range(0, o, 4):
+                o1 = min(o, o0 + 4)
+                w[:o1 - o0, :, :k, :k, :k] = self.weight[o0:o1].float()
+                # correlation = IFFT(X * conj(FFT(w))): (o1-o0, C, nd, n, nf) -> (nd, n, nf, C, o1-o0)
+                spec = torch.fft.rfftn(w[:o1 - o0], dim=(2, 3, 4)).permute(2, 3, 4, 1, 0)
+                real[..., o0:o1] = spec.real
+                imag[..., o0:o1] = spec.imag.neg()
+            self._spectra = {key: (real.view(-1, c, o), imag.view(-1, c, o))}
         return self._spectra[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -262,16 +277,40 @@ def _cat_convs(convs: list[nn.Conv2d]) -> nn.Conv2d:
     return out
 
 
-class _FastSPADEBlock(nn.Module):
-    """One SPADEResnetBlock with merged modulation convolutions; takes precomputed ``actv`` maps."""
+def _instance_norm_(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """InstanceNorm2d without affine parameters, in place: (B, C, H, W) -> the same tensor, normalised."""
+    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)  # (B, C, 1, 1) each
+    return x.sub_(mean).mul_(var.add_(eps).rsqrt_())
 
-    def __init__(self, block: SPADEResnetBlock):
+
+class _FastSPADEBlock(nn.Module):
+    """One SPADEResnetBlock with merged modulation convolutions; takes precomputed ``actv`` maps.
+
+    ``low_memory`` (a learned-shortcut block on a large map, G's last one at 256x256): the block computes
+    its own label-map activations (``shared``, sub-pixel, one SPADE at a time) and runs gamma and beta as
+    separate convolutions, so that at most one 128-channel activation and one modulation map are alive at
+    a time and the input is normalised in place. Same maths; about half the peak memory of the merged form
+    (the merged 128 -> 512 convolution at 256x256 alone needs 134 MB of output and ~300 MB of NNPACK
+    workspace).
+    """
+
+    def __init__(self, block: SPADEResnetBlock, low_memory: bool = False, scale: int = 1):
         super().__init__()
         self.learned_shortcut = block.learned_shortcut
+        self.low_memory = low_memory
         self.conv_0, self.conv_1 = block.conv_0, block.conv_1
-        self.mod_0 = _cat_convs([block.norm_0.mlp_gamma, block.norm_0.mlp_beta])
-        self.mod_1 = _cat_convs([block.norm_1.mlp_gamma, block.norm_1.mlp_beta])
         self.c0, self.c1 = block.norm_0.mlp_gamma.out_channels, block.norm_1.mlp_gamma.out_channels
+        if low_memory:
+            if not block.learned_shortcut:
+                raise ValueError("the low-memory SPADE block needs a learned shortcut (its input is normalised "
+                                 "in place)")
+            self.shared = nn.ModuleList(
+                SubpixelConv3x3(n.mlp_shared[0].weight.detach(), n.mlp_shared[0].bias.detach(), scale, relu=True)
+                for n in (block.norm_s, block.norm_0, block.norm_1))
+            self.gamma_0, self.beta_0 = block.norm_0.mlp_gamma, block.norm_0.mlp_beta
+        else:
+            self.mod_0 = _cat_convs([block.norm_0.mlp_gamma, block.norm_0.mlp_beta])
+        self.mod_1 = _cat_convs([block.norm_1.mlp_gamma, block.norm_1.mlp_beta])
         if self.learned_shortcut:
             conv_s = block.conv_s  # 1x1, no bias
             ws = conv_s.weight[:, :, 0, 0]  # (O, C)
@@ -280,15 +319,24 @@ class _FastSPADEBlock(nn.Module):
             with torch.no_grad():
                 folded.weight.copy_(torch.einsum("oc,cikl->oikl", ws.double(), beta.weight.double()))
                 folded.bias.copy_(ws.double() @ beta.bias.double())
-            self.mod_s = _cat_convs([block.norm_s.mlp_gamma, folded])
             self.cs = block.norm_s.mlp_gamma.out_channels
+            if low_memory:
+                self.gamma_s, self.beta_s = block.norm_s.mlp_gamma, folded
+            else:
+                self.mod_s = _cat_convs([block.norm_s.mlp_gamma, folded])
             self.conv_s = conv_s
 
     @staticmethod
     def _instance_norm(x: torch.Tensor) -> torch.Tensor:
         return F.instance_norm(x, eps=1e-5)
 
-    def forward(self, x: torch.Tensor, actv: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, actv: list[torch.Tensor] | None = None,
+                seg: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, fin, H, W) -> (B, fout, H, W). ``actv``: the three (or two) label-map activations
+        (B, 128, H, W) [norm_0, norm_1, norm_s]; in low-memory mode ``seg`` (B, label_nc, h, w) instead, and
+        ``x`` is overwritten."""
+        if self.low_memory:
+            return self._forward_low_memory(x, seg)
         # The same operations as SPADEResnetBlock, in place on fresh tensors where possible: on the CPU
         # the large maps of the 256x256 block cost more in new allocations (page faults) than in arithmetic.
         normalized = self._instance_norm(x)
@@ -301,11 +349,30 @@ class _FastSPADEBlock(nn.Module):
         g0, b0 = self.mod_0(actv[0]).split([self.c0, self.c0], dim=1)
         dx = F.leaky_relu(b0.addcmul_(normalized, g0.add_(1)), 0.2, inplace=True)  # b + n * (1 + g)
         del g0, b0, normalized
+        return self._second_half(dx, actv[1], x_s)
+
+    def _second_half(self, dx: torch.Tensor, actv_1: torch.Tensor, x_s: torch.Tensor) -> torch.Tensor:
         dx = self.conv_0(dx)
-        g1, b1 = self.mod_1(actv[1]).split([self.c1, self.c1], dim=1)
+        g1, b1 = self.mod_1(actv_1).split([self.c1, self.c1], dim=1)
         dx = F.leaky_relu(b1.addcmul_(self._instance_norm(dx), g1.add_(1)), 0.2, inplace=True)
         del g1
         return self.conv_1(dx).add_(x_s)
+
+    def _forward_low_memory(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        normalized = _instance_norm_(x)  # x is not needed again (learned shortcut)
+        del x
+        a = self.shared[0](seg)  # norm_s: (B, 128, H, W)
+        gs = self.gamma_s(a)
+        x_s = self.conv_s(gs.add_(1).mul_(normalized))  # conv_s(n * (1 + g))
+        del gs
+        x_s.add_(self.beta_s(a))  # + conv_s(beta)
+        a = self.shared[1](seg)  # norm_0
+        g0 = self.gamma_0(a).add_(1).mul_(normalized)  # n * (1 + g)
+        del normalized
+        dx = F.leaky_relu(self.beta_0(a).add_(g0), 0.2, inplace=True)  # b + n * (1 + g)
+        del g0
+        a = self.shared[2](seg)  # norm_1
+        return self._second_half(dx, a, x_s)
 
 
 class FastSPADEDecoder(nn.Module):
@@ -321,14 +388,17 @@ class FastSPADEDecoder(nn.Module):
         shared = [n.mlp_shared[0] for b in middle for n in (b.norm_0, b.norm_1)]
         self.middle_shared = _cat_convs(shared)  # label map at 64x64, all middle SPADEs at once
         self.hidden = shared[0].out_channels
-        self.up_blocks = nn.ModuleList([_FastSPADEBlock(dec.up_0), _FastSPADEBlock(dec.up_1)])
-        self.up_shared = nn.ModuleList()
-        for i, block in enumerate((dec.up_0, dec.up_1)):
-            convs = [block.norm_0.mlp_shared[0], block.norm_1.mlp_shared[0]] + \
-                ([block.norm_s.mlp_shared[0]] if block.learned_shortcut else [])
+        # up_0 (128x128) merged; up_1 (256x256, learned shortcut) in the low-memory form
+        self.up_0 = _FastSPADEBlock(dec.up_0)
+        convs = [dec.up_0.norm_0.mlp_shared[0], dec.up_0.norm_1.mlp_shared[0]] + \
+            ([dec.up_0.norm_s.mlp_shared[0]] if dec.up_0.learned_shortcut else [])
+        merged = _cat_convs(convs)
+        self.up_0_shared = SubpixelConv3x3(merged.weight.detach(), merged.bias.detach(), 2, relu=True)
+        self.up_1 = _FastSPADEBlock(dec.up_1, low_memory=dec.up_1.learned_shortcut, scale=4)
+        if not self.up_1.low_memory:
+            convs = [dec.up_1.norm_0.mlp_shared[0], dec.up_1.norm_1.mlp_shared[0]]
             merged = _cat_convs(convs)
-            self.up_shared.append(SubpixelConv3x3(merged.weight.detach(), merged.bias.detach(), 2 ** (i + 1),
-                                                  relu=True))
+            self.up_1_shared = SubpixelConv3x3(merged.weight.detach(), merged.bias.detach(), 4, relu=True)
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         """(B, 256, 64, 64) -> (B, 3, 512, 512) in [0, 1]."""
@@ -338,10 +408,12 @@ class FastSPADEDecoder(nn.Module):
         for i, block in enumerate(self.middle):
             x = block(x, [actv[2 * i], actv[2 * i + 1]])
         del actv
-        for block, shared in zip(self.up_blocks, self.up_shared):
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-            a = shared(seg).split(self.hidden, dim=1)
-            x = block(x, list(a))
-            del a
+        x = F.interpolate(x, scale_factor=2, mode="nearest")  # (B, 512, 128, 128)
+        x = self.up_0(x, list(self.up_0_shared(seg).split(self.hidden, dim=1)))
+        x = F.interpolate(x, scale_factor=2, mode="nearest")  # (B, 256, 256, 256)
+        if self.up_1.low_memory:
+            x = self.up_1(x, seg=seg)
+        else:
+            x = self.up_1(x, list(self.up_1_shared(seg).split(self.hidden, dim=1)))
         x = self.conv_img(F.leaky_relu(x, 0.2))
         return torch.sigmoid(x)

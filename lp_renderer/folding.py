@@ -83,7 +83,7 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
                 if isinstance(child, SPADEDecoder):
                     setattr(parent, name, FastSPADEDecoder(child))
                 elif fft_conv and isinstance(child, DenseMotionNetwork):
-                    child.mask = FFTConv3d(child.mask)
+                    child.mask = FFTConv3d(child.mask, depth=child.cfg.reshape_depth)
         if nnpack:
             from .fast_layers import use_nnpack
             from .warping_network import WarpingNetwork

@@ -6,6 +6,7 @@ import os
 import platform
 
 import numpy as np
+import pytest
 import torch
 
 from lp_renderer import Renderer, RendererConfig, RendererNetworks
@@ -139,3 +140,28 @@ def test_allocator_settings(monkeypatch):
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert applied is True
     assert cpu_memory.keep_freed_memory() is applied
+
+
+def test_low_memory_spade_block_matches_the_plain_block():
+    """G's last block runs in the low-memory form (own label-map convolutions, gamma and beta apart,
+    input normalised in place); it must compute what SPADEResnetBlock computes."""
+    from lp_renderer.blocks import SPADEResnetBlock
+    from lp_renderer.fast_layers import _FastSPADEBlock
+
+    torch.manual_seed(0)
+    block = SPADEResnetBlock(16, 8, label_nc=6, hidden=12).eval()
+    for m in block.modules():
+        for hook in list(m._forward_pre_hooks.values()):
+            if type(hook).__name__ == "SpectralNorm":
+                torch.nn.utils.remove_spectral_norm(m)
+                break
+    x = torch.randn(2, 16, 32, 32)
+    seg = torch.randn(2, 6, 8, 8)
+    with torch.no_grad():
+        ref = block(x, seg)
+        fast = _FastSPADEBlock(block, low_memory=True, scale=4)
+        out = fast(x.clone(), seg=seg)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    with pytest.raises(ValueError, match="learned shortcut"):
+        _FastSPADEBlock(SPADEResnetBlock(8, 8, label_nc=6, hidden=12).eval(), low_memory=True, scale=4)
