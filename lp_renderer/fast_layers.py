@@ -109,8 +109,8 @@ class FFTConv3d(nn.Module):
     """Stride-1, zero-padded ('same') Conv3d with an odd kernel, computed by tiled FFTs.
 
     Input (B, C, D, H, W) float32 -> (B, O, D, H, W). Weight spectra for a depth D (145 MB for W's mask
-    convolution) are built for ``depth`` at construction when it is given (long-lived memory allocated
-    early, before the per-frame tensors, fragments the heap less), else on first use, and kept.
+    convolution) are built for ``depth`` at construction when it is given (so the first frame does not pay
+    for them), else on first use, and kept.
     ``max_batch`` bounds the working memory.
     """
 
