@@ -25,7 +25,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="speech duration (default 10)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="frames rendered together (default: the Animator's, 1 on the CPU)")
     ap.add_argument("--quick", action="store_true", help="tiny renderer config")
     ap.add_argument("--weights", help="a real weights folder instead of random full-size weights")
     args = ap.parse_args()
@@ -73,7 +74,7 @@ def main() -> None:
         info = probe_video(res.output)
     n = res.n_frames
     print(f"speak benchmark: {args.seconds:g} s of speech, {'tiny' if args.quick else 'default (official)'} "
-          f"renderer, fp32 CPU, {args.threads} threads, batch {args.batch_size}")
+          f"renderer, fp32 CPU, {args.threads} threads, batch {anim.batch_size}")
     print(f"  weights load          {t_load:8.2f} s")
     print(f"  until first batch     {first:8.2f} s   (audio, Whisper, lip-sync, portrait, first render)")
     print(f"  total                 {t_total:8.2f} s   for {n} frames -> {n / t_total:.3f} frames/s overall "

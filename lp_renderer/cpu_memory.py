@@ -1,19 +1,23 @@
 """Memory-allocation settings that make the renderer's large tensors cheap to allocate on the CPU.
 
-A frame allocates and frees a few GB in tensors of 10-130 MB. With the defaults each of them is a fresh
-``mmap`` whose 4 KB pages the kernel faults in and zeroes on first touch; on a 2-core machine that cost
-more than the arithmetic of the element-wise layers and a fifth of W (``benchmarks/RESULTS.md``). Two
-settings avoid most of it:
+A frame allocates and frees a few GB in tensors of 10-130 MB. Each of them is a fresh ``mmap`` whose
+4 KB pages the kernel faults in and zeroes on first touch; on a 2-core machine that cost more than the
+arithmetic of the element-wise layers and a fifth of W (``benchmarks/RESULTS.md``). Two settings keep
+the cost down and the peak memory no higher than the official code's:
 
 * ``THP_MEM_ALLOC_ENABLE=1`` makes PyTorch's CPU allocator ask for transparent huge pages (2 MB) for
   large tensors: 512x fewer page faults. PyTorch reads it once, at its first allocation, so it must be in
   the environment before ``torch`` is imported: importing :mod:`lp_renderer` (or :mod:`audio2lp`) sets it
   unless it is already set (``THP_MEM_ALLOC_ENABLE=0`` opts out). Without effect when ``torch`` was
   imported first, or when the kernel has transparent huge pages off.
-* glibc ``mallopt``: large blocks come from the heap instead of ``mmap`` and freed memory is kept for the
-  next frame instead of being returned to the kernel (``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``). It is
+* glibc ``mallopt``: blocks of 1 MiB and more are always ``mmap``-ed (``M_MMAP_THRESHOLD`` fixed at
+  1 MiB instead of glibc's sliding threshold, which climbs to 32 MB after the first large free and then
+  serves the 10-32 MB tensors from the heap, where they fragment it and the process keeps its peak heap),
+  and the heap below that is not trimmed back to the kernel after every free (``M_TRIM_THRESHOLD`` 1 GiB).
+  With huge pages the faults of a fresh mapping cost little, and a freed tensor goes back to the kernel at
+  once, so the peak RSS of a frame stays near the sum of the tensors alive at the same time. It is
   process-wide; a CPU :class:`lp_renderer.Renderer` applies it once (``LP_RENDERER_MALLOC_TUNING=0``
-  opts out). The price: the process keeps its peak heap (a few hundred MB more resident memory).
+  opts out).
 
 Neither changes any result. This module must not import torch.
 """
@@ -31,6 +35,8 @@ log = logging.getLogger(__name__)
 THP_ENV = "THP_MEM_ALLOC_ENABLE"
 TUNING_ENV = "LP_RENDERER_MALLOC_TUNING"
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+MMAP_THRESHOLD = 1 << 20  # bytes: from this size up, a block is its own mapping
+TRIM_THRESHOLD = 1 << 30  # bytes of free heap top kept before glibc returns it
 _state: dict[str, bool] = {}
 
 
@@ -40,7 +46,7 @@ def request_huge_pages() -> None:
         os.environ.setdefault(THP_ENV, "1")
 
 
-def keep_freed_memory() -> bool:
+def apply_malloc_settings() -> bool:
     """Apply the glibc settings above once per process. Returns whether they are in effect (False on
     non-glibc systems, or when ``LP_RENDERER_MALLOC_TUNING=0``)."""
     if "applied" in _state:
@@ -51,10 +57,12 @@ def keep_freed_memory() -> bool:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             mallopt = libc.mallopt
             mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            applied = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+            applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+            applied = bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and applied
         except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
             applied = False
     if applied:
-        log.debug("glibc malloc: large blocks from the heap, freed memory kept for reuse")
+        log.debug("glibc malloc: blocks >= %d bytes mmapped, heap trimmed above %d bytes",
+                  MMAP_THRESHOLD, TRIM_THRESHOLD)
     _state["applied"] = applied
     return applied

@@ -74,9 +74,9 @@ class Renderer:
             from .folding import fold_network
 
             if self.device.type == "cpu":
-                from .cpu_memory import keep_freed_memory
+                from .cpu_memory import apply_malloc_settings
 
-                keep_freed_memory()
+                apply_malloc_settings()
 
             networks = fold_network(networks, fft_conv=self.device.type == "cpu",
                                     nnpack=self.device.type == "cpu", inplace=_owned)
@@ -86,6 +86,8 @@ class Renderer:
             torch.as_tensor(neutral_exp, dtype=torch.float32).reshape(1, -1, 3).to(self.device)
         self._warp = self.nets.warping
         self._decode = self.nets.decoder
+        # images per G call (None: the whole batch); see decode()
+        self.decode_chunk: int | None = 1 if fold and self.device.type == "cpu" else None
         if compile:
             self._warp = torch.compile(self.nets.warping)
             self._decode = torch.compile(self.nets.decoder)
@@ -221,9 +223,19 @@ class Renderer:
 
     @torch.no_grad()
     def decode(self, warped: torch.Tensor) -> torch.Tensor:
-        """G: (B, 256, 64, 64) -> (B, 3, 512, 512) float32 in [0, 1]."""
+        """G: (B, 256, 64, 64) -> (B, 3, 512, 512) float32 in [0, 1].
+
+        With the CPU fast layers G runs one image at a time (``decode_chunk``): its convolutions already
+        run per image there (NNPACK), and a batch of 512x512 activations (0.5 GB per tensor at B = 8) only
+        thrashes the caches and the allocator, so a batch still gains in M and W and loses nothing in G.
+        Every layer of G is per-sample, so the result is the same.
+        """
         with self._autocast():
-            return self._decode(warped).float()
+            if self.decode_chunk is None or warped.shape[0] <= self.decode_chunk:
+                return self._decode(warped).float()
+            parts = [self._decode(warped[i: i + self.decode_chunk]).float()  # (chunk, 3, H, W)
+                     for i in range(0, warped.shape[0], self.decode_chunk)]
+            return torch.cat(parts)  # (B, 3, H, W)
 
     @torch.no_grad()
     def warp_decode(self, source: PreparedSource, x_d: torch.Tensor) -> torch.Tensor:

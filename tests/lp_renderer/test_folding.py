@@ -73,6 +73,24 @@ def test_folded_renderer_matches_naive():
     assert np.abs(a.astype(int) - b).max() <= 1
 
 
+def test_cpu_decoder_runs_a_batch_in_chunks_with_the_same_result():
+    nets = RendererNetworks.random(RendererConfig.tiny(), seed=3)
+    r = Renderer(nets, device="cpu", fold=True)
+    assert r.decode_chunk == 1  # the CPU default: G one image at a time
+    assert Renderer(nets, device="cpu", fold=False).decode_chunk is None
+    src = r.prepare_source(np.random.default_rng(5).integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    x_d = src.x_s + 0.02 * torch.randn(3, 21, 3, generator=torch.Generator().manual_seed(4))
+    warped = r.warp(src, x_d)["out"]  # (3, C, 64, 64)
+    outs = {}
+    for chunk in (1, 2, None):
+        r.decode_chunk = chunk
+        outs[chunk] = r.decode(warped)
+    assert outs[None].shape[0] == 3
+    for chunk in (1, 2):
+        assert outs[chunk].shape == outs[None].shape
+        assert torch.allclose(outs[chunk], outs[None], atol=1e-5)
+
+
 def test_nnpack_convolutions_match_direct_ones():
     """NNPACK's Winograd / FFT convolutions (the CPU default for W and G) agree with PyTorch's direct ones,
     per image in a batch, and fall back to the plain convolution where they do not apply."""
@@ -133,13 +151,13 @@ def test_allocator_settings(monkeypatch):
     # the glibc settings: opt-out respected, applied once otherwise
     monkeypatch.setattr(cpu_memory, "_state", {})
     monkeypatch.setenv(cpu_memory.TUNING_ENV, "0")
-    assert cpu_memory.keep_freed_memory() is False
+    assert cpu_memory.apply_malloc_settings() is False
     monkeypatch.setattr(cpu_memory, "_state", {})
     monkeypatch.delenv(cpu_memory.TUNING_ENV)
-    applied = cpu_memory.keep_freed_memory()
+    applied = cpu_memory.apply_malloc_settings()
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert applied is True
-    assert cpu_memory.keep_freed_memory() is applied
+    assert cpu_memory.apply_malloc_settings() is applied
 
 
 def test_low_memory_spade_block_matches_the_plain_block():
