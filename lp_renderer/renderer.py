@@ -21,7 +21,7 @@ import torch
 from .config import RendererConfig
 from .errors import InputError
 from .keypoints import KeypointInfo, apply_stitching, motion_from_raw, transform_keypoints
-from .networks import RendererNetworks
+from .nets.networks import RendererNetworks
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,11 @@ class Renderer:
 
     ``half`` (CUDA only) runs W and G under float16 autocast with the keypoint and warp maths in
     float32; on CPU everything is float32. ``fold`` replaces spectral-norm and BatchNorm layers by
-    plain convolutions once (eval mode only; same outputs). ``neutral_exp`` (1, 21, 3) is LivePortrait's
-    neutral expression (``lip_array.pkl``), used when a single image drives the portrait; without it that
-    case deviates from the official output (see :func:`lp_renderer.keypoints.relative_motion`).
+    plain convolutions once (eval mode only; same outputs; see :mod:`lp_renderer.fast`; the process-wide
+    allocator settings of :mod:`lp_renderer.fast.cpu_memory` are the caller's choice). ``neutral_exp``
+    (1, 21, 3) is LivePortrait's neutral expression (``lip_array.pkl``), used when a single image drives the
+    portrait; without it that case deviates from the official output (see
+    :func:`lp_renderer.keypoints.relative_motion`).
     """
 
     def __init__(self, networks: RendererNetworks, device: str | torch.device | None = None,
@@ -71,13 +73,12 @@ class Renderer:
         self.config: RendererConfig = networks.config
         networks = networks.eval()
         if fold:
-            from .folding import fold_network
+            from .fast.folding import fold_network
 
             if self.device.type == "cpu":
-                from .cpu_memory import apply_malloc_settings
+                from .fast.cpu_memory import apply_if_enabled
 
-                apply_malloc_settings()
-
+                apply_if_enabled()  # only when the program opted in (lp_renderer.fast.cpu_memory)
             networks = fold_network(networks, fft_conv=self.device.type == "cpu",
                                     nnpack=self.device.type == "cpu", inplace=_owned)
         self.nets = networks.to(self.device)
@@ -94,13 +95,13 @@ class Renderer:
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_weights(cls, weights_dir: str | Path | None = None, device=None, half: bool | None = None,
+    def from_weights(cls, weights_dir: str | Path, device=None, half: bool | None = None,
                      fold: bool = True, compile: bool = False, require_stitching: bool = False) -> Renderer:
         """Load the official release (or our safetensors) from ``weights_dir`` (see :mod:`.weights`), and
         ``lip_array.pkl`` (the neutral expression) when the folder has it."""
-        from .weights import load_networks, load_neutral_expression, resolve_weights_dir
+        from .weights import load_networks, load_neutral_expression
 
-        wdir = resolve_weights_dir(weights_dir)
+        wdir = Path(weights_dir).expanduser()
         nets = load_networks(wdir, require_stitching=require_stitching)
         return cls(nets, device=device, half=half, fold=fold, compile=compile,
                    neutral_exp=load_neutral_expression(wdir), _owned=True)

@@ -105,8 +105,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if obj is None:
             raise InputError(
                 f"{self._source} refers to {module}.{name}, which a plain-data pickle never needs, so "
-                "it was refused without loading anything; use a file made by LivePortrait or "
-                "audio2lp, and do not load this file with plain pickle."
+                "it was refused without loading anything; use a plain-data file (as LivePortrait writes), "
+                "and do not load this file with plain pickle."
             )
         return obj
 
@@ -131,13 +131,13 @@ def _check_value(obj: object, source: str, depth: int, seen: set[int], budget: _
     if isinstance(obj, np.ndarray):
         if obj.dtype.hasobject:
             raise InputError(f"{source} holds a numpy array of Python objects, which a motion "
-                             "template never does; re-create the template with LivePortrait or audio2lp.")
+                             "template never does; re-create the template (LivePortrait's templates are plain data).")
         if id(obj) not in seen:
             seen.add(id(obj))
             budget.left -= obj.nbytes
             if budget.left < 0:
                 raise InputError(f"{source} yields more array data than it stores, which only a crafted "
-                                 "pickle does; use a template made by LivePortrait or audio2lp.")
+                                 "pickle does; use a plain-data template (as LivePortrait writes).")
         return
     if isinstance(obj, np.generic):
         if obj.dtype.hasobject:  # pragma: no cover - np.object_ scalars unpickle as their object
@@ -145,7 +145,7 @@ def _check_value(obj: object, source: str, depth: int, seen: set[int], budget: _
         return
     if depth > MAX_DEPTH:
         raise InputError(f"{source} nests containers more than {MAX_DEPTH} levels deep, which a "
-                         "motion template never does; re-create the template with LivePortrait or audio2lp.")
+                         "motion template never does; re-create the template (LivePortrait's are plain data).")
     if type(obj) in (dict, list, tuple, set, frozenset):
         if id(obj) in seen:  # shared or self-referencing containers: check once
             return
@@ -159,7 +159,7 @@ def _check_value(obj: object, source: str, depth: int, seen: set[int], budget: _
                 _check_value(item, source, depth + 1, seen, budget)
         return
     raise InputError(f"{source} contains a {type(obj).__module__}.{type(obj).__qualname__} object, "
-                     "which is not plain data; use a template made by LivePortrait or audio2lp.")
+                     "which is not plain data; use a plain-data template (as LivePortrait writes).")
 
 
 def loads_restricted_pickle(data: bytes, *, source: str = "The pickle data") -> object:

@@ -54,25 +54,12 @@ OFFICIAL_FILES = {
 }
 #: our MLP name -> key of its sub-dict in the released stitching_retargeting_module.pth
 STITCHING_SUBDICTS = {"stitching": "retarget_shoulder", "lip": "retarget_mouth", "eye": "retarget_eye"}
-WEIGHTS_ENV = "AUDIO2LP_WEIGHTS"
 #: LivePortrait's neutral expression (``src/utils/resources/lip_array.pkl``), optional, in the weights folder
 NEUTRAL_EXPRESSION_FILE = "lip_array.pkl"
-FORMAT = "audio2lp-renderer-v1"
-
-
-def default_weights_dir() -> Path:
-    """``$AUDIO2LP_WEIGHTS`` if set, else ``<user cache dir>/audio2lp/weights``."""
-    env = os.environ.get(WEIGHTS_ENV)
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("audio2lp")) / "weights"
-
-
-def resolve_weights_dir(path: str | os.PathLike | None = None) -> Path:
-    """An explicit ``--weights`` folder wins over ``$AUDIO2LP_WEIGHTS`` and the cache default."""
-    return Path(path).expanduser() if path is not None else default_weights_dir()
+#: the ``format`` tag of our safetensors files; files written before the renderer was its own package carry its
+#: application's name in front of ``-renderer-v1`` and load the same (see :func:`_known_format`)
+FORMAT = "lp-renderer-v1"
+_FORMAT_SUFFIX = "-renderer-v1"
 
 
 def weight_file(weights_dir: Path, key: str) -> Path | None:
@@ -95,17 +82,21 @@ def missing_weight_files(weights_dir: str | os.PathLike, include_stitching: bool
     return [OFFICIAL_FILES[k] for k in keys if weight_file(Path(weights_dir), k) is None]
 
 
-def missing_weights_message(weights_dir: Path, missing: list[str]) -> str:
-    """One sentence: which files are missing where, and the two ways to get them."""
-    wdir = Path(weights_dir)
-    target = "" if wdir == default_weights_dir() else f" --weights {wdir}"
-    if not wdir.is_dir():
-        what = f"the LivePortrait weights folder {wdir} does not exist"
-    else:
-        what = f"LivePortrait weights are missing in {wdir}: {', '.join(missing)}"
-    return (f"{what}. Get them with `audio2lp weights download{target}` (from the Hugging Face hub), or "
-            f"`audio2lp weights import DIR{target}` for a folder you already have (its pretrained_weights/ "
-            f"layout); or point --weights / ${WEIGHTS_ENV} at a folder that has them.")
+class MissingWeightsError(WeightsError):
+    """The weights folder does not exist, or files of the release are missing in it. ``weights_dir`` and
+    ``missing`` (paths relative to it) let an application add how to get them."""
+
+    def __init__(self, weights_dir: Path, missing: list[str]):
+        self.weights_dir, self.missing = Path(weights_dir), list(missing)
+        if not self.weights_dir.is_dir():
+            what = f"the LivePortrait weights folder {self.weights_dir} (weights_dir) does not exist"
+        else:
+            what = f"LivePortrait weights are missing in {self.weights_dir} (weights_dir): {', '.join(self.missing)}"
+        super().__init__(f"{what}; give the folder of the official release (its pretrained_weights/ layout).")
+
+
+def _known_format(fmt: str | None) -> bool:
+    return fmt is None or fmt == FORMAT or fmt.endswith(_FORMAT_SUFFIX)
 
 
 def rename_keys(state_dict: dict, prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
@@ -213,7 +204,7 @@ def read_weight_file(path: Path, key: str) -> LoadedFile:
     path = Path(path)
     if path.suffix == ".safetensors":
         tensors, meta = _safetensors_load(path)
-        if meta.get("format") not in (None, FORMAT):
+        if not _known_format(meta.get("format")):
             raise WeightsError(f"{path} has format {meta.get('format')!r}; expected {FORMAT!r}.")
         config = json.loads(meta["config"]) if "config" in meta else None
         if key == "stitching_retargeting_module":
@@ -276,6 +267,22 @@ def write_official_pth(weights_dir: str | os.PathLike, files: dict[str, dict]) -
     return root
 
 
+def save_networks(networks, weights_dir: str | os.PathLike, official_layout_pth: bool = False) -> Path:
+    """Write every network of ``networks`` (:class:`lp_renderer.RendererNetworks`) to ``weights_dir`` in the released
+    layout: safetensors files with their config, or ``.pth`` files shaped exactly like the official release when
+    ``official_layout_pth``. Returns ``weights_dir``."""
+    root = Path(weights_dir)
+    for key, rel in OFFICIAL_FILES.items():
+        if key == "stitching_retargeting_module" and networks.stitching is None:
+            continue
+        sds = networks.state_dicts_for_file(key)
+        if official_layout_pth:
+            write_official_pth(root, {key: sds if key == "stitching_retargeting_module" else sds[key]})
+        else:
+            save_safetensors((root / rel).with_suffix(".safetensors"), sds, networks.config_dict_for_file(key))
+    return root
+
+
 def convert_to_safetensors(weights_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                            config: RendererConfig | None = None) -> list[Path]:
     """Convert an official folder to safetensors (faster, pickle-free loading).
@@ -306,16 +313,16 @@ def load_networks(weights_dir: str | os.PathLike, config: RendererConfig | None 
     Official .pth files imply the official config; safetensors files carry theirs (``config`` may
     override). Without a stitching file the stitching / retargeting MLPs are ``None`` (stitching then
     becomes a no-op, as in the official code) unless ``require_stitching``.
-    Returns :class:`lp_renderer.networks.RendererNetworks` in eval mode on the CPU.
+    Returns :class:`lp_renderer.nets.networks.RendererNetworks` in eval mode on the CPU.
     """
-    from .networks import RendererNetworks
+    from .nets.networks import RendererNetworks
 
     wdir = Path(weights_dir)
     if not wdir.is_dir():
-        raise WeightsError(missing_weights_message(wdir, list(OFFICIAL_FILES.values())))
+        raise MissingWeightsError(wdir, list(OFFICIAL_FILES.values()))
     missing = missing_weight_files(wdir, include_stitching=require_stitching)
     if missing:
-        raise WeightsError(missing_weights_message(wdir, missing))
+        raise MissingWeightsError(wdir, missing)
     files: dict[str, LoadedFile] = {}
     for key in OFFICIAL_FILES:
         path = weight_file(wdir, key) if prefer_safetensors else (
@@ -324,8 +331,8 @@ def load_networks(weights_dir: str | os.PathLike, config: RendererConfig | None 
             continue
         stale = path.with_suffix(".safetensors")
         if prefer_safetensors and path.suffix == ".pth" and stale.is_file():  # weight_file: the .pth is newer
-            log.warning("%s is newer than %s, so the .pth is loaded; run `audio2lp weights convert` again to "
-                        "refresh the safetensors copy (or delete it).", path, stale)
+            log.warning("%s is newer than %s, so the .pth is loaded; convert the folder to safetensors again to "
+                        "refresh the copy (or delete it).", path, stale)
         log.info("loading %s", path)
         files[key] = read_weight_file(path, key)
     if config is None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lp_renderer.weights import save_networks
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -53,7 +55,7 @@ def tiny_weights(tmp_path_factory) -> Path:
     from lp_renderer import RendererConfig, RendererNetworks
 
     root = tmp_path_factory.mktemp("tiny_weights")
-    RendererNetworks.random(RendererConfig.tiny(), seed=0).save(root)
+    save_networks(RendererNetworks.random(RendererConfig.tiny(), seed=0), root)
     return root
 
 

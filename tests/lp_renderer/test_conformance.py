@@ -114,7 +114,7 @@ def stored_info(case, tag) -> KeypointInfo:
 
 def test_manifest_matches_networks(lp_fill):
     """Every tensor name, shape and dtype of every released file equals ours, in order."""
-    from lp_renderer.networks import RendererNetworks
+    from lp_renderer.nets.networks import RendererNetworks
 
     nets = RendererNetworks.random(__import__("lp_renderer").RendererConfig())
     manifest = lp_fill.manifest()["files"]

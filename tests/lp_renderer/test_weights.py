@@ -14,12 +14,13 @@ from lp_renderer import InputError, Renderer, RendererConfig, RendererNetworks, 
 from lp_renderer.weights import (
     OFFICIAL_FILES,
     STITCHING_SUBDICTS,
+    MissingWeightsError,
     convert_to_safetensors,
     load_networks,
     load_neutral_expression,
     missing_weight_files,
     rename_keys,
-    resolve_weights_dir,
+    save_networks,
     weight_file,
 )
 
@@ -39,7 +40,7 @@ def _same_weights(a: RendererNetworks, b: RendererNetworks):
 
 
 def test_official_layout_roundtrip(tiny_nets, tmp_path):
-    tiny_nets.save(tmp_path, official_layout_pth=True)
+    save_networks(tiny_nets, tmp_path, official_layout_pth=True)
     raw = torch.load(tmp_path / OFFICIAL_FILES["stitching_retargeting_module"], weights_only=True)
     assert set(raw) == set(STITCHING_SUBDICTS.values())
     assert all(k.startswith("module.") for k in raw["retarget_eye"])
@@ -48,7 +49,7 @@ def test_official_layout_roundtrip(tiny_nets, tmp_path):
 
 
 def test_safetensors_carry_config(tiny_nets, tmp_path):
-    tiny_nets.save(tmp_path)
+    save_networks(tiny_nets, tmp_path)
     assert not list(tmp_path.rglob("*.pth"))
     loaded = load_networks(tmp_path)  # config comes from the files
     assert loaded.config == TINY
@@ -56,7 +57,7 @@ def test_safetensors_carry_config(tiny_nets, tmp_path):
 
 
 def test_convert_official_folder_to_safetensors(tiny_nets, tmp_path):
-    tiny_nets.save(tmp_path, official_layout_pth=True)
+    save_networks(tiny_nets, tmp_path, official_layout_pth=True)
     written = convert_to_safetensors(tmp_path, config=TINY)
     assert len(written) == 5 and all(p.suffix == ".safetensors" and p.is_file() for p in written)
     for p in tmp_path.rglob("*.pth"):
@@ -64,23 +65,39 @@ def test_convert_official_folder_to_safetensors(tiny_nets, tmp_path):
     _same_weights(tiny_nets, load_networks(tmp_path))
 
 
-def test_renderer_from_weights_env(tiny_nets, tmp_path, monkeypatch):
-    tiny_nets.save(tmp_path)
-    monkeypatch.setenv("AUDIO2LP_WEIGHTS", str(tmp_path))
-    assert resolve_weights_dir(None) == tmp_path
-    assert resolve_weights_dir(tmp_path / "x") == tmp_path / "x"
-    r = Renderer.from_weights(device="cpu")
+def test_renderer_from_weights(tiny_nets, tmp_path):
+    save_networks(tiny_nets, tmp_path)
+    r = Renderer.from_weights(tmp_path, device="cpu")
     assert r.has_stitching and r.config == TINY
 
 
+def test_safetensors_format_tag(tiny_nets, tmp_path):
+    """Files carry the renderer's own tag; those written with the application's name in front load the same."""
+    from safetensors import safe_open
+
+    from lp_renderer.weights import FORMAT, write_safetensors
+
+    save_networks(tiny_nets, tmp_path)
+    path = next(tmp_path.rglob("motion_extractor.safetensors"))
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["format"] == FORMAT == "lp-renderer-v1"
+    write_safetensors(path, tensors, {**meta, "format": "app-renderer-v1"})
+    _same_weights(tiny_nets, load_networks(tmp_path))
+    write_safetensors(path, tensors, {**meta, "format": "something-else"})
+    with pytest.raises(WeightsError, match="format 'something-else'"):
+        load_networks(tmp_path)
+
+
 def test_missing_files_are_named(tiny_nets, tmp_path):
-    tiny_nets.save(tmp_path, official_layout_pth=True)
+    save_networks(tiny_nets, tmp_path, official_layout_pth=True)
     (tmp_path / OFFICIAL_FILES["warping_module"]).unlink()
     assert missing_weight_files(tmp_path) == [OFFICIAL_FILES["warping_module"]]
     with pytest.raises(WeightsError) as e:
         load_networks(tmp_path, config=TINY)
     msg = str(e.value)
-    assert "warping_module.pth" in msg and "weights download" in msg and "weights import" in msg
+    assert "warping_module.pth" in msg and "weights_dir" in msg and "pretrained_weights" in msg
+    assert isinstance(e.value, MissingWeightsError) and e.value.missing == [OFFICIAL_FILES["warping_module"]]
 
 
 def test_missing_folder(tmp_path):
@@ -89,7 +106,7 @@ def test_missing_folder(tmp_path):
 
 
 def test_stitching_file_optional(tiny_nets, tmp_path):
-    tiny_nets.save(tmp_path, official_layout_pth=True)
+    save_networks(tiny_nets, tmp_path, official_layout_pth=True)
     (tmp_path / OFFICIAL_FILES["stitching_retargeting_module"]).unlink()
     nets = load_networks(tmp_path, config=TINY)
     assert nets.stitching is None
@@ -98,7 +115,7 @@ def test_stitching_file_optional(tiny_nets, tmp_path):
 
 
 def test_pickle_code_is_refused(tiny_nets, tmp_path):
-    tiny_nets.save(tmp_path, official_layout_pth=True)
+    save_networks(tiny_nets, tmp_path, official_layout_pth=True)
     path = tmp_path / OFFICIAL_FILES["motion_extractor"]
     marker = tmp_path / "pwned"
 
@@ -115,7 +132,7 @@ def test_pickle_code_is_refused(tiny_nets, tmp_path):
 
 
 def test_wrong_shape_names_file_and_key(tiny_nets, tmp_path):
-    tiny_nets.save(tmp_path, official_layout_pth=True)
+    save_networks(tiny_nets, tmp_path, official_layout_pth=True)
     path = tmp_path / OFFICIAL_FILES["spade_generator"]
     sd = torch.load(path, weights_only=True)
     sd["fc.bias"] = torch.zeros(3)
@@ -127,7 +144,7 @@ def test_wrong_shape_names_file_and_key(tiny_nets, tmp_path):
 
 @pytest.mark.parametrize("change", ["missing", "unexpected"])
 def test_missing_or_unexpected_key(tiny_nets, tmp_path, change):
-    tiny_nets.save(tmp_path, official_layout_pth=True)
+    save_networks(tiny_nets, tmp_path, official_layout_pth=True)
     path = tmp_path / OFFICIAL_FILES["appearance_feature_extractor"]
     sd = torch.load(path, weights_only=True)
     if change == "missing":
@@ -141,7 +158,7 @@ def test_missing_or_unexpected_key(tiny_nets, tmp_path, change):
 
 def test_full_size_file_into_default_config_is_strict(tiny_nets, tmp_path):
     """Tiny files loaded as if official: the error names the file and the first offending key."""
-    tiny_nets.save(tmp_path, official_layout_pth=True)
+    save_networks(tiny_nets, tmp_path, official_layout_pth=True)
     with pytest.raises(WeightsError, match="appearance_feature_extractor.pth: missing key 'resblocks_3d.3dr1"):
         load_networks(tmp_path)
     path = tmp_path / OFFICIAL_FILES["appearance_feature_extractor"]
@@ -155,7 +172,7 @@ def test_full_size_file_into_default_config_is_strict(tiny_nets, tmp_path):
 
 
 def test_corrupt_file(tiny_nets, tmp_path):
-    tiny_nets.save(tmp_path, official_layout_pth=True)
+    save_networks(tiny_nets, tmp_path, official_layout_pth=True)
     (tmp_path / OFFICIAL_FILES["warping_module"]).write_bytes(b"\x00garbage" * 10)
     with pytest.raises(WeightsError, match="warping_module.pth is not a readable"):
         load_networks(tmp_path, config=TINY)
@@ -166,7 +183,7 @@ def test_corrupt_file(tiny_nets, tmp_path):
 
 def test_flattened_stitching_keys(tiny_nets, tmp_path):
     """Third-party flattened files (``retarget_shoulder_module.mlp.0.bias``) load too."""
-    tiny_nets.save(tmp_path, official_layout_pth=True)
+    save_networks(tiny_nets, tmp_path, official_layout_pth=True)
     path = tmp_path / OFFICIAL_FILES["stitching_retargeting_module"]
     raw = torch.load(path, weights_only=True)
     flat = {f"{sub}_module.{k.removeprefix('module.')}": v for sub, sd in raw.items() for k, v in sd.items()}
@@ -201,7 +218,7 @@ def test_rename_keys():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.int32])
 def test_dtype_mismatch_names_file_and_key(tiny_nets, tmp_path, dtype):
-    tiny_nets.save(tmp_path, official_layout_pth=True)
+    save_networks(tiny_nets, tmp_path, official_layout_pth=True)
     path = tmp_path / OFFICIAL_FILES["warping_module"]
     sd = torch.load(path, weights_only=True)
     key = next(k for k, v in sd.items() if (v.dtype == torch.int64) == (dtype == torch.int32))
@@ -216,8 +233,8 @@ def test_dtype_mismatch_names_file_and_key(tiny_nets, tmp_path, dtype):
 def test_newer_of_pth_and_safetensors_is_loaded(tmp_path, caplog):
     """A leftover .safetensors does not shadow a newer .pth (and the reverse); the file loaded is logged."""
     old, new = RendererNetworks.random(TINY, seed=1), RendererNetworks.random(TINY, seed=2)
-    old.save(tmp_path)  # safetensors
-    new.save(tmp_path, official_layout_pth=True)
+    save_networks(old, tmp_path)  # safetensors
+    save_networks(new, tmp_path, official_layout_pth=True)
     pths, sts = sorted(tmp_path.rglob("*.pth")), sorted(tmp_path.rglob("*.safetensors"))
     assert len(pths) == len(sts) == 5
     for p in sts:

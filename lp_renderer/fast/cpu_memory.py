@@ -1,4 +1,8 @@
-"""Memory-allocation settings that make the renderer's large tensors cheap to allocate on the CPU.
+"""Memory-allocation settings that make the renderer's large tensors cheap to allocate on the CPU (opt-in).
+
+Nothing here runs on import, and nothing applies unless the program opts in: a front door (a command line, a
+service, a benchmark) that renders on the CPU calls :func:`enable_cpu_memory_settings` first thing, before
+``torch`` is imported; a library user may do the same.
 
 A frame allocates and frees a few GB in tensors of 10-130 MB. Each of them is a fresh ``mmap`` whose
 4 KB pages the kernel faults in and zeroes on first touch; on a 2-core machine that cost more than the
@@ -7,8 +11,8 @@ the cost down and the peak memory no higher than the official code's:
 
 * ``THP_MEM_ALLOC_ENABLE=1`` makes PyTorch's CPU allocator ask for transparent huge pages (2 MB) for
   large tensors: 512x fewer page faults. PyTorch reads it once, at its first allocation, so it must be in
-  the environment before ``torch`` is imported: importing :mod:`lp_renderer` (or :mod:`audio2lp`) sets it
-  unless it is already set (``THP_MEM_ALLOC_ENABLE=0`` opts out). Without effect when ``torch`` was
+  the environment before ``torch`` is imported: :func:`request_huge_pages` sets it unless it is already set
+  (``THP_MEM_ALLOC_ENABLE=0`` opts out). Without effect when ``torch`` was
   imported first, or when the kernel has transparent huge pages off.
 * glibc ``mallopt``: blocks of 1 MiB and more are always ``mmap``-ed (``M_MMAP_THRESHOLD`` fixed at
   1 MiB instead of glibc's sliding threshold, which climbs to 32 MB after the first large free and then
@@ -16,8 +20,9 @@ the cost down and the peak memory no higher than the official code's:
   and the heap below that is not trimmed back to the kernel after every free (``M_TRIM_THRESHOLD`` 1 GiB).
   With huge pages the faults of a fresh mapping cost little, and a freed tensor goes back to the kernel at
   once, so the peak RSS of a frame stays near the sum of the tensors alive at the same time. It is
-  process-wide; a CPU :class:`lp_renderer.Renderer` applies it once (``LP_RENDERER_MALLOC_TUNING=0``
-  opts out).
+  process-wide; once enabled, the first folded CPU :class:`lp_renderer.Renderer` applies it before it folds
+  (after its weights are loaded, as the figures of ``benchmarks/RESULTS.md`` were measured), once
+  (``LP_RENDERER_MALLOC_TUNING=0`` opts out).
 
 Neither changes any result. This module must not import torch.
 """
@@ -66,3 +71,16 @@ def apply_malloc_settings() -> bool:
                   MMAP_THRESHOLD, TRIM_THRESHOLD)
     _state["applied"] = applied
     return applied
+
+
+def enable_cpu_memory_settings() -> None:
+    """Opt in to both settings above: huge pages now (effective when ``torch`` is not imported yet), the glibc
+    settings when the first folded CPU renderer is built (:func:`apply_if_enabled`)."""
+    request_huge_pages()
+    _state["enabled"] = True
+
+
+def apply_if_enabled() -> bool:
+    """The glibc settings, if the program opted in with :func:`enable_cpu_memory_settings` (called by a folded CPU
+    renderer before it folds). Returns whether they are in effect."""
+    return apply_malloc_settings() if _state.get("enabled") else False

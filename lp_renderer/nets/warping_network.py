@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import WarpingConfig
 from .blocks import SameBlock2d, kp2gaussian, make_coordinate_grid
-from .config import WarpingConfig
 from .dense_motion import DenseMotionNetwork
 
 

@@ -17,8 +17,8 @@ import copy
 import torch
 from torch import nn
 
-from .blocks import DownBlock2d, DownBlock3d, HourglassDecoder, ResBlock3d, SameBlock2d, UpBlock3d
-from .dense_motion import DenseMotionNetwork
+from ..nets.blocks import DownBlock2d, DownBlock3d, HourglassDecoder, ResBlock3d, SameBlock2d, UpBlock3d
+from ..nets.dense_motion import DenseMotionNetwork
 
 
 def fold_bn_into_conv(conv: nn.Conv2d | nn.Conv3d, bn: nn.BatchNorm2d | nn.BatchNorm3d) -> None:
@@ -52,11 +52,11 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
     """A folded deep copy of ``module`` (which must be in eval mode), or ``module`` itself folded in
     place when ``inplace`` (saves a copy of the weights at load time).
 
-    ``fast_layers`` also swaps in the exact-but-cheaper layers of :mod:`lp_renderer.fast_layers`
+    ``fast_layers`` also swaps in the exact-but-cheaper layers of :mod:`lp_renderer.fast.spade`
     (merged SPADE convolutions, sub-pixel label-map convolutions); ``fft_conv`` computes W's 7x7x7
     mask convolution by FFT (a win on CPUs; GPUs have fast direct convolutions); ``nnpack`` computes W's
     and G's 2-D convolutions (3x3 and larger) with NNPACK's Winograd / FFT kernels when they run on the CPU
-    in float32 (:class:`lp_renderer.fast_layers.NNPACKConv2d`; elsewhere they stay plain convolutions).
+    in float32 (:class:`lp_renderer.fast.nnpack.NNPACKConv2d`; elsewhere they stay plain convolutions).
     """
     if module.training:
         raise ValueError("folding is only valid for modules in eval mode")
@@ -75,8 +75,9 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
             fold_bn_into_conv(m.conv1, m.norm2)
             m.norm2 = nn.Identity()
     if fast_layers:
-        from .fast_layers import FastSPADEDecoder, FFTConv3d
-        from .spade_decoder import SPADEDecoder
+        from ..nets.spade_decoder import SPADEDecoder
+        from .fft_conv import FFTConv3d
+        from .spade import FastSPADEDecoder
 
         for parent in list(module.modules()):
             for name, child in list(parent.named_children()):
@@ -85,8 +86,8 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
                 elif fft_conv and isinstance(child, DenseMotionNetwork):
                     child.mask = FFTConv3d(child.mask, depth=child.cfg.reshape_depth)
         if nnpack:
-            from .fast_layers import use_nnpack
-            from .warping_network import WarpingNetwork
+            from ..nets.warping_network import WarpingNetwork
+            from .nnpack import use_nnpack
 
             for m in list(module.modules()):
                 if isinstance(m, (WarpingNetwork, FastSPADEDecoder)):

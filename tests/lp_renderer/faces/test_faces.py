@@ -1,4 +1,5 @@
-"""lp_renderer.faces: backends, face selection, eye/lip ratios, video face following."""
+"""lp_renderer.faces: the dlib backend, face selection, eye/lip ratios, video face following (the insightface
+backend: test_insightface.py)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,11 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
-from lp_renderer import faces as F
 from lp_renderer.errors import InputError, NoFaceError
 from lp_renderer.faces import (
     EYE_RATIO_TO_LP203,
@@ -20,18 +19,17 @@ from lp_renderer.faces import (
     DlibBackend,
     Face,
     FaceBackend,
-    InsightFaceBackend,
+    FaceNumberError,
     eye_open_ratios,
     faces_in_frames,
-    get_face_backend,
     lip_open_ratio,
     parse_face_option,
-    resolve_insightface_dir,
     select_faces,
 )
+from lp_renderer.faces.base import _MAP_106_TO_68
 from lp_renderer.image_io import load_image
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DATA = Path(os.environ.get("AUDIO2LP_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -96,7 +94,7 @@ def face68(points: np.ndarray, score: float = 1.0) -> Face:
 def face106_from_68(points68: np.ndarray) -> Face:
     p = np.zeros((106, 2))
     p[:] = points68.mean(0)
-    p[F._MAP_106_TO_68] = points68
+    p[_MAP_106_TO_68] = points68
     # the four eye points LivePortrait averages that the 68 layout lacks: put them on the eye
     p[[33, 40]] = points68[36:42].mean(0)
     p[[87, 94]] = points68[42:48].mean(0)
@@ -162,7 +160,7 @@ def test_ratios_same_scale_for_both_backends_and_invariant_to_similarity():
 
 
 def test_map_106_to_68_is_a_partial_permutation():
-    m = F._MAP_106_TO_68
+    m = _MAP_106_TO_68
     assert m.shape == (68,) and len(set(m.tolist())) == 68 and m.min() >= 0 and m.max() < 106
     # LivePortrait's mouth centre (106: 52, 61) is the 68-point mouth corners (48, 54)
     assert m[48] == 52 and m[54] == 61
@@ -199,10 +197,11 @@ def test_select_faces_largest_index_all():
 
 def test_select_faces_out_of_range_and_no_face():
     faces = _faces_of_sizes(100, 60)
-    with pytest.raises(InputError, match=r"--face 2 is out of range: 2 faces were found.*0 to 1") as e:
+    with pytest.raises(FaceNumberError, match=r"face number 2 is out of range: 2 faces were found.*0 to 1") as e:
         select_faces(faces, 2, source="portrait.jpg")
     assert "portrait.jpg" in str(e.value)
     assert not isinstance(e.value, NoFaceError)
+    assert e.value.describe("--face").startswith("--face 2 is out of range")  # in an application's own terms
     with pytest.raises(InputError, match="1 face was found"):
         select_faces(faces[:1], "3")
     with pytest.raises(NoFaceError, match="No face"):
@@ -372,187 +371,6 @@ def test_dlib_grayscale_and_non_contiguous_input(dlib_backend):
     flipped = img[:, ::-1]
     f = dlib_backend.detect(flipped)[0]
     assert f.eye_left_center[0] < f.eye_right_center[0]
-
-
-# --------------------------------------------------------------------------------------------------
-# backend choice and the insightface error path
-
-
-def test_get_face_backend_choices(tmp_path, monkeypatch):
-    monkeypatch.delenv(F.INSIGHTFACE_DIR_ENV, raising=False)
-    assert isinstance(get_face_backend("auto"), DlibBackend)
-    assert isinstance(get_face_backend("auto", tmp_path), DlibBackend)  # folder without models
-    assert isinstance(get_face_backend("DLIB"), DlibBackend)
-    with pytest.raises(InputError, match="Unknown face backend"):
-        get_face_backend("mediapipe")
-    with pytest.raises(InputError, match="No insightface model folder"):
-        get_face_backend("insightface")
-
-
-def test_insightface_missing_files_are_named(tmp_path, monkeypatch):
-    monkeypatch.delenv(F.INSIGHTFACE_DIR_ENV, raising=False)
-    with pytest.raises(InputError) as e:
-        InsightFaceBackend(tmp_path)
-    msg = str(e.value)
-    assert "det_10g.onnx" in msg and "2d106det.onnx" in msg and str(tmp_path) in msg
-    (tmp_path / "det_10g.onnx").write_bytes(b"x")
-    with pytest.raises(InputError) as e:
-        get_face_backend("insightface", tmp_path)
-    assert "2d106det.onnx" in str(e.value) and "det_10g.onnx" not in str(e.value)
-    # default location under a weights folder, and the environment variable
-    weights = tmp_path / "w"
-    with pytest.raises(InputError) as e:
-        InsightFaceBackend(weights_dir=weights)
-    assert str(weights / "insightface" / "models" / "buffalo_l") in str(e.value)
-    monkeypatch.setenv(F.INSIGHTFACE_DIR_ENV, str(tmp_path / "env"))
-    assert resolve_insightface_dir(weights_dir=weights) == tmp_path / "env"
-    assert resolve_insightface_dir(tmp_path / "arg") == tmp_path / "arg"
-
-
-def test_insightface_unusable_files_raise_input_error(tmp_path):
-    for name in F.INSIGHTFACE_MODEL_FILES:
-        (tmp_path / name).write_bytes(b"not an onnx model")
-    # without onnxruntime: "install onnxruntime"; with it: "cannot load"; both are InputError
-    with pytest.raises(InputError, match="onnxruntime|Cannot load"):
-        InsightFaceBackend(tmp_path)
-    # auto never picks a backend that cannot be built from these files when onnxruntime is missing
-    if not F.insightface_available(tmp_path):
-        assert isinstance(get_face_backend("auto", tmp_path), DlibBackend)
-
-
-# --------------------------------------------------------------------------------------------------
-# insightface pre/post-processing maths
-
-
-def test_letterbox():
-    img = np.full((300, 600, 3), 90, np.uint8)
-    canvas, scale = F._letterbox(img, (512, 512))
-    assert canvas.shape == (512, 512, 3) and scale == pytest.approx(256 / 300)
-    assert np.all(canvas[:256] == 90) and np.all(canvas[256:] == 0)
-    tall = np.zeros((600, 200, 3), np.uint8)
-    canvas, scale = F._letterbox(tall, (512, 512))
-    assert scale == pytest.approx(512 / 600) and np.all(canvas[:, 171:] == 0)
-
-
-def test_anchor_centers_order():
-    c = F._anchor_centers(2, 3, 16, 2)
-    expected = [(0, 0), (0, 0), (16, 0), (16, 0), (32, 0), (32, 0), (0, 16), (0, 16)]
-    np.testing.assert_array_equal(c[:8], expected)
-    assert c.shape == (12, 2)
-
-
-def test_nms_keeps_best_of_overlaps():
-    boxes = np.array([[0, 0, 100, 100], [2, 2, 102, 102], [200, 200, 260, 260], [0, 0, 30, 100]], np.float32)
-    scores = np.array([0.9, 0.95, 0.5, 0.7], np.float32)
-    keep = F._nms(boxes, scores, 0.4)
-    assert keep == [1, 3, 2]
-
-
-def _scrfd_outputs(entries, size=512, strides=(8, 16, 32)):
-    """entries: (stride, row, col, anchor, score, (l, t, r, b) in pixels, kps 5x2 pixels)."""
-    outs_s, outs_b, outs_k = [], [], []
-    for stride in strides:
-        n = (size // stride) ** 2 * 2
-        outs_s.append(np.zeros((n, 1), np.float32))
-        outs_b.append(np.zeros((n, 4), np.float32))
-        outs_k.append(np.zeros((n, 10), np.float32))
-    for stride, row, col, anchor, score, ltrb, kps in entries:
-        i = strides.index(stride)
-        k = (row * (size // stride) + col) * 2 + anchor
-        cx, cy = col * stride, row * stride
-        outs_s[i][k, 0] = score
-        outs_b[i][k] = np.asarray(ltrb, np.float32) / stride
-        outs_k[i][k] = ((np.asarray(kps, np.float32) - (cx, cy)) / stride).reshape(-1)
-    return outs_s + outs_b + outs_k
-
-
-def test_scrfd_decode_boxes_kps_threshold_nms():
-    kps = np.array([[180, 150], [200, 150], [192, 165], [182, 180], [202, 180]], np.float32)
-    entries = [
-        (16, 10, 12, 1, 0.9, (32, 48, 64, 80), kps),  # anchor centre (192, 160)
-        (16, 10, 12, 0, 0.8, (33, 48, 63, 80), kps),  # near duplicate -> suppressed
-        (8, 40, 40, 0, 0.7, (10, 10, 10, 10), np.full((5, 2), 320.0)),  # small face at (320, 320)
-        (32, 2, 2, 1, 0.3, (20, 20, 20, 20), np.zeros((5, 2))),  # below threshold
-    ]
-    outs = _scrfd_outputs(entries)
-    scale = 0.5
-    boxes, scores, k = F._scrfd_decode(outs, (512, 512), scale, threshold=0.5, nms_thresh=0.4)
-    np.testing.assert_allclose(scores, [0.9, 0.7])
-    np.testing.assert_allclose(boxes[0], np.array([192 - 32, 160 - 48, 192 + 64, 160 + 80]) / scale, atol=1e-3)
-    np.testing.assert_allclose(boxes[1], np.array([310, 310, 330, 330]) / scale, atol=1e-3)
-    np.testing.assert_allclose(k[0], kps / scale, atol=1e-3)
-    # batched (1, N, C) outputs decode the same
-    outs_b = [o[None] for o in outs]
-    boxes_b, scores_b, _ = F._scrfd_decode(outs_b, (512, 512), scale, 0.5, 0.4)
-    np.testing.assert_allclose(boxes_b, boxes)
-
-
-def test_landmark_crop_matrix_and_decode_roundtrip():
-    box = (100.0, 50.0, 180.0, 170.0)  # w 80, h 120 -> side 180 original px -> 192 input px
-    m = F._landmark_crop_matrix(box, 192)
-    s = 192 / 180
-    np.testing.assert_allclose(m, [[s, 0, 96 - 140 * s], [0, s, 96 - 110 * s]])
-    pts = np.random.default_rng(0).uniform((100, 50), (180, 170), (106, 2))
-    crop = pts @ m[:, :2].T + m[:, 2]
-    pred = (crop / 96.0 - 1.0).reshape(-1)
-    np.testing.assert_allclose(F._landmark_decode(pred, m, 192), pts, atol=1e-9)
-
-
-class _FakeSession:
-    def __init__(self, input_shape, n_outputs, fn):
-        self._in = [SimpleNamespace(name="input.1", shape=input_shape)]
-        self._out = [SimpleNamespace(name=f"out{i}") for i in range(n_outputs)]
-        self.fn = fn
-        self.feeds: list[np.ndarray] = []
-
-    def get_inputs(self):
-        return self._in
-
-    def get_outputs(self):
-        return self._out
-
-    def run(self, names, feed):
-        (blob,) = feed.values()
-        self.feeds.append(blob)
-        return self.fn(blob)
-
-
-def test_insightface_backend_end_to_end_with_fake_sessions():
-    h, w = 300, 600
-    yy, xx = np.mgrid[:h, :w]
-    img = np.dstack([np.full((h, w), 200), (xx * 0.4).astype(int), (yy * 0.8).astype(int)]).astype(np.uint8)
-    scale = 256 / 300  # letterbox: 600x300 -> 512x256
-    # one face whose box in the original is (160, 60, 280, 210): in detector input pixels
-    box = np.array([160, 60, 280, 210], np.float64)
-    bi = box * scale
-    col, row = 14, 8  # stride-16 anchor at (224, 128), inside the box
-    ltrb = (224 - bi[0], 128 - bi[1], bi[2] - 224, bi[3] - 128)
-    det_out = _scrfd_outputs([(16, row, col, 0, 0.88, ltrb, np.full((5, 2), 200.0))])
-    det = _FakeSession([1, 3, "?", "?"], 9, lambda blob: det_out)
-    template = np.random.default_rng(3).uniform(-0.6, 0.6, (106, 2))
-    lmk = _FakeSession([1, 3, 192, 192], 1, lambda blob: [template.reshape(1, -1).astype(np.float32)])
-    backend = InsightFaceBackend(sessions=(det, lmk))
-    faces = backend.detect(img)
-    assert len(faces) == 1
-    f = faces[0]
-    assert f.kind == "insightface106" and f.score == pytest.approx(0.88)
-    np.testing.assert_allclose(f.box, box, atol=1e-3)
-    # landmarks: template in [-1, 1] of the 192 crop of 1.5 x max(w, h) around the box centre
-    side = 1.5 * max(box[2] - box[0], box[3] - box[1])
-    expected = (box[:2] + box[2:]) / 2 + template * side / 2
-    np.testing.assert_allclose(f.landmarks, expected, atol=1e-3)
-    # detector input: RGB, (x - 127.5) / 128, letterboxed
-    blob = det.feeds[0]
-    assert blob.shape == (1, 3, 512, 512) and blob.dtype == np.float32
-    assert blob[0, 0, 10, 10] == pytest.approx((200 - 127.5) / 128)
-    assert blob[0, 0, 300, 10] == pytest.approx(-127.5 / 128)
-    # landmark input: raw 0..255 RGB crop centred on the box centre
-    lblob = lmk.feeds[0]
-    assert lblob.shape == (1, 3, 192, 192)
-    cx, cy = (box[:2] + box[2:]) / 2
-    assert lblob[0, 0, 96, 96] == pytest.approx(200, abs=0.5)
-    assert lblob[0, 1, 96, 96] == pytest.approx(img[int(cy), int(cx), 1], abs=1.0)
-    assert lblob[0, 2, 96, 96] == pytest.approx(img[int(cy), int(cx), 2], abs=1.0)
 
 
 # --------------------------------------------------------------------------------------------------

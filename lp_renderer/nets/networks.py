@@ -1,4 +1,8 @@
-"""The five LivePortrait networks kept together (F, M, W, G and the stitching / retargeting MLPs)."""
+"""The five LivePortrait networks kept together (F, M, W, G and the stitching / retargeting MLPs).
+
+Loading and saving them is :mod:`lp_renderer.weights` (``load_networks`` / ``save_networks``); this module does
+not know about files.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ import dataclasses
 import torch
 from torch import nn
 
+from ..config import RendererConfig
 from .appearance_extractor import AppearanceFeatureExtractor
-from .config import RendererConfig
 from .motion_extractor import MotionExtractor
 from .spade_decoder import SPADEDecoder
 from .stitching import StitchingModules
@@ -66,20 +70,3 @@ class RendererNetworks(nn.Module):
                  "warping_module": "warping", "spade_generator": "decoder",
                  "stitching_retargeting_module": "stitching"}[file_key]
         return dataclasses.asdict(getattr(self.config, field))
-
-    def save(self, weights_dir, official_layout_pth: bool = False) -> None:
-        """Write all networks to ``weights_dir`` in the released layout (safetensors, or .pth files
-        shaped exactly like the official release when ``official_layout_pth``)."""
-        from pathlib import Path
-
-        from .weights import OFFICIAL_FILES, save_safetensors, write_official_pth
-
-        root = Path(weights_dir)
-        for key, rel in OFFICIAL_FILES.items():
-            if key == "stitching_retargeting_module" and self.stitching is None:
-                continue
-            sds = self.state_dicts_for_file(key)
-            if official_layout_pth:
-                write_official_pth(root, {key: sds if key == "stitching_retargeting_module" else sds[key]})
-            else:
-                save_safetensors((root / rel).with_suffix(".safetensors"), sds, self.config_dict_for_file(key))

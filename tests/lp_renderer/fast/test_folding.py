@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lp_renderer import Renderer, RendererConfig, RendererNetworks
-from lp_renderer.folding import fold_network
+from lp_renderer.fast.folding import fold_network
 
 
 def test_folded_networks_agree():
@@ -44,7 +44,8 @@ def test_folded_networks_agree():
 
 
 def test_subpixel_and_fft_convolutions_are_exact():
-    from lp_renderer.fast_layers import FFTConv3d, SubpixelConv3x3
+    from lp_renderer.fast.fft_conv import FFTConv3d
+    from lp_renderer.fast.spade import SubpixelConv3x3
 
     g = torch.Generator().manual_seed(0)
     for scale in (2, 3, 4):
@@ -94,7 +95,7 @@ def test_cpu_decoder_runs_a_batch_in_chunks_with_the_same_result():
 def test_nnpack_convolutions_match_direct_ones():
     """NNPACK's Winograd / FFT convolutions (the CPU default for W and G) agree with PyTorch's direct ones,
     per image in a batch, and fall back to the plain convolution where they do not apply."""
-    from lp_renderer.fast_layers import NNPACKConv2d, nnpack_usable, use_nnpack
+    from lp_renderer.fast.nnpack import NNPACKConv2d, nnpack_usable, use_nnpack
 
     g = torch.Generator().manual_seed(3)
     for k, cin, cout, size in ((3, 64, 96, 37), (7, 40, 1, 32)):
@@ -126,7 +127,7 @@ def test_nnpack_convolutions_match_direct_ones():
 
 
 def test_default_renderer_uses_nnpack_on_cpu():
-    from lp_renderer.fast_layers import NNPACKConv2d
+    from lp_renderer.fast.nnpack import NNPACKConv2d
 
     r = Renderer(RendererNetworks.random(RendererConfig.tiny(), seed=1), device="cpu")
     n = sum(isinstance(m, NNPACKConv2d) for m in r.nets.modules())
@@ -138,18 +139,25 @@ def test_allocator_settings(monkeypatch):
     import subprocess
     import sys
 
-    from lp_renderer import cpu_memory
+    from lp_renderer.fast import cpu_memory
 
-    # importing lp_renderer before torch asks PyTorch for huge pages, unless the user said otherwise
-    code = "import os, lp_renderer, torch; print(os.environ.get('THP_MEM_ALLOC_ENABLE'))"
+    # importing lp_renderer changes nothing; a front door opts in (before torch) and the user may opt out
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip() == "1"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**env, "THP_MEM_ALLOC_ENABLE": "0"})
-    assert out.stdout.strip() == "0"
-    # the glibc settings: opt-out respected, applied once otherwise
+    show = "print(os.environ.get('THP_MEM_ALLOC_ENABLE'))"
+    apply = "from lp_renderer.fast.cpu_memory import enable_cpu_memory_settings as a; a()"
+    for code, extra, expected in (
+            (f"import os, lp_renderer, torch; {show}", {}, "None"),
+            (f"import os; {apply}; {show}", {}, "1"),
+            (f"import os; {apply}; {show}", {"THP_MEM_ALLOC_ENABLE": "0"}, "0"),
+            (f"import os, torch; from lp_renderer.fast.cpu_memory import request_huge_pages as r; r(); {show}", {},
+             "None")):  # too late once torch is loaded: nothing is set
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, **extra},
+                             check=True)
+        assert out.stdout.strip() == expected, code
+    # the glibc settings: nothing unless the program opted in; opt-out respected, applied once otherwise
     monkeypatch.setattr(cpu_memory, "_state", {})
+    assert cpu_memory.apply_if_enabled() is False and "applied" not in cpu_memory._state
+    monkeypatch.setattr(cpu_memory, "_state", {"enabled": True})
     monkeypatch.setenv(cpu_memory.TUNING_ENV, "0")
     assert cpu_memory.apply_malloc_settings() is False
     monkeypatch.setattr(cpu_memory, "_state", {})
@@ -163,8 +171,8 @@ def test_allocator_settings(monkeypatch):
 def test_low_memory_spade_block_matches_the_plain_block():
     """G's last block runs in the low-memory form (own label-map convolutions, gamma and beta apart,
     input normalised in place); it must compute what SPADEResnetBlock computes."""
-    from lp_renderer.blocks import SPADEResnetBlock
-    from lp_renderer.fast_layers import _FastSPADEBlock
+    from lp_renderer.fast.spade import _FastSPADEBlock
+    from lp_renderer.nets.blocks import SPADEResnetBlock
 
     torch.manual_seed(0)
     block = SPADEResnetBlock(16, 8, label_nc=6, hidden=12).eval()

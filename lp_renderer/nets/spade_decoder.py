@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import DecoderConfig
 from .blocks import SPADEResnetBlock
-from .config import DecoderConfig
 
 
 class SPADEDecoder(nn.Module):
@@ -15,7 +15,7 @@ class SPADEDecoder(nn.Module):
 
     The input is also the SPADE label map of every block. Convolutions of the residual blocks are
     spectral-normalised (``weight_orig``/``weight_u``/``weight_v`` in the state dict); in eval mode the
-    effective weight is ``weight_orig / (u . (W v))`` and :func:`lp_renderer.folding.fold_network`
+    effective weight is ``weight_orig / (u . (W v))`` and :func:`lp_renderer.fast.folding.fold_network`
     replaces it by a plain weight once at load time.
     """
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import MotionConfig
 from .blocks import ConvNeXtBlock, LayerNorm2d
-from .config import MotionConfig
 
 
 class ConvNeXtV2(nn.Module):

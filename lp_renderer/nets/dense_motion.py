@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import DenseMotionConfig
 from .blocks import Hourglass, kp2gaussian, make_coordinate_grid
-from .config import DenseMotionConfig
 
 
 class DenseMotionNetwork(nn.Module):
