@@ -1,5 +1,7 @@
+"""``python -m audio2lp ...``: the same as the ``audio2lp`` command."""
+
 import sys
 
-from .cli import main
+from audio2lp.apps.cli import main
 
 sys.exit(main())

@@ -1,4 +1,7 @@
-"""The Python API. The command line (``audio2lp.cli``) is a thin layer over :class:`Animator`.
+"""The Python API: :class:`Animator` orchestrates a run (portrait, driving motion or speech plan, renderer, video
+writer); the work is done by :mod:`audio2lp.portrait`, :mod:`audio2lp.driving`, :mod:`audio2lp.speech`,
+:mod:`lp_renderer` and :mod:`audio2lp.media`. Options are checked against :mod:`audio2lp.options`; the front doors
+(:mod:`audio2lp.apps`) are thin layers over this class.
 
     from audio2lp import Animator
     anim = Animator(weights="~/liveportrait-weights")
@@ -17,14 +20,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from audio2lp import options
+from audio2lp.driving import DrivingFrame, info_to_motion, iter_driving_frames, motion_to_info, open_driving
+from audio2lp.media.atomic import atomic_output, check_output_path
+from audio2lp.media.queue import Prefetcher
+from audio2lp.media.writer import VideoWriter
+from audio2lp.models.motion import MotionTemplate, save_motion_template
+from audio2lp.options import OptionError
+from audio2lp.portrait import IMAGE_SUFFIXES, Portrait, prepare_portrait
+from audio2lp.weights_store import resolve_insightface_dir, resolve_weights_dir, weights_hint
 from lp_renderer.animation import AnimationOptions, driving_keypoints
 from lp_renderer.errors import InputError
 from lp_renderer.faces import FaceBackend, get_face_backend
 from lp_renderer.renderer import Renderer
-
-from .driving import DrivingFrame, Prefetcher, info_to_motion, iter_driving_frames, motion_to_info, open_driving
-from .motion import MotionTemplate, save_motion_template
-from .portrait import IMAGE_SUFFIXES, Portrait, prepare_portrait
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +97,8 @@ class Animator:
     """Loads the renderer (once, lazily) and animates portraits.
 
     weights: the LivePortrait weights folder (official layout; default ``$AUDIO2LP_WEIGHTS`` or the
-    cache folder). device: 'cuda', 'cpu' or None (CUDA when available). half: float16 for W and G
+    cache folder, see :mod:`audio2lp.weights_store`). device: 'cuda', 'cpu' or None (CUDA when available).
+    half: float16 for W and G
     (CUDA only; default on CUDA). compile: ``torch.compile`` W and G. face_backend: 'auto', 'dlib' or
     'insightface'. batch_size: frames rendered together (default 8 on CUDA, 1 on the CPU, where larger
     batches are not faster and cost memory: see benchmarks/RESULTS.md). progress: show progress bars.
@@ -100,8 +109,7 @@ class Animator:
                  half: bool | None = None, compile: bool = False, face_backend: str = "auto",
                  insightface_dir: str | os.PathLike | None = None, renderer: Renderer | None = None,
                  batch_size: int | None = None, progress: bool = True):
-        if batch_size is not None and batch_size < 1:
-            raise InputError(f"--batch-size must be at least 1, not {batch_size}.")
+        batch_size = options.check_value("batch_size", batch_size)
         self.weights = weights
         self.device, self.half, self.compile = device, half, compile
         self.face_backend_name = face_backend
@@ -120,27 +128,26 @@ class Animator:
 
     @batch_size.setter
     def batch_size(self, value: int | None) -> None:
-        if value is not None and value < 1:
-            raise InputError(f"--batch-size must be at least 1, not {value}.")
-        self._batch_size = value
+        self._batch_size = options.check_value("batch_size", value)
 
     @property
     def renderer(self) -> Renderer:
         if self._renderer is None:
-            self._renderer = Renderer.from_weights(self.weights, device=self.device, half=self.half,
-                                                   compile=self.compile)
+            with weights_hint(self.weights):
+                self._renderer = Renderer.from_weights(resolve_weights_dir(self.weights), device=self.device,
+                                                       half=self.half, compile=self.compile)
         return self._renderer
 
     @property
     def faces(self) -> FaceBackend:
-        """The face backend (created once). ``auto`` finds insightface models in ``--insightface-dir``,
-        ``$AUDIO2LP_INSIGHTFACE_DIR`` or ``<weights folder>/insightface/models/buffalo_l``, where the
-        weights folder is the configured one (``--weights``, else ``$AUDIO2LP_WEIGHTS`` or the cache)."""
+        """The face backend (created once). ``auto`` finds insightface models in ``insightface_dir``,
+        ``$AUDIO2LP_INSIGHTFACE_DIR``, ``<weights folder>/insightface/models/buffalo_l`` or insightface's usual
+        folder, where the weights folder is the configured one (``weights``, else ``$AUDIO2LP_WEIGHTS`` or the
+        cache)."""
         if self._faces is None:
-            from lp_renderer.weights import resolve_weights_dir
-
             weights_dir = resolve_weights_dir(self.weights)  # never raises, even if the folder is missing
-            self._faces = get_face_backend(self.face_backend_name, self.insightface_dir, weights_dir=weights_dir)
+            self._faces = get_face_backend(self.face_backend_name, resolve_insightface_dir(self.insightface_dir),
+                                           weights_dir=weights_dir)
         return self._faces
 
     def portrait(self, image, face: str | int = "largest", pasteback: bool = True) -> Portrait:
@@ -166,16 +173,13 @@ class Animator:
         """
         from contextlib import ExitStack
 
-        from .video_io import atomic_output, check_output_path
-
-        crf = _check_crf(crf)
-        if max_frames is not None and not (isinstance(max_frames, (int, np.integer)) and max_frames >= 1):
-            raise InputError(f"--max-frames must be at least 1, not {max_frames}.")
-        options = AnimationOptions(region=region, stitching=stitching, retarget_eyes=retarget_eyes,
-                                   retarget_lip=retarget_lip, multiplier=multiplier)
+        v = options.check(dict(face=face, region=region, multiplier=multiplier, crf=crf, max_frames=max_frames))
+        face, region, multiplier, crf, max_frames = v["face"], v["region"], v["multiplier"], v["crf"], v["max_frames"]
+        anim_options = AnimationOptions(region=region, stitching=stitching, retarget_eyes=retarget_eyes,
+                                        retarget_lip=retarget_lip, multiplier=multiplier)
         if not stitching and face == "all":
-            raise InputError("--face all pastes every face back into the photo, which needs stitching; drop "
-                             "--no-stitching, or pick one face with --face N or --face largest.")
+            raise OptionError("face", "{face} all pastes every face back into the photo, which needs stitching; drop "
+                              "{not_stitching}, or pick one face with {face} N or {face} largest.")
         src = open_driving(driving)
         image_out = Path(output).suffix.lower() in IMAGE_SUFFIXES
         if image_out and src.kind != "image":
@@ -185,14 +189,16 @@ class Animator:
         if save_template is not None:
             check_output_path(save_template, (".npz",))
             if src.kind == "template":
-                raise InputError("--save-template needs a driving video or image, not a template.")
+                raise OptionError("save_template", "{save_template} needs a driving video or image, not a template.")
         if concat and src.kind == "template":
-            raise InputError("--concat shows the driving video beside the result; a template has no frames.")
+            raise OptionError("concat", "{concat} shows the driving video beside the result; a template has no "
+                              "frames.")
         if (retarget_eyes or retarget_lip) and src.kind == "template":
             tp = src.template
             if (retarget_eyes and tp.eye_ratio is None) or (retarget_lip and tp.lip_ratio is None):
-                raise InputError("this template has no eye/lip ratios, so --retarget-eyes/--retarget-lip cannot "
-                                 "be used with it.")
+                raise OptionError("retarget_eyes" if retarget_eyes else "retarget_lip",
+                                  "this template has no eye/lip ratios, so {retarget_eyes}/{retarget_lip} cannot be "
+                                  "used with it.")
         if pasteback and not stitching:
             log.warning("paste-back needs stitching (shoulders would not line up); writing the 512x512 crop")
             pasteback = False
@@ -222,7 +228,7 @@ class Animator:
                 lips.append(lip)
             rendered = []
             for pf in pt.faces:
-                x_d = driving_keypoints(renderer, pf.source, info, state["reference"], options,
+                x_d = driving_keypoints(renderer, pf.source, info, state["reference"], anim_options,
                                         driving_eye_ratio=eye[:, 0], driving_lip_ratio=lip)
                 rendered.append(renderer.render(pf.source, x_d, batch_size=len(batch)))
             outs = []
@@ -258,8 +264,6 @@ class Animator:
                     written = 1
                     bar.update(1)
                 else:
-                    from .video_io import VideoWriter
-
                     audio = src.path if src.kind == "video" and src.has_audio else None
                     with Prefetcher(frames, size=2 * self.batch_size) as pf_iter, \
                             VideoWriter(out, src.fps, crf=crf, audio=audio, audio_fit="video") as writer:
@@ -312,47 +316,43 @@ class Animator:
         The mp4 lasts as long as the audio (to the nearest frame) and carries the original audio as AAC.
         ``progress_callback(done_frames, total_frames)`` is called after every rendered batch.
         """
-        from .audio import load_audio
-        from .video_io import check_output_path
+        from audio2lp.media.audio import load_audio
+        from audio2lp.speech import speech_plan
 
-        crf = _check_crf(crf)
-        for name, v in (("--expression-scale", expression_scale), ("--pose-scale", pose_scale)):
-            if not np.isfinite(v) or v < 0:
-                raise InputError(f"{name} must be a non-negative number, not {v}.")
-        if not (np.isfinite(fps) and 1 <= fps <= 120):
-            raise InputError(f"--fps must be between 1 and 120, not {fps}.")
-        if blink_rate is not None and not (np.isfinite(blink_rate) and 0 <= blink_rate <= 120):
-            raise InputError(f"--blink-rate must be between 0 and 120 blinks per minute, not {blink_rate}.")
+        v = options.check(dict(face=face, fps=fps, expression_scale=expression_scale, pose_scale=pose_scale,
+                               seed=seed, style=style, blink_rate=blink_rate, crf=crf, motion_noise=motion_noise))
+        face, fps, expression_scale, pose_scale = v["face"], v["fps"], v["expression_scale"], v["pose_scale"]
+        seed, style, blink_rate, crf, motion_noise = v["seed"], v["style"], v["blink_rate"], v["crf"], v["motion_noise"]
         if motion_model is not None and pose_from is not None:
-            raise InputError("--pose-from takes the head motion from a template for the built-in lip-sync model; "
-                             "it cannot be combined with --motion-model, which predicts the head motion itself.")
+            raise OptionError("pose_from", "{pose_from} takes the head motion from a template for the built-in "
+                              "lip-sync model; it cannot be combined with {motion_model}, which predicts the head "
+                              "motion itself.")
         out = check_output_path(output, VIDEO_SUFFIXES)
         template = None
         if pose_from is not None:
-            from .driving import load_official_template
-            from .motion import load_motion_template
+            from audio2lp.driving import load_official_template
+            from audio2lp.models.motion import load_motion_template
 
             template = load_official_template(pose_from) if str(pose_from).lower().endswith(".pkl") \
                 else load_motion_template(pose_from)
         if motion_model is not None:
-            from .motion_model import read_motion_model_metadata
+            from audio2lp.models.motion_model import read_motion_model_metadata
 
             meta = read_motion_model_metadata(motion_model)  # fail fast on a bad checkpoint
             n_styles = meta["config"].n_styles
             if not 0 <= style < n_styles:
-                raise InputError(f"--style must be between 0 and {n_styles - 1} for this motion model, not {style}.")
-        if not (np.isfinite(motion_noise) and motion_noise >= 0):
-            raise InputError(f"--motion-noise must be a non-negative number, not {motion_noise}.")
+                raise OptionError("style", f"{{style}} must be between 0 and {n_styles - 1} for this motion model, "
+                                  f"not {style}.")
         with _Stage(self.progress, "audio"):
             wav = load_audio(audio)
         duration = len(wav) / 16000
         n_frames = max(1, int(round(duration * fps)))
         renderer = self.renderer
         pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback)
-        plan = self._speech_plan(wav, n_frames, fps, motion_model=motion_model, seed=seed, style=style, blink=blink,
-                                 blink_rate=blink_rate, pose_scale=pose_scale, template=template, portrait=pt,
-                                 whisper_checkpoint=whisper_checkpoint, motion_noise=motion_noise)
-        from .video_io import VideoWriter
+        plan = speech_plan(wav, n_frames, fps, device=renderer.device, motion_model=motion_model, seed=seed,
+                           style=style, blink=blink, blink_rate=blink_rate, pose_scale=pose_scale, template=template,
+                           portrait=pt, whisper_checkpoint=whisper_checkpoint, motion_noise=motion_noise,
+                           progress=self.progress)
 
         bar = _Progress(self.progress, n_frames, "render", progress_callback)
         try:
@@ -374,140 +374,8 @@ class Animator:
         log.info("wrote %s (%d frames at %g fps, %.2f s of audio)", out, n_frames, fps, duration)
         return RenderResult(out, n_frames, fps, True, extra={"duration": duration, "mode": plan.mode})
 
-    def _speech_plan(self, wav, n_frames, fps, *, motion_model, seed, style, blink, blink_rate, pose_scale,
-                     template, portrait, whisper_checkpoint, motion_noise=0.0) -> SpeechPlan:
-        from .motion import resample_motion
-
-        n25 = max(1, int(round(len(wav) / 16000 * 25)))
-        dev = self.renderer.device  # Whisper and the motion models run where the renderer does
-        if motion_model is not None:
-            from .motion_model import load_motion_model
-
-            model, stats = load_motion_model(motion_model, device=dev)
-            cfg = model.config
-            feats = self._whisper(cfg.whisper_model, whisper_checkpoint, dev).encode(
-                wav, layers=cfg.whisper_layers, progress=self.progress)
-            # a model conditioned on the portrait makes each face's own motion; otherwise the faces share it
-            sources = [None]
-            if cfg.source_cond:
-                from .driving import info_to_motion
-
-                sources = [stats.normalize(info_to_motion(pf.source.info.to("cpu"))[0]) for pf in portrait.faces]
-            motions = []
-            for source in sources:
-                motion = model.generate(feats, style=style, source=source, n_frames=n25, noise=motion_noise,
-                                        seed=seed, stats=stats, progress=self.progress)
-                if fps != 25:
-                    motion = resample_motion(motion, 25, fps, n_frames)
-                motions.append(motion[:n_frames])
-            return SpeechPlan("motion-model", n_frames, motion=np.stack(motions),
-                              reference=np.asarray(stats.mean, np.float32))
-        from .idle import blink_schedule, idle_head_motion, pose_from_template
-        from .lipsync import load_lipsync_model
-
-        lips = load_lipsync_model(device=dev)
-        lc = lips.config
-        feats = self._whisper(lc.whisper_model, whisper_checkpoint, dev).encode(wav, layers=lc.whisper_layers,
-                                                                               progress=self.progress)
-        pred = lips.predict(feats, n25, audio_16k=wav)  # the mouth also closes in silences > 200 ms
-        lip = np.asarray(pred.lip_open, np.float32)
-        speaking = ~np.asarray(pred.closed, bool)
-        if fps != 25:
-            lip = resample_motion(lip[:, None], 25, fps, n_frames)[:, 0]
-            speaking = resample_motion(speaking[:, None].astype(np.float32), 25, fps, n_frames)[:, 0] > 0.5
-        lip, speaking = lip[:n_frames], speaking[:n_frames]
-        eye = None
-        if blink:
-            kwargs = {} if blink_rate is None else {"rate_per_min": blink_rate}
-            eye = blink_schedule(n_frames, fps=fps, seed=seed, **kwargs)
-        if template is not None:
-            pose = pose_from_template(template, n_frames, fps=fps) * pose_scale
-        else:
-            pose = idle_head_motion(n_frames, fps=fps, speaking=speaking, seed=seed) * pose_scale
-        return SpeechPlan("lipsync", n_frames, lip_open=lip, eye_open=eye, pose=pose)
-
-    def _whisper(self, model_name: str, checkpoint, device):
-        """The Whisper encoder a motion or lip-sync model was trained with (``checkpoint`` overrides where its
-        weights come from, but must hold the same model)."""
-        from .whisper_features import WhisperEncoder
-
-        enc = WhisperEncoder(model_name, checkpoint, device=device)
-        if checkpoint is not None and enc.model_name != model_name:
-            raise InputError(f"--whisper-checkpoint {checkpoint} holds Whisper {enc.model_name}, but the model was "
-                             f"trained on Whisper {model_name} features; give a {model_name} checkpoint.")
-        return enc
-
-
-@dataclass
-class SpeechPlan:
-    """Per-frame motion for speak: either full motion from a motion model (``motion`` (F, T, 70): one
-    sequence per face, or F = 1 shared by all faces; and the ``reference`` motion that maps onto the
-    portrait's own), or lip-open ratios (T,), eye-open multipliers
-    of the portrait's own eye ratios (T,) (None: eyes as in the photo) and head-pose offsets (T, 3) degrees."""
-
-    mode: str
-    n_frames: int
-    motion: np.ndarray | None = None
-    reference: np.ndarray | None = None
-    lip_open: np.ndarray | None = None
-    eye_open: np.ndarray | None = None
-    pose: np.ndarray | None = None
-
-    def keypoints(self, renderer: Renderer, pf, idx: np.ndarray, expression_scale: float = 1.0,
-                  pose_scale: float = 1.0, face_index: int = 0):
-        """Driving keypoints (B, 21, 3) of the frames ``idx`` for one portrait face ``pf`` (the
-        ``face_index``-th of the portrait), stitched."""
-        import torch
-
-        from lp_renderer.keypoints import relative_motion, transform_keypoints
-
-        src = pf.source
-        dev = renderer.device
-        b = len(idx)
-        if self.motion is not None:
-            from .motion import EXP, POSE, SCALE, T
-
-            ref = self.reference
-            m = self.motion[min(face_index, len(self.motion) - 1)][idx].copy()
-            m[:, EXP] = ref[EXP] + expression_scale * (m[:, EXP] - ref[EXP])
-            for sl in (POSE, T):
-                m[:, sl] = ref[sl] + pose_scale * (m[:, sl] - ref[sl])
-            m[:, SCALE] = ref[SCALE] * (m[:, SCALE] / ref[SCALE]) ** pose_scale
-            x_d = relative_motion(src.info, motion_to_info(m, device=dev), motion_to_info(ref[None], device=dev))
-            return renderer.stitch(src.x_s, x_d)
-        info = src.info
-        pose = torch.as_tensor(self.pose[idx], dtype=torch.float32, device=dev)
-        posed = info.replace(kp=info.kp.expand(b, -1, -1), exp=info.exp.expand(b, -1, -1),
-                             pitch=info.pitch + pose[:, :1], yaw=info.yaw + pose[:, 1:2], roll=info.roll + pose[:, 2:3],
-                             t=info.t.expand(b, -1), scale=info.scale.expand(b, -1))
-        x_d = transform_keypoints(posed)
-        lip_s = src.lip_ratio if src.lip_ratio is not None else 0.0
-        lip = np.column_stack([np.full(b, lip_s), self.lip_open[idx]]).astype(np.float32)
-        x_d = x_d + renderer.retarget_lip(src.x_s, lip)
-        if self.eye_open is not None:
-            left, right = src.eye_ratios if src.eye_ratios is not None else (0.35, 0.35)
-            target = 0.5 * (left + right) * self.eye_open[idx]
-            eyes = np.column_stack([np.full(b, left), np.full(b, right), target]).astype(np.float32)
-            x_d = x_d + renderer.retarget_eyes(src.x_s, eyes)
-        return renderer.stitch(src.x_s, x_d)
-
-
-def _check_crf(crf) -> int:
-    """``--crf`` as an int, or InputError unless it is a whole number from 0 to 51 (H.264's range)."""
-    try:
-        value = int(crf)
-        ok = value == crf and 0 <= value <= 51 and not isinstance(crf, bool)
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        raise InputError(f"--crf must be a whole number from 0 (best) to 51 (worst), not {crf}; 18 (the default) "
-                         f"is visually lossless.")
-    return value
-
 
 def _write_image_atomic(path: Path, rgb: np.ndarray) -> None:
-    from .video_io import atomic_output
-
     with atomic_output(path) as tmp:
         ok = cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         if not ok:

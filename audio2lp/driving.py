@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +17,17 @@ import cv2
 import numpy as np
 import torch
 
+from audio2lp.models.motion import EXP, PITCH, ROLL, SCALE, YAW, MotionTemplate, load_motion_template, pack_motion
+from audio2lp.models.motion import T as T_SLICE
+from audio2lp.portrait import is_image_path
 from lp_renderer.crop import DRIVING_CROP, crop_face, iter_crops_for_frames
 from lp_renderer.errors import InputError, NoFaceError
 from lp_renderer.faces import FaceBackend, eye_open_ratios, iter_faces_in_frames, lip_open_ratio, select_faces
 from lp_renderer.image_io import load_image
 from lp_renderer.keypoints import KeypointInfo, rotation_to_degrees
 
-from .motion import EXP, PITCH, ROLL, SCALE, YAW, MotionTemplate, load_motion_template, pack_motion
-from .motion import T as T_SLICE
-from .portrait import is_image_path
-
 if TYPE_CHECKING:
-    from .video_io import VideoInfo
+    from audio2lp.media.probe import VideoInfo
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +96,7 @@ def open_driving(path: str | os.PathLike) -> DrivingSource:
         return DrivingSource(p, "template", tp.fps, tp.n_frames, template=tp)
     if is_image_path(p):
         return DrivingSource(p, "image", 25.0, 1)
-    from .video_io import probe_video
+    from audio2lp.media.probe import probe_video
 
     info = probe_video(p)
     if info.n_frames <= 0:
@@ -172,7 +169,7 @@ def iter_driving_frames(source: DrivingSource, backend: FaceBackend | None, *, w
         return
     from tqdm import tqdm
 
-    from .video_io import FrameReader
+    from audio2lp.media.reader import FrameReader
 
     total = source.n_frames if max_frames is None else min(source.n_frames, max_frames)
     with FrameReader(source.path, max_frames=max_frames, info=source.info) as reader, \
@@ -196,65 +193,3 @@ def iter_driving_frames(source: DrivingSource, backend: FaceBackend | None, *, w
                 yield DrivingFrame(j, *held)
             leading.clear()
             yield DrivingFrame(i, *held, frame=frame if keep_frames else None)
-
-
-class Prefetcher:
-    """Runs an iterator in a background thread with a bounded queue, so decoding and face work
-    overlap with the consumer's rendering. Exceptions are re-raised in the consumer."""
-
-    _END = object()
-
-    def __init__(self, it: Iterator, size: int = 16):
-        self._q: queue.Queue = queue.Queue(maxsize=size)
-        self._stop = threading.Event()
-        self._it = it
-        self._thread = threading.Thread(target=self._run, name="audio2lp-prefetch", daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        try:
-            for item in self._it:
-                while not self._stop.is_set():
-                    try:
-                        self._q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    break
-            self._put_final(self._END)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            self._put_final(e)
-        finally:
-            close = getattr(self._it, "close", None)
-            if close is not None:
-                close()
-
-    def _put_final(self, item):
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        item = self._q.get()
-        if item is self._END:
-            raise StopIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

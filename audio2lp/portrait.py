@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from audio2lp.options import OptionError, literal
 from lp_renderer.crop import SOURCE_CROP, Crop, PasteMask, crop_face, paste_back, shared_paste_masks
-from lp_renderer.errors import InputError, NoFaceError
-from lp_renderer.faces import Face, FaceBackend, eye_open_ratios, lip_open_ratio, select_faces
+from lp_renderer.errors import NoFaceError
+from lp_renderer.faces import Face, FaceBackend, FaceNumberError, eye_open_ratios, lip_open_ratio, select_faces
 from lp_renderer.image_io import load_image
 from lp_renderer.renderer import PreparedSource, Renderer
 
@@ -63,10 +64,13 @@ def prepare_portrait(renderer: Renderer, backend: FaceBackend, image: str | os.P
     if not faces:
         raise NoFaceError(f"No face was found in {name}; use a photo with a clearly visible, roughly frontal "
                           f"face (at least ~60 pixels wide).")
-    chosen = select_faces(faces, which, source=name)
+    try:
+        chosen = select_faces(faces, which, source=name)
+    except FaceNumberError as e:
+        raise OptionError("face", e.describe("{face}").replace(e.source, literal(e.source))) from None
     if not pasteback and len(chosen) > 1:
-        raise InputError("--no-pasteback outputs one face's 512x512 crop; pick one face with --face N or "
-                         "--face largest.")
+        raise OptionError("pasteback", "{not_pasteback} outputs one face's 512x512 crop; pick one face with {face} N "
+                          "or {face} largest.")
     crops = [crop_face(face, **SOURCE_CROP) for face in chosen]
     masks = shared_paste_masks(crops, rgb.shape)
     out = []

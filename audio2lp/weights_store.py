@@ -1,4 +1,11 @@
-"""Getting the LivePortrait weights: ``audio2lp weights download`` and ``audio2lp weights import``.
+"""Where the LivePortrait weights are, and getting them: :func:`download_weights` and :func:`import_weights` (the
+library behind ``audio2lp weights download`` / ``import``, whose command line is :mod:`audio2lp.apps.weights_cmd`).
+
+The weights folder is ``--weights`` / ``weights=`` when given, else ``$AUDIO2LP_WEIGHTS``, else
+``<user cache dir>/audio2lp/weights`` (:func:`resolve_weights_dir`); the insightface models' folder is
+``--insightface-dir`` when given, else ``$AUDIO2LP_INSIGHTFACE_DIR`` (:func:`resolve_insightface_dir`), else what
+:mod:`lp_renderer.faces.insightface` finds. :func:`weights_hint` adds to the renderer's "weights missing" error
+how to get them.
 
 Both end with the weights folder in the official layout (see :data:`lp_renderer.weights.OFFICIAL_FILES`),
 every file checked before it is put in place:
@@ -15,21 +22,75 @@ or wrong weight file where the renderer would load it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from audio2lp.media.atomic import atomic_output
+from audio2lp.options import OPTIONS
 from lp_renderer.errors import WeightsError
-from lp_renderer.weights import OFFICIAL_FILES, default_weights_dir, resolve_weights_dir
+from lp_renderer.weights import OFFICIAL_FILES, MissingWeightsError
 
 log = logging.getLogger(__name__)
 
+WEIGHTS_ENV = "AUDIO2LP_WEIGHTS"
+INSIGHTFACE_DIR_ENV = "AUDIO2LP_INSIGHTFACE_DIR"
+
+
+def default_weights_dir() -> Path:
+    """``$AUDIO2LP_WEIGHTS`` if set, else ``<user cache dir>/audio2lp/weights``."""
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("audio2lp")) / "weights"
+
+
+def resolve_weights_dir(path: str | os.PathLike | None = None) -> Path:
+    """An explicit weights folder wins over ``$AUDIO2LP_WEIGHTS`` and the cache default."""
+    return Path(path).expanduser() if path is not None else default_weights_dir()
+
+
+def resolve_insightface_dir(path: str | os.PathLike | None = None) -> Path | None:
+    """An explicit insightface model folder, else ``$AUDIO2LP_INSIGHTFACE_DIR``, else None (the renderer's own
+    search: the weights folder's ``insightface/models/buffalo_l``, then insightface's usual folder)."""
+    if path is not None:
+        return Path(path).expanduser()
+    env = os.environ.get(INSIGHTFACE_DIR_ENV)
+    return Path(env).expanduser() if env else None
+
+
+def missing_weights_message(weights_dir: Path, missing: list[str]) -> str:
+    """One sentence: which files are missing where, and the two ways to get them."""
+    wdir = Path(weights_dir)
+    target = "" if wdir == default_weights_dir() else f" --weights {wdir}"
+    if not wdir.is_dir():
+        what = f"the LivePortrait weights folder {wdir} does not exist"
+    else:
+        what = f"LivePortrait weights are missing in {wdir}: {', '.join(missing)}"
+    return (f"{what}. Get them with `audio2lp weights download{target}` (from the Hugging Face hub), or "
+            f"`audio2lp weights import DIR{target}` for a folder you already have (its pretrained_weights/ "
+            f"layout); or point --weights / ${WEIGHTS_ENV} at a folder that has them.")
+
+
+@contextlib.contextmanager
+def weights_hint(weights: str | os.PathLike | None = None) -> Iterator[None]:
+    """Turn the renderer's :class:`~lp_renderer.weights.MissingWeightsError` into one that says how to get the
+    weights (``weights``: the folder as the user gave it, None for the default)."""
+    try:
+        yield
+    except MissingWeightsError as e:
+        raise WeightsError(missing_weights_message(e.weights_dir, e.missing)) from None
+
+
 #: The Hugging Face repository of the official release, and its newer mirror.
-DEFAULT_REPO = "KwaiVGI/LivePortrait"
+DEFAULT_REPO = OPTIONS["repo"].default
 MIRROR_REPOS = ("KlingTeam/LivePortrait",)
 STAGING_DIR = ".download"
 
@@ -125,7 +186,7 @@ class _Verifier:
     def check(self, path: Path, key: str, shown: str | None = None) -> None:
         """Raise WeightsError unless ``path`` loads strictly into network ``key`` (``shown``: name in errors)."""
         from lp_renderer.config import RendererConfig
-        from lp_renderer.networks import RendererNetworks
+        from lp_renderer.nets.networks import RendererNetworks
         from lp_renderer.weights import load_state_dict_strict, read_weight_file
 
         if self._nets is None:
@@ -415,26 +476,21 @@ def locate_weight_files(src: str | os.PathLike) -> tuple[Path, dict[str, Path]]:
 
 def _place(src: Path, final: Path, mode: str) -> None:
     """Put ``src`` at ``final`` atomically by copy, hard link or symbolic link."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
+    if mode not in _ACTION:  # pragma: no cover - guarded by the callers
+        raise ValueError(f"unknown mode {mode!r}")
+    with atomic_output(final, make_folder=True) as tmp:
         if mode == "copy":
             shutil.copyfile(src, tmp)
-        elif mode == "hardlink":
+            return
+        tmp.unlink()  # a link takes the temporary name itself
+        if mode == "hardlink":
             try:
                 os.link(src, tmp)
             except OSError as e:
                 raise WeightsError(f"cannot hard-link {src} into {final.parent} ({e.strerror}); they are probably "
                                    f"on different drives: copy (the default) or use --symlink.") from None
-        elif mode == "symlink":
+        else:
             os.symlink(src.resolve(), tmp)
-        else:  # pragma: no cover - guarded by the callers
-            raise ValueError(f"unknown mode {mode!r}")
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists() or tmp.is_symlink():
-            tmp.unlink()
 
 
 _ACTION = {"copy": "copied", "hardlink": "hard-linked", "symlink": "symlinked"}
@@ -527,91 +583,3 @@ def _import_neutral_expression(src: Path, dest: Path, mode: str, report: Weights
             _place(cand, final, mode)
             report.extra_files.append(f"{NEUTRAL_EXPRESSION_FILE}: {_ACTION[mode]} from {cand}")
         return
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def _print_report(report: WeightsReport, verb: str) -> None:
-    print(f"{verb} {report.weights_dir}")
-    for f in report.files:
-        print(f"  {f.describe()}")
-    for line in report.extra_files:
-        print(f"  {line}")
-    for p in report.converted:
-        print(f"  wrote {p}")
-    unknown = [OFFICIAL_FILES[f.key] for f in report.files if f.hash_status == "unknown"]
-    if unknown:
-        print(f"note: {', '.join(unknown)} could not be hash-checked (no recorded SHA-256); "
-              f"they were verified by loading them strictly.")
-    if report.missing:
-        print(f"warning: {', '.join(report.missing)} not found; `speak` (lip retargeting) and stitching need it.")
-    default = default_weights_dir()
-    if report.weights_dir.expanduser().resolve() != default.expanduser().resolve():
-        print(f"use it with --weights {report.weights_dir} (or set $AUDIO2LP_WEIGHTS)")
-
-
-def add_weights_download_parser(weights_sub) -> None:
-    """Register ``download`` under the ``audio2lp weights`` sub-parsers."""
-    from .cli import _add_common
-
-    p = weights_sub.add_parser(
-        "download", help="download the official LivePortrait weights from the Hugging Face hub",
-        description="Download the five official LivePortrait files (four base models and the stitching/"
-                    "retargeting module) from the Hugging Face hub into the weights folder, with progress. "
-                    "Interrupted downloads resume where they stopped. Each file is checked against its "
-                    "recorded SHA-256 and loaded strictly into its network before it is put in place. Files "
-                    "already present are kept when they are the official ones (or differ but load strictly, e.g. a "
-                    "fine-tune; --force replaces them).")
-    p.add_argument("--weights", metavar="DIR",
-                   help="where to put them (default $AUDIO2LP_WEIGHTS or the cache folder)")
-    p.add_argument("--repo", default=DEFAULT_REPO, metavar="OWNER/NAME",
-                   help=f"Hugging Face repository (default {DEFAULT_REPO}; mirror: {', '.join(MIRROR_REPOS)})")
-    p.add_argument("--revision", metavar="REV", help="branch, tag or commit of the repository (default main)")
-    p.add_argument("--force", action="store_true",
-                   help="download every file again, replacing the ones present (even correct ones or fine-tunes)")
-    p.add_argument("--safetensors", action="store_true",
-                   help="also write pickle-free .safetensors copies (faster loading; as `weights convert`)")
-    _add_common(p, renderer=False)
-    p.set_defaults(run=_run_download)
-
-
-#: the network sizes the commands verify against (None: the official ones; tests use tiny networks)
-_cli_config = None
-
-
-def _run_download(args) -> int:
-    report = download_weights(args.weights, repo_id=args.repo, revision=args.revision, force=args.force,
-                              safetensors=args.safetensors, progress=not args.quiet, config=_cli_config)
-    _print_report(report, "weights ready in")
-    return 0
-
-
-def add_weights_import_parser(weights_sub) -> None:
-    """Register ``import`` under the ``audio2lp weights`` sub-parsers."""
-    from .cli import _add_common
-
-    p = weights_sub.add_parser(
-        "import", help="import a LivePortrait weights folder you already have",
-        description="Copy (or link) the official LivePortrait files from DIR into the weights folder, in the "
-                    "official layout. DIR may be the pretrained_weights/ folder, its parent, or a folder that "
-                    "directly holds the five .pth files. Every file is loaded strictly first and compared with "
-                    "the official SHA-256 (a difference is reported, e.g. for a fine-tune).")
-    p.add_argument("dir", metavar="DIR",
-                   help="the folder holding the weights (pretrained_weights/, its parent, or the .pth files)")
-    p.add_argument("--weights", metavar="DEST",
-                   help="the weights folder to fill (default $AUDIO2LP_WEIGHTS or the cache folder)")
-    link = p.add_mutually_exclusive_group()
-    link.add_argument("--hardlink", dest="mode", action="store_const", const="hardlink", default="copy",
-                      help="hard-link the files instead of copying them (same drive only; no extra space)")
-    link.add_argument("--symlink", dest="mode", action="store_const", const="symlink",
-                      help="symlink to the files instead of copying them (DIR must stay where it is)")
-    p.add_argument("--safetensors", action="store_true",
-                   help="also write pickle-free .safetensors copies (faster loading; as `weights convert`)")
-    _add_common(p, renderer=False)
-    p.set_defaults(run=_run_import)
-
-
-def _run_import(args) -> int:
-    report = import_weights(args.dir, args.weights, mode=args.mode, safetensors=args.safetensors,
-                            config=_cli_config)
-    _print_report(report, "weights ready in")
-    return 0

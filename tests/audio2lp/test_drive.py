@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from audio2lp.api import Animator
-from audio2lp.cli import main
+from audio2lp.apps.cli import main
 from audio2lp.driving import load_official_template, motion_to_info
-from audio2lp.motion import load_motion_template
-from audio2lp.video_io import ffmpeg_exe, probe_video, read_frames
+from audio2lp.media.ffmpeg import ffmpeg_exe
+from audio2lp.media.probe import probe_video
+from audio2lp.media.reader import read_frames
+from audio2lp.models.motion import load_motion_template
 from lp_renderer.errors import InputError, NoFaceError
 
 PORTRAIT = "portraits/EAMM__14.png"
@@ -229,9 +231,10 @@ def test_cli_bad_numbers(tiny_weights, data_dir, tmp_path, capsys, option, needl
 
 
 def test_speak_rejects_bad_crf(tiny_weights, tmp_path):
-    with pytest.raises(InputError, match="--crf"):
+    with pytest.raises(InputError, match="^crf must be a whole number from 0 to 51, not 52") as e:
         Animator(tiny_weights, progress=False).speak(np.zeros((64, 64, 3), np.uint8), tmp_path / "a.wav",
                                                      tmp_path / "o.mp4", crf=52)
+    assert e.value.describe("cli").startswith("--crf must be")
 
 
 def test_zero_frame_video(animator, tmp_path):
@@ -256,7 +259,7 @@ def test_lost_face_frames_hold_last_crop(animator, data_dir, tmp_path):
     middle) renders every frame; the lost frames hold the last good crop and ratios (the first good one
     at the start), so the rendered motion holds still there."""
     from audio2lp.driving import iter_driving_frames, open_driving
-    from audio2lp.video_io import VideoWriter
+    from audio2lp.media.writer import VideoWriter
 
     frames = list(read_frames(cut_clip(data_dir / VIDEO, tmp_path / "clip.mp4", 0.4)))
     lost = (0, 1, 5, 6, 7)
@@ -284,7 +287,7 @@ def test_lost_face_frames_hold_last_crop(animator, data_dir, tmp_path):
 def test_faceless_driving_video_fails_clearly(animator, data_dir, tmp_path):
     """No frame with a face: NoFaceError at the end, nothing written (the faceless frames are not kept in
     memory while waiting for a face)."""
-    from audio2lp.video_io import VideoWriter
+    from audio2lp.media.writer import VideoWriter
 
     with VideoWriter(tmp_path / "blank.mp4", 25) as w:
         for _ in range(6):
@@ -333,7 +336,7 @@ def test_driving_crops_follow_the_official_path(animator, data_dir, tmp_path, mo
     video is probed once."""
     import cv2
 
-    import audio2lp.video_io as vio
+    import audio2lp.media.probe as vio
     from audio2lp.driving import iter_driving_frames, open_driving
     from lp_renderer.crop import DRIVING_CROP, crop_face
     from lp_renderer.image_io import load_image

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lp_renderer.weights import save_networks
 from tests.conftest import REPO
 
 EXAMPLES = REPO / "examples"
@@ -24,12 +25,12 @@ TALKING = "talking/Talking-Face_PC-AVS__00010.mp4"
 def tiny(tmp_path_factory) -> dict[str, Path]:
     import torch
 
-    from audio2lp.motion import MotionStats
-    from audio2lp.motion_model import MotionModel, MotionModelConfig, save_motion_model
+    from audio2lp.models.motion import MotionStats
+    from audio2lp.models.motion_model import MotionModel, MotionModelConfig, save_motion_model
     from lp_renderer import RendererConfig, RendererNetworks
 
     root = tmp_path_factory.mktemp("tiny")
-    RendererNetworks.random(RendererConfig.tiny(), seed=0).save(root / "weights")
+    save_networks(RendererNetworks.random(RendererConfig.tiny(), seed=0), root / "weights")
     torch.manual_seed(0)
     mean = np.zeros(70, np.float32)
     mean[69] = 1.5
@@ -58,7 +59,7 @@ def test_speech_fallback_without_espeak(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(mod.shutil, "which", lambda name: None)
     path = mod.make_speech(tmp_path, None, "ignored")
     assert "espeak-ng is not installed" in capsys.readouterr().out
-    from audio2lp.audio import load_audio
+    from audio2lp.media.audio import load_audio
 
     wav = load_audio(path)
     assert 3.5 < len(wav) / 16000 < 4.5 and 0.05 < np.abs(wav).max() <= 0.31
@@ -67,7 +68,7 @@ def test_speech_fallback_without_espeak(tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 def test_make_inputs_and_run(tiny, tmp_path):
     pytest.importorskip("skimage")
-    from audio2lp.video_io import probe_video
+    from audio2lp.media.probe import probe_video
 
     r = _run("make_inputs_and_run.py", ["--weights", str(tiny["weights"]), "--motion-model", str(tiny["motion_model"]),
                                         "--out", "demo", "--text", "Hello there.", "--max-frames", "5",
@@ -83,8 +84,10 @@ def test_make_inputs_and_run(tiny, tmp_path):
 
 @pytest.mark.realdata
 def test_api_example(tiny, data_dir, tmp_path):
-    from audio2lp.audio import load_audio, write_wav
-    from audio2lp.video_io import VideoWriter, probe_video, read_frames
+    from audio2lp.media.audio import load_audio, write_wav
+    from audio2lp.media.probe import probe_video
+    from audio2lp.media.reader import read_frames
+    from audio2lp.media.writer import VideoWriter
 
     speech = write_wav(tmp_path / "speech.wav", load_audio(data_dir / SPEECH)[:16000])
     clip = tmp_path / "driving.mp4"

@@ -7,7 +7,8 @@ import subprocess
 import pytest
 
 from audio2lp.api import Animator
-from audio2lp.video_io import ffmpeg_exe, probe_video
+from audio2lp.media.ffmpeg import ffmpeg_exe
+from audio2lp.media.probe import probe_video
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from audio2lp.api import Animator
-from audio2lp.audio import load_audio, write_wav
-from audio2lp.cli import main
-from audio2lp.motion import MotionStats
-from audio2lp.motion_model import MotionModel, MotionModelConfig, save_motion_model
-from audio2lp.video_io import probe_video, read_frames
+from audio2lp.apps.cli import main
+from audio2lp.media.audio import load_audio, write_wav
+from audio2lp.media.probe import probe_video
+from audio2lp.media.reader import read_frames
+from audio2lp.models.motion import MotionStats
+from audio2lp.models.motion_model import MotionModel, MotionModelConfig, save_motion_model
 
 PORTRAIT = "portraits/EAMM__14.png"
 SPEECH = "speech/MakeItTalk__M6_04_16k.wav"
@@ -74,8 +75,8 @@ def test_speak_with_motion_model(animator, motion_ckpt, data_dir, tmp_path, fps)
 
 def test_speak_keypoints_follow_the_motion(animator, motion_ckpt):
     """The reference (dataset mean) motion reproduces the source keypoints; scales act on deviations."""
-    from audio2lp.api import SpeechPlan
     from audio2lp.portrait import prepare_portrait
+    from audio2lp.speech import SpeechPlan
 
     rng = np.random.default_rng(0)
     img = np.zeros((256, 256, 3), np.uint8)

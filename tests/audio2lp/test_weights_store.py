@@ -4,7 +4,7 @@ against a small local server that speaks the hub's resolve protocol."""
 
 from __future__ import annotations
 
-import argparse
+import functools
 import hashlib
 import http.server
 import os
@@ -17,8 +17,8 @@ import pytest
 
 from audio2lp import weights_store as ws
 from lp_renderer import RendererConfig, RendererNetworks
-from lp_renderer.errors import InputError, WeightsError
-from lp_renderer.weights import OFFICIAL_FILES, load_networks
+from lp_renderer.errors import WeightsError
+from lp_renderer.weights import OFFICIAL_FILES, load_networks, save_networks
 
 TINY = RendererConfig.tiny()
 REPO = "KwaiVGI/LivePortrait"
@@ -32,7 +32,7 @@ def _sha(p: Path) -> str:
 def hub(tmp_path_factory) -> Path:
     """A folder laid out like the hub repository, holding tiny random networks as official .pth files."""
     root = tmp_path_factory.mktemp("hub")
-    RendererNetworks.random(TINY, seed=1).save(root, official_layout_pth=True)
+    save_networks(RendererNetworks.random(TINY, seed=1), root, official_layout_pth=True)
     return root
 
 
@@ -69,7 +69,7 @@ class CopyFetch:
 
 def _no_leftovers(dest: Path) -> None:
     assert not (dest / ws.STAGING_DIR).exists()
-    assert not [p for p in dest.rglob("*") if ".tmp" in p.name or p.suffix == ".part"]
+    assert not [p for p in dest.rglob("*") if ".part-" in p.name or p.suffix == ".part"]  # temporary files
 
 
 def test_download_fresh_then_present(hub, hashes, tmp_path):
@@ -133,7 +133,7 @@ def test_download_replaces_truncated_file_and_bad_partial(hub, hashes, tmp_path)
 def test_download_keeps_a_different_file_that_loads(hub, hashes, tmp_path):
     """A present file that loads strictly but is not the release (a fine-tune?) is kept unless --force."""
     dest = tmp_path / "w"
-    RendererNetworks.random(TINY, seed=5).save(dest, official_layout_pth=True)
+    save_networks(RendererNetworks.random(TINY, seed=5), dest, official_layout_pth=True)
     rep = ws.download_weights(dest, expected=hashes, config=TINY, fetch=CopyFetch(hub), progress=False)
     assert [(f.action, f.hash_status) for f in rep.files] == [("present", "differs")] * 5
     rep = ws.download_weights(dest, expected=hashes, config=TINY, fetch=CopyFetch(hub), progress=False, force=True)
@@ -161,7 +161,7 @@ def test_download_shape_mismatch(tmp_path):
     import dataclasses
 
     big = dataclasses.replace(cfg, appearance=dataclasses.replace(cfg.appearance, block_expansion=16))
-    RendererNetworks.random(big, seed=2).save(other, official_layout_pth=True)
+    save_networks(RendererNetworks.random(big, seed=2), other, official_layout_pth=True)
     expected = {k: ws.KnownFile(_sha(other / rel)) for k, rel in OFFICIAL_FILES.items()}
     dest = tmp_path / "w"
     with pytest.raises(WeightsError) as e:
@@ -177,7 +177,9 @@ def test_download_without_recorded_hash_is_shape_checked(hub, hashes, tmp_path, 
     rep = ws.download_weights(tmp_path / "w", expected=partial, config=TINY, fetch=CopyFetch(hub), progress=False)
     st = [f for f in rep.files if f.key == "stitching_retargeting_module"][0]
     assert st.hash_status == "unknown"
-    ws._print_report(rep, "weights ready in")
+    from audio2lp.apps import weights_cmd
+
+    weights_cmd._print_report(rep, "weights ready in")
     out = capsys.readouterr().out
     assert "could not be hash-checked" in out and "stitching_retargeting_module.pth" in out
 
@@ -385,37 +387,19 @@ def test_import_refuses_bad_folders(hub, tmp_path):
 
 # ------------------------------------------------------------------------------------------ CLI
 def _run_cli(argv: list[str]) -> int:
-    """Through `audio2lp.cli.main` once the commands are registered there, else through a private parser."""
-    from audio2lp import cli
+    """Through `audio2lp`'s main, as the command line runs it."""
+    from audio2lp.apps import cli
 
-    parser = cli.build_parser()
-    registered = False
-    for a in parser._subparsers._group_actions:
-        w = a.choices.get("weights")
-        if w is not None:
-            registered = any("download" in b.choices for b in w._subparsers._group_actions)
-    if registered:
-        return cli.main(argv)
-    p = argparse.ArgumentParser(prog="audio2lp")
-    sub = p.add_subparsers(dest="command", required=True)
-    wsub = sub.add_parser("weights").add_subparsers(dest="weights_command", required=True)
-    ws.add_weights_download_parser(wsub)
-    ws.add_weights_import_parser(wsub)
-    args = p.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except InputError as e:
-        import sys
-
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.main(argv)
 
 
 def test_cli_download_and_import(hub, hashes, tmp_path, monkeypatch, capsys):
     fetch = CopyFetch(hub)
     monkeypatch.setattr(ws, "hub_fetch", fetch)
     monkeypatch.setattr(ws, "OFFICIAL_SHA256", hashes)
-    monkeypatch.setattr(ws, "_cli_config", TINY)
+    # the commands check the files against the official sizes; these test files are tiny networks
+    monkeypatch.setattr(ws, "download_weights", functools.partial(ws.download_weights, config=TINY))
+    monkeypatch.setattr(ws, "import_weights", functools.partial(ws.import_weights, config=TINY))
     dest = tmp_path / "w"
     assert _run_cli(["weights", "download", "--weights", str(dest), "-q"]) == 0
     out = capsys.readouterr().out
@@ -436,3 +420,23 @@ def test_cli_download_offline(tmp_path, monkeypatch, capsys):
     code = _run_cli(["weights", "download", "--weights", str(tmp_path / "w"), "-q"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: could not download") and "weights import" in err
+
+
+def test_weights_folder_and_the_hint(tmp_path, monkeypatch):
+    """The folder: explicit > $AUDIO2LP_WEIGHTS > the cache; the renderer's missing-weights error gets how to get
+    them (the renderer itself only names its parameter)."""
+    from audio2lp.api import Animator
+
+    monkeypatch.setenv("AUDIO2LP_WEIGHTS", str(tmp_path / "env"))
+    assert ws.resolve_weights_dir(None) == tmp_path / "env" == ws.default_weights_dir()
+    assert ws.resolve_weights_dir(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.setenv("AUDIO2LP_INSIGHTFACE_DIR", str(tmp_path / "ins"))
+    assert ws.resolve_insightface_dir(None) == tmp_path / "ins"
+    assert ws.resolve_insightface_dir(tmp_path / "arg") == tmp_path / "arg"
+    with pytest.raises(WeightsError) as e:
+        _ = Animator(tmp_path / "nowhere").renderer
+    msg = str(e.value)
+    assert "does not exist" in msg and f"audio2lp weights download --weights {tmp_path / 'nowhere'}" in msg
+    with pytest.raises(WeightsError) as e:
+        _ = Animator().renderer  # the default folder: no --weights in the hint
+    assert "`audio2lp weights download`" in str(e.value) and "AUDIO2LP_WEIGHTS" in str(e.value)

@@ -1,0 +1,395 @@
+"""The web app: ``audio2lp app`` serves a local Gradio page with a "Speak" and a "Drive" tab.
+
+It runs on the same :class:`~audio2lp.api.Animator` as the command line. The page needs no internet
+(no analytics, no share tunnel, no web fonts). Gradio is an optional dependency (``pip install
+"audio2lp[app]"``); this module imports it only when the app is built.
+
+    from audio2lp import Animator
+    from audio2lp.apps.webapp import build_app, launch_app
+    launch_app(build_app(Animator("pretrained_weights")), port=7860)
+
+The handlers (:class:`AppHandlers`) are plain functions of file paths and settings, so they can be
+tested without a browser; user-fixable problems come out of them as ``gradio.Error`` with the
+:class:`~lp_renderer.errors.InputError` message, worded for the page (an option's problem names the control's
+label, from :mod:`audio2lp.options`, like every control's range and default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from audio2lp import options
+from audio2lp.apps.frontdoor import add_arguments, prepare_process, run, setup_logging
+from audio2lp.apps.frontdoor import animator as animator_from_args
+from audio2lp.options import WEB, OptionError, check_value
+from lp_renderer.errors import InputError
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MOTION = "Built-in lip-sync"
+FACE_CHOICES = ["largest", "all", "0", "1", "2", "3"]
+TEMPLATE_TYPES = [".npz", ".pkl"]
+
+
+def _require_gradio():
+    try:
+        import gradio as gr
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise InputError('the web app needs Gradio; install it with: pip install "audio2lp[app]"') from e
+    return gr
+
+
+def _path(value: Any) -> str | None:
+    """A Gradio file value (a path, a FileData-like dict or object, or None) as a path string."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        value = value.get("path") or value.get("name")
+    elif not isinstance(value, (str, os.PathLike)):
+        value = getattr(value, "path", None) or getattr(value, "name", None)
+    return None if value is None else os.fspath(value)
+
+
+class AppHandlers:
+    """What the page's buttons do, without the page.
+
+    ``animator``: the :class:`~audio2lp.api.Animator` to render with. ``output_dir``: where results are
+    written (one file per run; default a temporary folder removed when the process exits).
+    ``motion_model``: an audio-to-motion checkpoint offered on the Speak tab (default: only the built-in
+    lip-sync model). Runs are serialised (one render at a time).
+    """
+
+    def __init__(self, animator, output_dir: str | os.PathLike | None = None,
+                 motion_model: str | os.PathLike | None = None):
+        self.animator = animator
+        if output_dir is None:
+            output_dir = tempfile.mkdtemp(prefix="audio2lp-app-")
+            atexit.register(shutil.rmtree, output_dir, True)
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.motion_model = Path(motion_model) if motion_model is not None else None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------ choices
+    @property
+    def motion_choices(self) -> list[str]:
+        return ([self.motion_model_label] if self.motion_model else []) + [BUILTIN_MOTION]
+
+    @property
+    def motion_model_label(self) -> str | None:
+        return f"Motion model ({self.motion_model.name})" if self.motion_model else None
+
+    # ------------------------------------------------------------------------------ speak
+    def speak(self, portrait, audio, motion: str | None = None, face: Any = "largest", fps: float = 25.0,
+              expression_scale: float = 1.0, pose_scale: float = 1.0, blink: bool = True,
+              blink_rate: float | None = None, seed: Any = 0, style: Any = 0, pose_from=None,
+              pasteback: bool = True, progress: Callable | None = None) -> tuple[str, str]:
+        """Make ``portrait`` say ``audio``; returns (the mp4's path, a one-line summary).
+
+        ``motion``: one of :attr:`motion_choices` (default: the motion model when there is one).
+        ``progress``: a ``gradio.Progress`` (or any callable taking ``(done, total)`` or a fraction, and
+        ``desc=``). Raises ``gradio.Error`` with a readable message for user-fixable problems."""
+        portrait_p, audio_p, pose_p = _path(portrait), _path(audio), _path(pose_from)
+        names = {p: Path(p).name for p in (portrait_p, audio_p, pose_p) if p}
+        with _page_errors(names):
+            if portrait_p is None:
+                raise InputError("Upload a portrait photo first.")
+            if audio_p is None:
+                raise InputError("Upload or record a speech clip first.")
+            if motion in (None, ""):
+                motion = self.motion_choices[0]
+            if motion not in self.motion_choices:
+                raise InputError(f"Motion must be one of {', '.join(self.motion_choices)}, not {motion!r}.")
+            motion_model = self.motion_model if motion == self.motion_model_label else None
+            empty = (None, "")
+            kwargs = options.check(dict(face=face, fps=fps, expression_scale=expression_scale, pose_scale=pose_scale,
+                                        seed=0 if seed in empty else seed, style=0 if style in empty else style,
+                                        blink=blink, blink_rate=None if blink_rate in empty else blink_rate,
+                                        pasteback=pasteback))
+            kwargs.update(motion_model=motion_model, pose_from=pose_p if motion_model is None else None)
+            out = self._new_output(portrait_p, "speak", ".mp4")
+            res = self._run(self.animator.speak, (portrait_p, audio_p, out), kwargs, progress)
+            secs = res.extra.get("duration", res.n_frames / res.fps)
+            return str(res.output), f"{res.n_frames} frames at {res.fps:g} fps ({secs:.2f} s, with audio)"
+
+    # ------------------------------------------------------------------------------ drive
+    def drive(self, portrait, driving_video=None, driving_template=None, face: Any = "largest",
+              region: str = "all", multiplier: float = 1.0, stitching: bool = True, retarget_eyes: bool = False,
+              retarget_lip: bool = False, pasteback: bool = True, concat: bool = False,
+              save_template: bool = False, progress: Callable | None = None) -> tuple[str, str | None, str]:
+        """Animate ``portrait`` with a driving video (or a motion template); returns (the mp4's path, the
+        saved motion template's path or None, a one-line summary). Errors as :meth:`speak`."""
+        portrait_p, video_p, tmpl_p = _path(portrait), _path(driving_video), _path(driving_template)
+        names = {p: Path(p).name for p in (portrait_p, video_p, tmpl_p) if p}
+        with _page_errors(names):
+            if portrait_p is None:
+                raise InputError("Upload a portrait photo first.")
+            if video_p is None and tmpl_p is None:
+                raise InputError("Upload a driving video (or a motion template) first.")
+            if video_p is not None and tmpl_p is not None:
+                raise InputError("Give either a driving video or a motion template, not both; clear one of them.")
+            kwargs = options.check(dict(face=face, region=region, multiplier=multiplier, stitching=stitching,
+                                        retarget_eyes=retarget_eyes, retarget_lip=retarget_lip, pasteback=pasteback,
+                                        concat=concat))
+            out = self._new_output(portrait_p, "drive", ".mp4")
+            kwargs["save_template"] = out.with_suffix(".npz") if save_template else None
+            res = self._run(self.animator.drive, (portrait_p, video_p or tmpl_p, out), kwargs, progress)
+            audio = ", with audio" if res.has_audio else ""
+            summary = f"{res.n_frames} frames at {res.fps:.3g} fps{audio}"
+            return str(res.output), (str(res.template) if res.template else None), summary
+
+    # ------------------------------------------------------------------------------ helpers
+    def _new_output(self, portrait: str, kind: str, suffix: str) -> Path:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(portrait).stem)[:40] or "portrait"
+        run = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=self.output_dir))
+        return run / f"{stem}-{kind}{suffix}"
+
+    def _run(self, method: Callable, args: tuple, kwargs: dict, progress: Callable | None):
+        if progress is not None:
+            progress(0.0, desc="Loading the models and finding the face")
+
+            def on_frames(done: int, total: int) -> None:
+                progress((int(done), int(total)), desc="Rendering", unit="frames")
+
+            kwargs = {**kwargs, "progress_callback": on_frames}
+        with self._lock:
+            return method(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _page_errors(names: dict[str, str]):
+    """InputError (and memory errors, and bugs) -> gradio.Error with a message worded for the page."""
+    try:
+        yield
+    except InputError as e:
+        gr = _require_gradio()
+        log.info("input problem: %s", e)
+        text = e.describe(WEB) if isinstance(e, OptionError) else str(e)
+        raise gr.Error(page_message(text, names), title="Cannot make the video", print_exception=False) from e
+    except MemoryError as e:
+        gr = _require_gradio()
+        raise gr.Error("Out of memory; start the app with a smaller --batch-size.", title="Out of memory",
+                       print_exception=False) from e
+    except Exception as e:
+        gr = _require_gradio()
+        if isinstance(e, gr.Error):
+            raise
+        log.exception("the render failed")
+        raise gr.Error(f"Something went wrong inside audio2lp ({type(e).__name__}: {e}). This is a bug; the "
+                       f"server log has the details.", title="Internal error", print_exception=False) from e
+
+
+def page_message(message: str, names: dict[str, str] | None = None) -> str:
+    """An InputError message worded for the page: uploaded files' temporary paths become their names (options are
+    already named by their controls' labels, see :meth:`audio2lp.options.OptionError.describe`)."""
+    for path, name in sorted((names or {}).items(), key=lambda kv: -len(kv[0])):
+        message = message.replace(path, name)
+    return message[:1].upper() + message[1:]
+
+
+def _control(gr, name: str, **overrides):
+    """The Gradio control of option ``name``: its kind, range, default and label from :mod:`audio2lp.options`."""
+    o = options.OPTIONS[name]
+    kw: dict[str, Any] = {"label": o.label}
+    if o.ui_info:
+        kw["info"] = o.ui_info
+    kw.update(overrides)
+    if o.kind == "bool":
+        return gr.Checkbox(value=bool(o.default), **kw)
+    if o.kind == "face":
+        return gr.Dropdown(FACE_CHOICES, value=o.default, allow_custom_value=True, **kw)
+    if o.choices is not None:
+        return gr.Dropdown(list(o.choices), value=o.default, **kw)
+    if o.nullable or (o.minimum is None or o.maximum is None) and o.ui_range is None:
+        bounds = {k: v for k, v in (("minimum", o.minimum), ("maximum", o.maximum)) if v is not None}
+        return gr.Number(value=o.default, precision=0 if o.kind == "int" else None, **bounds, **kw)
+    lo, hi = o.ui_range or (o.minimum, o.maximum)
+    step = o.ui_step or (1 if o.kind == "int" else 0.05)
+    return gr.Slider(lo, hi, value=o.default, step=step, **kw)
+
+
+# ---------------------------------------------------------------------------------------- the page
+def build_app(animator, *, motion_model: str | os.PathLike | None = None,
+              output_dir: str | os.PathLike | None = None, title: str = "audio2lp"):
+    """The Gradio ``Blocks`` of the app (not launched). Launch it with :func:`launch_app` (offline-safe
+    settings) or ``app.launch(...)``. ``animator``, ``motion_model`` and ``output_dir`` as
+    :class:`AppHandlers`."""
+    gr = _require_gradio()
+    h = AppHandlers(animator, output_dir=output_dir, motion_model=motion_model)
+
+    def speak(portrait, audio, motion, face, fps, expression_scale, pose_scale, blink, blink_rate, seed, style,
+              pose_from, pasteback, progress=gr.Progress()):
+        return h.speak(portrait, audio, motion, face, fps, expression_scale, pose_scale, blink, blink_rate, seed,
+                       style, pose_from, pasteback, progress=progress)
+
+    def drive(portrait, driving_video, driving_template, face, region, multiplier, stitching, retarget_eyes,
+              retarget_lip, pasteback, concat, save_template, progress=gr.Progress()):
+        video, template, summary = h.drive(portrait, driving_video, driving_template, face, region, multiplier,
+                                           stitching, retarget_eyes, retarget_lip, pasteback, concat,
+                                           save_template, progress=progress)
+        return video, gr.update(value=template, visible=template is not None), summary
+
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:
+        gr.Markdown(f"# {title}\nA portrait photo and speech (or a driving video) → a talking-head video, "
+                    "rendered with LivePortrait on this computer.")
+        with gr.Tabs():
+            with gr.Tab("Speak", id="speak", elem_id="speak-tab"):
+                with gr.Row():
+                    with gr.Column():
+                        s_portrait = gr.Image(label="Portrait", type="filepath", format="png",
+                                              sources=["upload", "clipboard"], elem_id="speak-portrait",
+                                              height=320)
+                        s_audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"],
+                                           elem_id="speak-audio")
+                        with gr.Group():
+                            s_motion = gr.Radio(h.motion_choices, value=h.motion_choices[0], label="Motion",
+                                                visible=len(h.motion_choices) > 1, elem_id="speak-motion")
+                            s_face = _control(gr, "face")
+                            s_pose_scale = _control(gr, "pose_scale")
+                            s_expr = _control(gr, "expression_scale", visible=motion_model is not None)
+                            s_blink = _control(gr, "blink")
+                        with gr.Accordion("More settings", open=False):
+                            s_fps = _control(gr, "fps")
+                            s_blink_rate = _control(gr, "blink_rate")
+                            s_seed = _control(gr, "seed")
+                            s_style = _control(gr, "style", visible=motion_model is not None)
+                            s_pose_from = gr.File(label=f"{options.OPTIONS['pose_from'].label} (.npz/.pkl, "
+                                                  "built-in lip-sync only)", file_types=TEMPLATE_TYPES,
+                                                  type="filepath")
+                            s_pasteback = _control(gr, "pasteback")
+                        s_button = gr.Button("Speak", variant="primary", elem_id="speak-button")
+                    with gr.Column():
+                        s_video = gr.Video(label="Result", interactive=False, buttons=["download"],
+                                           elem_id="speak-video", height=480)
+                        s_info = gr.Markdown(elem_id="speak-info")
+                s_button.click(speak, [s_portrait, s_audio, s_motion, s_face, s_fps, s_expr, s_pose_scale, s_blink,
+                                       s_blink_rate, s_seed, s_style, s_pose_from, s_pasteback],
+                               [s_video, s_info], api_name="speak", concurrency_id="render", concurrency_limit=1,
+                               show_progress_on=[s_video])
+
+            with gr.Tab("Drive", id="drive", elem_id="drive-tab"):
+                with gr.Row():
+                    with gr.Column():
+                        d_portrait = gr.Image(label="Portrait", type="filepath", format="png",
+                                              sources=["upload", "clipboard"], elem_id="drive-portrait",
+                                              height=320)
+                        d_video = gr.Video(label="Driving video", sources=["upload"], elem_id="drive-driving")
+                        d_template = gr.File(label="…or a motion template (.npz/.pkl)", file_types=TEMPLATE_TYPES,
+                                             type="filepath", elem_id="drive-template")
+                        with gr.Group():
+                            d_face = _control(gr, "face")
+                            d_region = _control(gr, "region")
+                            d_mult = _control(gr, "multiplier")
+                        with gr.Accordion("More settings", open=False):
+                            d_eyes = _control(gr, "retarget_eyes")
+                            d_lip = _control(gr, "retarget_lip")
+                            d_stitch = _control(gr, "stitching")
+                            d_pasteback = _control(gr, "pasteback")
+                            d_concat = _control(gr, "concat")
+                            d_save = gr.Checkbox(value=False, label=options.OPTIONS["save_template"].label,
+                                                 info=options.OPTIONS["save_template"].ui_info)
+                        d_button = gr.Button("Drive", variant="primary", elem_id="drive-button")
+                    with gr.Column():
+                        d_out = gr.Video(label="Result", interactive=False, buttons=["download"],
+                                         elem_id="drive-video", height=480)
+                        d_template_out = gr.File(label="Motion template", visible=False, interactive=False,
+                                                 elem_id="drive-template-out")
+                        d_info = gr.Markdown(elem_id="drive-info")
+                d_button.click(drive, [d_portrait, d_video, d_template, d_face, d_region, d_mult, d_stitch, d_eyes,
+                                       d_lip, d_pasteback, d_concat, d_save],
+                               [d_out, d_template_out, d_info], api_name="drive", concurrency_id="render",
+                               concurrency_limit=1, show_progress_on=[d_out])
+    app.queue(default_concurrency_limit=1)
+    app.audio2lp_handlers = h  # for tests and embedding
+    return app
+
+
+def launch_app(app, *, host: str = "127.0.0.1", port: int | None = None, open_browser: bool = False,
+               quiet: bool = True, block: bool = True):
+    """Serve ``app`` locally with offline-safe settings: no share tunnel, no analytics, client-side
+    rendering (no Node server), no run history, and results readable from the app's output folder."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    h = getattr(app, "audio2lp_handlers", None)
+    allowed = [str(h.output_dir)] if h is not None else None
+    return app.launch(server_name=host, server_port=port, share=False, inbrowser=open_browser, quiet=quiet,
+                      ssr_mode=False, pwa=False, mcp_server=False, run_history=False, allowed_paths=allowed,
+                      prevent_thread_lock=not block, show_error=False)
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def add_app_parser(sub) -> None:
+    """Register the ``audio2lp app`` subcommand on ``sub`` (an argparse subparsers object)."""
+    p = sub.add_parser(
+        "app", help="serve the web app (Speak and Drive tabs) on this computer",
+        description="Serve a local web page with two tabs: Speak (a portrait and a speech clip or a microphone "
+                    "recording -> a talking-head video) and Drive (a portrait and a driving video or motion "
+                    "template). It renders with the same engine as `audio2lp speak` and `audio2lp drive`, "
+                    "needs no internet, and is reachable only from this computer unless --host says otherwise. "
+                    'Needs Gradio: pip install "audio2lp[app]".')
+    add_arguments(p, "app", defaults={"port": 7860})
+    p.set_defaults(run=_run_app)
+
+
+def _run_app(args) -> int:
+    port = check_value("port", args.port)
+    _require_gradio()
+    if args.motion_model is not None:
+        from audio2lp.models.motion_model import read_motion_model_metadata
+
+        read_motion_model_metadata(args.motion_model)  # fail before serving on a bad checkpoint
+    animator = animator_from_args(args)
+    animator.renderer  # noqa: B018 - load the weights now: a bad --weights fails here, not on the first click
+    animator.faces  # noqa: B018
+    app = build_app(animator, motion_model=args.motion_model, output_dir=args.output_dir)
+    port = port or _free_port(args.host)
+    try:
+        launch_app(app, host=args.host, port=port, open_browser=args.open_browser, block=False)
+    except OSError as e:
+        raise InputError(f"cannot serve on {args.host}:{port} ({e}); pick another --port (0 = any free port).") from e
+    print(f"audio2lp app: serving on http://{_url_host(args.host)}:{port} (Ctrl+C to stop)", flush=True)
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it cleanly, like Ctrl+C
+    app.block_thread()
+    return 0
+
+
+def _url_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m audio2lp.apps.webapp ...``: the same as ``audio2lp app ...``."""
+    prepare_process()
+    parser = argparse.ArgumentParser(prog="audio2lp")
+    add_app_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["app", *(argv if argv is not None else sys.argv[1:])])
+    setup_logging(args)
+    return run(lambda: args.run(args), interrupted="", interrupt_code=0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,340 @@
+"""The one option schema: every option of every command, defined once.
+
+Each :class:`Option` holds its Python name (the keyword of :class:`audio2lp.Animator`'s methods and the field of the
+HTTP service's forms), its kind, default, range or choices, help text, web-app label and the commands that use it.
+Everything else is generated from it or checked by it:
+
+* the command line (:mod:`audio2lp.apps.cli`): :func:`audio2lp.apps.frontdoor.add_arguments` adds a command's
+  options to its parser;
+* the HTTP service (:mod:`audio2lp.apps.server`): the form fields of ``POST /speak`` and ``POST /drive``;
+* the web app (:mod:`audio2lp.apps.webapp`): each control's range, default and label;
+* :class:`audio2lp.Animator` and the service's limits: :func:`check` validates values (ranges, whole numbers,
+  choices) and raises :class:`OptionError`.
+
+Adding an option is adding one :class:`Option` to :data:`OPTIONS` (and using the value where it matters).
+
+An :class:`OptionError` names options through placeholders, ``{fps}`` for the option and ``{not_pasteback}`` for
+its "off" form; each front door fills them in its own terms (:meth:`OptionError.describe`): ``--fps`` and
+``--no-pasteback`` on the command line, ``fps`` and ``pasteback=false`` in the HTTP service and the Python API,
+the control's label in the web app. Values interpolated into a message go through :func:`literal`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lp_renderer.errors import InputError
+
+__all__ = ["OPTIONS", "Option", "OptionError", "check", "check_value", "describe", "literal", "options_for",
+           "parse_face"]
+
+#: how each front door names an option: the Python API and the HTTP service use the Python name
+API, CLI, WEB = "api", "cli", "web"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option.
+
+    ``kind``: ``"float"``, ``"int"``, ``"bool"``, ``"str"`` (with ``choices``), ``"path"`` or ``"face"``
+    (``"largest"``, ``"all"`` or a face number). ``minimum`` / ``maximum``: the valid range (inclusive; None: open).
+    ``nullable``: None is a valid value (it means "the default behaviour", e.g. natural blinks). ``units``: named
+    after a range in messages. ``hint``: appended to a range message. ``commands``: where it appears.
+    ``flag``: the command-line flag (default ``--name-with-dashes``; booleans that default to True get
+    ``--no-...``). ``metavar``: the command line's placeholder. ``label``: the web app's control; ``ui_range``: the
+    range its slider shows (within the valid range), ``ui_step`` its step, ``ui_info`` its hint. ``service``: a
+    field of the HTTP service's speak / drive forms.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    commands: tuple[str, ...]
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    nullable: bool = False
+    units: str = ""
+    hint: str = ""
+    flag: str | None = None
+    metavar: str | None = None
+    label: str = ""
+    ui_range: tuple[float, float] | None = None
+    ui_step: float | None = None
+    ui_info: str = ""
+    service: bool = False
+
+    @property
+    def cli_flag(self) -> str:
+        if self.flag is not None:
+            return self.flag
+        base = "--" + self.name.replace("_", "-")
+        return "--no-" + self.name.replace("_", "-") if self.kind == "bool" and self.default is True else base
+
+    def title(self, style: str) -> str:
+        """The option's name in a front door's terms."""
+        if style == CLI:
+            return self.cli_flag
+        if style == WEB:
+            return self.label or self.name
+        return self.name
+
+    def off(self, style: str) -> str:
+        """How a front door says "turned off" for a boolean option."""
+        if style == CLI:
+            return "--no-" + self.name.replace("_", "-")
+        if style == WEB:
+            return f"turning {self.label or self.name} off"
+        return f"{self.name}=false"
+
+
+_SPEAK, _DRIVE = ("speak",), ("drive",)
+_RENDER = ("speak", "drive", "serve", "app")  # commands that build an Animator
+_LOGGING = ("speak", "drive", "serve", "app", "doctor", "weights")
+
+OPTIONS: dict[str, Option] = {o.name: o for o in [
+    # ---------------------------------------------------------------------------------- speak
+    Option("motion_model", "path", None, "audio-to-motion checkpoint (motion_model.safetensors from `audio2lp-train "
+           "train`) instead of the built-in lip-sync model", ("speak", "serve", "app"), metavar="CKPT",
+           label="the motion model"),
+    Option("face", "face", "largest", "which face of the portrait to animate: largest (default), a number "
+           "(0 = largest), or all (each face, stitched in place)", ("speak", "drive"), metavar="FACE",
+           label="Face", ui_info="largest, all, or a face number (0 = largest)", service=True),
+    Option("fps", "float", 25.0, "output frame rate", _SPEAK, minimum=1, maximum=120, label="Frames per second",
+           ui_step=1, service=True),
+    Option("expression_scale", "float", 1.0, "scale of the predicted expression around the portrait's own "
+           "(--motion-model)", _SPEAK, minimum=0, maximum=10, label="Expression scale", ui_range=(0, 2),
+           ui_step=0.05, ui_info="motion model only", service=True),
+    Option("pose_scale", "float", 1.0, "scale of the head motion (0 = still head)", _SPEAK, minimum=0, maximum=10,
+           label="Head motion scale", ui_range=(0, 2), ui_step=0.05, ui_info="0 = still head", service=True),
+    Option("pose_from", "path", None, "take the head motion from a motion template (.npz from `drive "
+           "--save-template`, or .pkl)", _SPEAK, metavar="TEMPLATE", label="Head motion template"),
+    Option("blink_rate", "float", None, "average blinks per minute (default: natural, about 17)", _SPEAK, minimum=0,
+           maximum=120, nullable=True, units="blinks per minute", metavar="PER_MIN", label="Blinks per minute",
+           ui_info="empty = natural (about 17)", service=True),
+    Option("blink", "bool", True, "keep the eyes as in the photo (no blinks)", _SPEAK, label="Blink",
+           ui_info="built-in lip-sync only", service=True),
+    Option("style", "int", 0, "speaker/style id of the motion model", _SPEAK, minimum=0, label="Style",
+           ui_info="speaker/style id of the motion model", service=True),
+    Option("seed", "int", 0, "random seed of the blinks and idle head motion, and of --motion-noise", _SPEAK,
+           label="Seed", ui_info="blinks, head motion and sampling", service=True),
+    Option("motion_noise", "float", 0.0, "with --motion-model: noise (normalised units) on the frames fed back "
+           "while generating, for varied motion from the same audio (0: deterministic)", _SPEAK, minimum=0,
+           metavar="STD", label="Motion noise"),
+    Option("whisper_checkpoint", "path", None, "openai-whisper checkpoint to use instead of the cached/converted one",
+           _SPEAK, metavar="FILE", label="Whisper checkpoint"),
+    # ---------------------------------------------------------------------------------- drive
+    Option("region", "str", "all", "which part of the driving motion to apply", _DRIVE,
+           choices=("all", "exp", "pose", "lip", "eyes"), label="Region",
+           ui_info="which part of the driving motion to apply", service=True),
+    Option("multiplier", "float", 1.0, "scale of the motion around the portrait's own pose and expression", _DRIVE,
+           minimum=0, maximum=10, label="Motion multiplier", ui_range=(0, 2), ui_step=0.05, service=True),
+    Option("retarget_eyes", "bool", False, "drive eye opening by the driving face's eye-open ratio (eye retargeting "
+           "network). As in LivePortrait (Algorithm 1), retargeting replaces the driving expression and head pose: "
+           "the result is the portrait's own pose and expression plus the eye (and, with --retarget-lip, lip) "
+           "deltas", _DRIVE, label="Eye retargeting", ui_info="eye opening follows the driving face", service=True),
+    Option("retarget_lip", "bool", False, "drive mouth opening by the driving face's lip-open ratio (lip retargeting "
+           "network). As in LivePortrait, retargeting replaces the driving expression and head pose: the result is "
+           "the portrait's own pose and expression plus the lip (and eye) deltas", _DRIVE, label="Lip retargeting",
+           ui_info="mouth opening follows the driving face", service=True),
+    Option("stitching", "bool", True, "skip the stitching network (implies --no-pasteback: one face's 512x512 "
+           "crop)", _DRIVE, label="Stitching", ui_info="off implies no paste back", service=True),
+    Option("concat", "bool", False, "put the driving face crop beside the result", _DRIVE,
+           label="Show the driving face", ui_info="the driving crop beside the result", service=True),
+    Option("save_template", "path", None, "also save the driving motion as a template, to drive other portraits "
+           "without the video", _DRIVE, metavar="FILE.npz", label="Save motion template",
+           ui_info="to drive other portraits without the video"),
+    Option("max_frames", "int", None, "render only the first N driving frames (the audio is cut to match)", _DRIVE,
+           minimum=1, nullable=True, metavar="N", label="Max frames", service=True),
+    # ---------------------------------------------------------------------------------- both
+    Option("pasteback", "bool", True, "write the 512x512 face crop instead of the full photo", ("speak", "drive"),
+           label="Paste back", ui_info="off: the 512x512 face crop", service=True),
+    Option("crf", "int", 18, "H.264 quality from 0 (best) to 51 (worst); 18 is visually lossless",
+           ("speak", "drive"), minimum=0, maximum=51, hint="18 (the default) is visually lossless",
+           label="Video quality (CRF)", service=True),
+    # ---------------------------------------------------------------------------------- runtime
+    Option("weights", "path", None, "LivePortrait weights folder (official pretrained_weights layout); default "
+           "$AUDIO2LP_WEIGHTS or the cache folder (see `audio2lp weights`)", _RENDER + ("doctor", "weights"),
+           metavar="DIR", label="the weights folder"),
+    Option("device", "str", "auto", "where to run the networks (default: CUDA when available)", _RENDER,
+           choices=("auto", "cpu", "cuda"), label="Device"),
+    Option("half", "bool", None, "float16 for the warping and decoding networks (CUDA only; default on CUDA)",
+           _RENDER, nullable=True, label="Half precision"),
+    Option("compile", "bool", False, "torch.compile the warping and decoding networks", _RENDER, label="Compile"),
+    Option("batch_size", "int", None, "frames rendered together (default 8 on CUDA, 1 on the CPU)", _RENDER,
+           minimum=1, nullable=True, metavar="N", label="--batch-size (when starting the app)"),
+    Option("face_backend", "str", "auto", "face detector/landmarks: dlib (built in) or insightface (needs the "
+           "insightface package and the buffalo_l models); auto picks insightface when both are there", _RENDER,
+           choices=("auto", "dlib", "insightface"), label="Face backend"),
+    Option("insightface_dir", "path", None, "folder with insightface's det_10g.onnx and 2d106det.onnx (default "
+           "$AUDIO2LP_INSIGHTFACE_DIR, WEIGHTS/insightface/models/buffalo_l or ~/.insightface/models/buffalo_l)",
+           _RENDER + ("doctor",), metavar="DIR", label="the insightface folder"),
+    Option("quiet", "bool", False, "no progress bars, warnings only", _LOGGING, flag="-q", label="Quiet"),
+    Option("verbose", "bool", False, "debug logging", _LOGGING, flag="-v", label="Verbose"),
+    # ---------------------------------------------------------------------------------- weights
+    Option("repo", "str", "KwaiVGI/LivePortrait", "Hugging Face repository of the official weights (default "
+           "KwaiVGI/LivePortrait; mirror: KlingTeam/LivePortrait)", ("weights download",), metavar="OWNER/NAME",
+           label="Repository"),
+    # ---------------------------------------------------------------------------------- serve / app
+    Option("host", "str", "127.0.0.1", "address to listen on (default 127.0.0.1: this computer only; 0.0.0.0 for "
+           "every interface)", ("serve", "app"), label="Host"),
+    Option("port", "int", None, "TCP port (serve: default 8000; app: default 7860, 0 = any free port)",
+           ("serve", "app"), minimum=0, maximum=65535, nullable=True, label="Port"),
+    Option("workers", "int", 1, "jobs rendered at the same time (default 1: on a CPU one job uses every core)",
+           ("serve",), minimum=1, label="Workers"),
+    Option("queue_size", "int", 8, "jobs that may wait for a worker; more are refused with 429 (default 8)",
+           ("serve",), minimum=0, metavar="N", label="Queue size"),
+    Option("max_upload_mb", "float", 200.0, "largest request (all uploaded files together) in MB; larger ones get "
+           "413 (default 200)", ("serve",), minimum=0, metavar="MB", hint="it must be positive",
+           label="Largest upload"),
+    Option("max_duration", "float", 600.0, "longest accepted audio or driving video in seconds (default 600)",
+           ("serve",), minimum=0, metavar="SECONDS", hint="it must be positive", label="Longest input"),
+    Option("ttl", "float", 3600.0, "how long finished jobs and their videos are kept, in seconds (default 3600)",
+           ("serve",), minimum=0, metavar="SECONDS", hint="it must be positive", label="Time to live"),
+    Option("jobs_dir", "path", None, "folder for job inputs and results (default: a temporary folder removed at "
+           "exit)", ("serve",), metavar="DIR", label="Jobs folder"),
+    Option("output_dir", "path", None, "keep every result in this folder (default: a temporary folder removed on "
+           "exit)", ("app",), metavar="DIR", label="Output folder"),
+    Option("open_browser", "bool", False, "open the page in a browser", ("app",), flag="--open",
+           label="Open a browser"),
+]}
+
+#: options whose value must be strictly above their minimum (sizes and durations)
+_POSITIVE = {"max_upload_mb", "max_duration", "ttl"}
+
+
+def options_for(command: str) -> list[Option]:
+    """The options of ``command``, in the schema's order."""
+    return [o for o in OPTIONS.values() if command in o.commands]
+
+
+# ------------------------------------------------------------------------------------------ errors
+def literal(text: Any) -> str:
+    """``text`` made safe to put into an :class:`OptionError` template (braces doubled)."""
+    return str(text).replace("{", "{{").replace("}", "}}")
+
+
+class _Names(Mapping):
+    def __init__(self, style: str):
+        self.style = style
+
+    def __getitem__(self, key: str) -> str:
+        if key.startswith("not_") and key[4:] in OPTIONS:
+            return OPTIONS[key[4:]].off(self.style)
+        return OPTIONS[key].title(self.style)
+
+    def __iter__(self):
+        return iter(OPTIONS)
+
+    def __len__(self) -> int:
+        return len(OPTIONS)
+
+
+def describe(template: str, style: str) -> str:
+    """``template`` with its option placeholders in the terms of ``style`` (``"cli"``, ``"api"`` or ``"web"``)."""
+    return template.format_map(_Names(style))
+
+
+class OptionError(InputError):
+    """A user-fixable problem with the value of option ``option``. ``template`` names options as ``{name}`` (and
+    ``{not_name}`` for a boolean turned off); ``str()`` is the Python API's wording, :meth:`describe` any front
+    door's."""
+
+    def __init__(self, option: str, template: str):
+        if option not in OPTIONS:
+            raise KeyError(f"unknown option {option!r}")
+        self.option, self.template = option, template
+        super().__init__(describe(template, API))
+
+    def describe(self, style: str) -> str:
+        return describe(self.template, style)
+
+
+# ------------------------------------------------------------------------------------------ values
+def parse_face(value: Any) -> str | int:
+    """A face choice from any front door: ``"largest"``, ``"all"`` or a face number (int >= 0)."""
+    if isinstance(value, bool):
+        raise OptionError("face", "{face} takes 'largest', 'all' or a face number, not " + literal(repr(value)))
+    if isinstance(value, int):
+        n = value
+    else:
+        text = "largest" if value is None or str(value).strip() == "" else str(value).strip().lower()
+        if text in ("largest", "all"):
+            return text
+        try:
+            n = int(text)
+        except ValueError:
+            raise OptionError("face", "{face} takes 'largest', 'all' or a face number, not "
+                              + literal(repr(value))) from None
+    if n < 0:
+        raise OptionError("face", "{face} numbers start at 0 (the largest face)")
+    return n
+
+
+def _number(o: Option, value: Any) -> float | int:
+    whole = o.kind == "int"
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = float(value)
+        ok = math.isfinite(v) and (not whole or v.is_integer())
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        what = "a whole number" if whole else "a number"
+        raise OptionError(o.name, "{" + o.name + "} must be " + what + ", not " + literal(value) + _hint(o))
+    return int(v) if whole else v
+
+
+def _hint(o: Option) -> str:
+    return f"; {literal(o.hint)}." if o.hint else "."
+
+
+def _range_error(o: Option, value: Any) -> OptionError:
+    lo, hi = o.minimum, o.maximum
+    name = "{" + o.name + "}"
+    fmt = (lambda x: f"{int(x)}") if o.kind == "int" else (lambda x: f"{x:g}")
+    units = f" {o.units}" if o.units else ""
+    if o.name in _POSITIVE:
+        text = f"{name} must be positive"
+    elif o.kind == "int" and hi is not None:
+        text = f"{name} must be a whole number from {fmt(lo)} to {fmt(hi)}{units}"
+    elif o.kind == "int":
+        text = f"{name} must be at least {fmt(lo)}" if lo != 0 else f"{name} must be 0 or more"
+    elif hi is not None:
+        text = f"{name} must be between {fmt(lo)} and {fmt(hi)}{units}"
+    else:
+        text = f"{name} must be a non-negative number" if lo == 0 else f"{name} must be at least {fmt(lo)}"
+    return OptionError(o.name, text + ", not " + literal(value) + (_hint(o) if o.name not in _POSITIVE else "."))
+
+
+def check_value(name: str, value: Any) -> Any:
+    """``value`` of option ``name`` checked and normalised (ints for whole numbers, a face choice, ...); raises
+    :class:`OptionError`."""
+    o = OPTIONS[name]
+    if value is None and (o.nullable or o.default is None):
+        return None
+    if o.kind == "face":
+        return parse_face(value)
+    if o.kind in ("float", "int"):
+        v = _number(o, value)
+        if (o.minimum is not None and (v < o.minimum or (name in _POSITIVE and v <= o.minimum))) or \
+                (o.maximum is not None and v > o.maximum):
+            raise _range_error(o, value)
+        return v
+    if o.kind == "bool":
+        return bool(value)
+    if o.choices is not None and value not in o.choices:
+        raise OptionError(name, "{" + name + "} must be one of " + literal(", ".join(o.choices)) + ", not "
+                          + literal(repr(value)) + ".")
+    return value
+
+
+def check(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Every ``name: value`` of ``values`` checked with :func:`check_value` (names not in the schema pass as
+    they are)."""
+    return {k: check_value(k, v) if k in OPTIONS else v for k, v in values.items()}

@@ -1,0 +1,372 @@
+"""`audio2lp serve`: a real uvicorn server on loopback (in a thread), driven with httpx.
+
+Fast tests use a stub animator (controllable, no rendering) with real upload validation; the realdata
+tests run speak and drive end to end with tiny random renderer weights and a tiny random motion model."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:
+    pytest.skip("python-multipart is not installed (pip install \"audio2lp[serve]\")", allow_module_level=True)
+httpx = pytest.importorskip("httpx")
+
+from audio2lp.api import RenderResult  # noqa: E402
+from audio2lp.apps.server import ServeConfig, create_app  # noqa: E402
+from audio2lp.media.audio import write_wav  # noqa: E402
+from lp_renderer.weights import save_networks  # noqa: E402
+
+PORTRAIT = "portraits/EAMM__14.png"
+SPEECH = "speech/MakeItTalk__M6_04_16k.wav"
+TALKING = "talking/Talking-Face_PC-AVS__00010.mp4"
+
+
+@contextlib.contextmanager
+def running(app):
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields the base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline and t.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(timeout=30)
+        sock.close()
+
+
+class StubAnimator:
+    """Quacks like Animator (the renderer and face backend "loaded", speak and drive with ``progress_callback``):
+    writes a small file as the 'video'. ``gate`` (an Event) holds jobs until set; ``fail`` makes speak raise the
+    given exception."""
+
+    renderer = faces = None
+
+    def __init__(self, gate: threading.Event | None = None, n_frames: int = 5):
+        self.gate, self.n_frames = gate, n_frames
+        self.fail: Exception | None = None
+        self.calls: list[tuple[str, dict]] = []
+        self.mid = threading.Event()  # set once a job has reported some progress
+
+    def _work(self, kind, output, kw):
+        self.calls.append((kind, kw))
+        cb = kw.get("progress_callback")
+        if cb:
+            cb(1, self.n_frames)
+        self.mid.set()
+        if self.gate is not None:
+            assert self.gate.wait(30)
+        if self.fail is not None:
+            raise self.fail
+        if cb:
+            cb(self.n_frames, self.n_frames)
+        Path(output).write_bytes(b"\x00\x00\x00\x18ftypmp42fake")
+        return RenderResult(Path(output), self.n_frames, 25.0, True, extra={"duration": self.n_frames / 25})
+
+    def speak(self, portrait, audio, output, **kw):
+        return self._work("speak", output, kw)
+
+    def drive(self, portrait, driving, output, **kw):
+        return self._work("drive", output, kw)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """Small synthetic uploads: a PNG, one second of a tone as WAV, a text file, a short mp4."""
+    import cv2
+
+    d = tmp_path_factory.mktemp("uploads")
+    img = np.full((96, 96, 3), 128, np.uint8)
+    cv2.circle(img, (48, 48), 30, (200, 170, 150), -1)
+    cv2.imwrite(str(d / "face.png"), img)
+    t = np.arange(16000) / 16000
+    write_wav(d / "tone.wav", (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))
+    (d / "notes.txt").write_text("this is not an image, nor audio, nor video\n" * 20)
+    from audio2lp.media.writer import VideoWriter
+
+    with VideoWriter(d / "clip.mp4", 25.0) as w:
+        for i in range(10):
+            w.write(np.full((64, 64, 3), 10 * i, np.uint8))
+    return {"portrait": d / "face.png", "audio": d / "tone.wav", "text": d / "notes.txt", "video": d / "clip.mp4"}
+
+
+def _files(**named: Path) -> dict:
+    return {k: (p.name, p.read_bytes()) for k, p in named.items()}
+
+
+def _wait(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        r = client.get(f"/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        js = r.json()
+        if js["state"] in ("done", "failed"):
+            return js
+        assert time.time() < deadline, f"job still {js['state']}"
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------------------ fast tier
+def test_speak_job_lifecycle_with_progress(inputs, tmp_path):
+    gate = threading.Event()
+    stub = StubAnimator(gate)
+    app = create_app(stub, ServeConfig(jobs_dir=tmp_path / "jobs"), motion_model=None)
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/speak", files=_files(portrait=inputs["portrait"], audio=inputs["audio"]),
+                   data={"fps": "30", "blink": "false", "face": "0", "seed": "3"})
+        assert r.status_code == 202, r.text
+        js = r.json()
+        assert js["state"] == "queued" and r.headers["location"] == f"/jobs/{js['id']}"
+        assert js["frames_total"] == 30  # one second of audio at 30 fps, known before the job runs
+        assert stub.mid.wait(10)
+        mid = c.get(f"/jobs/{js['id']}").json()
+        assert mid["state"] == "running" and mid["frames_done"] == 1 and mid["frames_total"] == 5
+        assert c.get(f"/jobs/{js['id']}/video").status_code == 409
+        gate.set()
+        done = _wait(c, js["id"])
+        assert done["state"] == "done" and done["frames_done"] == done["frames_total"] == 5
+        assert done["progress"] == 1.0 and done["video_url"] == f"/jobs/{js['id']}/video"
+        v = c.get(done["video_url"])
+        assert v.status_code == 200 and v.headers["content-type"] == "video/mp4" and b"ftyp" in v.content
+        kind, kw = stub.calls[0]
+        assert kind == "speak" and kw["fps"] == 30 and kw["blink"] is False and kw["face"] == 0 and kw["seed"] == 3
+        assert not (tmp_path / "jobs" / js["id"] / "audio.wav").exists()  # inputs removed once finished
+        h = c.get("/health").json()
+        assert h["status"] == "ok" and h["jobs"]["done"] == 1
+        assert c.delete(f"/jobs/{js['id']}").status_code == 204
+        assert c.get(f"/jobs/{js['id']}").status_code == 404
+        assert not (tmp_path / "jobs" / js["id"]).exists()
+
+
+def test_forms_come_from_the_option_schema(inputs):
+    """Every service option of speak and drive is a form field with the schema's default and range; a value out of
+    range gets 422 with the option named as the service names it."""
+    from audio2lp.options import options_for
+
+    app = create_app(StubAnimator())
+    spec = app.openapi()["components"]["schemas"]
+    for kind in ("speak", "drive"):
+        fields = next(v["properties"] for k, v in spec.items() if k.startswith(f"Body_{kind}"))
+        for o in options_for(kind):
+            assert (o.name in fields) == o.service, (kind, o.name)
+    speak = next(v["properties"] for k, v in spec.items() if k.startswith("Body_speak"))
+    assert speak["fps"]["default"] == 25.0 and speak["fps"]["maximum"] == 120
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/speak", files=_files(portrait=inputs["portrait"], audio=inputs["audio"]), data={"crf": "52"})
+        assert r.status_code == 422
+
+
+def test_drive_job_and_failures(inputs):
+    stub = StubAnimator()
+    with running(create_app(stub)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/drive", files=_files(portrait=inputs["portrait"], driving=inputs["video"]),
+                   data={"region": "lip", "max_frames": "4", "concat": "true"})
+        assert r.status_code == 202, r.text
+        assert r.json()["frames_total"] == 4
+        assert _wait(c, r.json()["id"])["state"] == "done"
+        assert stub.calls[-1][1]["region"] == "lip" and stub.calls[-1][1]["concat"] is True
+        from lp_renderer.errors import NoFaceError
+
+        stub.fail = NoFaceError("No face was found in the portrait; use a photo with a visible face.")
+        r = c.post("/drive", files=_files(portrait=inputs["portrait"], driving=inputs["video"]))
+        failed = _wait(c, r.json()["id"])
+        assert failed["state"] == "failed" and failed["error"].startswith("No face was found")
+        v = c.get(f"/jobs/{r.json()['id']}/video")
+        assert v.status_code == 409 and "No face" in v.json()["detail"]
+        stub.fail = RuntimeError("boom")
+        r = c.post("/drive", files=_files(portrait=inputs["portrait"], driving=inputs["video"]))
+        failed = _wait(c, r.json()["id"])
+        assert failed["state"] == "failed" and "internal error" in failed["error"]
+        assert c.get("/health").json()["status"] == "ok"  # the worker survived
+
+
+def test_bad_uploads(inputs):
+    stub = StubAnimator()
+    with running(create_app(stub)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/speak", files=_files(portrait=inputs["text"], audio=inputs["audio"]))
+        assert r.status_code == 400 and "portrait is not an image" in r.json()["detail"]
+        r = c.post("/speak", files=_files(portrait=inputs["portrait"], audio=inputs["text"]))
+        assert r.status_code == 400 and r.json()["detail"].startswith("the audio cannot be used")
+        assert str(Path("/")) + "tmp" not in r.json()["detail"]  # server paths are not echoed
+        r = c.post("/drive", files=_files(portrait=inputs["portrait"], driving=inputs["text"]))
+        assert r.status_code == 400 and "driving" in r.json()["detail"]
+        r = c.post("/speak", files=_files(portrait=inputs["portrait"]))
+        assert r.status_code == 422  # audio missing
+        r = c.post("/speak", files=_files(portrait=inputs["portrait"], audio=inputs["audio"]), data={"fps": "500"})
+        assert r.status_code == 422
+        r = c.post("/speak", files=_files(portrait=inputs["portrait"], audio=inputs["audio"]), data={"face": "left"})
+        assert r.status_code == 422 and "face" in r.json()["detail"]
+        r = c.post("/drive", files=_files(portrait=inputs["portrait"], driving=inputs["video"]),
+                   data={"region": "ears"})
+        assert r.status_code == 422
+        r = c.post("/speak", files={"portrait": ("p.png", b""), "audio": ("a.wav", inputs["audio"].read_bytes())})
+        assert r.status_code == 400 and "empty" in r.json()["detail"]
+        assert c.get("/jobs/nope").status_code == 404
+        assert stub.calls == []
+
+
+def test_upload_limit(inputs):
+    stub = StubAnimator()
+    with running(create_app(stub, max_upload_mb=0.05)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        big = np.zeros(64000, np.float32)  # 128 kB of 16-bit samples
+        wav = inputs["audio"].parent / "big.wav"
+        write_wav(wav, big)
+        r = c.post("/speak", files=_files(portrait=inputs["portrait"], audio=wav))
+        assert r.status_code == 413 and "limit of 0.05 MB" in r.json()["detail"]
+
+        def chunks():  # no Content-Length: the limit is enforced while the body is read
+            body, boundary = _multipart(portrait=inputs["portrait"], audio=wav)
+            for i in range(0, len(body), 4096):
+                yield body[i:i + 4096]
+
+        _, boundary = _multipart(portrait=inputs["portrait"], audio=wav)
+        r = c.post("/speak", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 413
+        small = c.post("/speak", files=_files(portrait=inputs["portrait"], audio=inputs["audio"]))
+        assert small.status_code == 202
+    assert len(stub.calls) <= 1
+
+
+def _multipart(**named: Path) -> tuple[bytes, str]:
+    boundary = "audio2lpboundary"
+    out = b""
+    for k, p in named.items():
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"; filename=\"{p.name}\"\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\n").encode() + p.read_bytes() + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), boundary
+
+
+def test_queue_full_gives_429(inputs):
+    gate = threading.Event()
+    stub = StubAnimator(gate)
+    app = create_app(stub, workers=1, queue_size=1)
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        files = _files(portrait=inputs["portrait"], audio=inputs["audio"])
+        first = c.post("/speak", files=files)
+        assert first.status_code == 202
+        assert stub.mid.wait(10)  # running
+        second = c.post("/speak", files=files)
+        assert second.status_code == 202 and c.get(f"/jobs/{second.json()['id']}").json()["state"] == "queued"
+        third = c.post("/speak", files=files)
+        assert third.status_code == 429 and "queue is full" in third.json()["detail"]
+        assert third.headers.get("retry-after")
+        gate.set()
+        assert _wait(c, first.json()["id"])["state"] == "done"
+        assert _wait(c, second.json()["id"])["state"] == "done"
+        assert c.post("/speak", files=files).status_code == 202  # room again
+
+
+def test_results_expire(inputs, tmp_path):
+    stub = StubAnimator()
+    jobs_dir = tmp_path / "jobs"
+    with running(create_app(stub, ttl=1.5, jobs_dir=jobs_dir)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/speak", files=_files(portrait=inputs["portrait"], audio=inputs["audio"]))
+        job_id = r.json()["id"]
+        done = _wait(c, job_id)
+        assert done["expires"] == pytest.approx(done["finished"] + 1.5)
+        assert c.get(f"/jobs/{job_id}/video").status_code == 200
+        time.sleep(max(0.0, done["finished"] + 1.7 - time.time()))
+        assert c.get(f"/jobs/{job_id}").status_code == 404
+        assert c.get(f"/jobs/{job_id}/video").status_code == 404
+        deadline = time.time() + 5
+        while (jobs_dir / job_id).exists():  # the janitor removes the folder even without a request
+            assert time.time() < deadline
+            time.sleep(0.05)
+
+
+def test_temporary_jobs_dir_is_removed_at_shutdown(inputs):
+    app = create_app(StubAnimator())
+    root = app.state.jobs.root
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        _wait(c, c.post("/speak", files=_files(portrait=inputs["portrait"], audio=inputs["audio"])).json()["id"])
+        assert any(root.iterdir())
+    assert not root.exists()
+
+
+# ------------------------------------------------------------------------------------------ real rendering
+@pytest.fixture(scope="module")
+def tiny_animator(tmp_path_factory):
+    from audio2lp.api import Animator
+    from lp_renderer import RendererConfig, RendererNetworks
+
+    root = tmp_path_factory.mktemp("tiny_weights")
+    save_networks(RendererNetworks.random(RendererConfig.tiny(), seed=0), root)
+    return Animator(root, device="cpu", progress=False, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def motion_ckpt(tmp_path_factory):
+    import torch
+
+    from audio2lp.models.motion import MotionStats
+    from audio2lp.models.motion_model import MotionModel, MotionModelConfig, save_motion_model
+
+    torch.manual_seed(0)
+    model = MotionModel(MotionModelConfig(d_model=32, n_layers=1))
+    mean = np.zeros(70, np.float32)
+    mean[69] = 1.5
+    std = np.full(70, 0.01, np.float32)
+    path = tmp_path_factory.mktemp("mm") / "motion_model.safetensors"
+    save_motion_model(path, model, MotionStats(mean, std))
+    return path
+
+
+@pytest.mark.realdata
+def test_real_speak_and_drive_with_concurrent_polling(tiny_animator, motion_ckpt, data_dir, tmp_path):
+    from audio2lp.media.audio import load_audio
+    from audio2lp.media.probe import probe_video
+
+    speech = write_wav(tmp_path / "cut.wav", load_audio(data_dir / SPEECH)[: int(1.2 * 16000)])
+    app = create_app(tiny_animator, motion_model=motion_ckpt, workers=1, queue_size=4)
+    with running(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+        s = c.post("/speak", files=_files(portrait=data_dir / PORTRAIT, audio=speech), data={"fps": "25"})
+        assert s.status_code == 202, s.text
+        d = c.post("/drive", files=_files(portrait=data_dir / PORTRAIT, driving=data_dir / TALKING),
+                   data={"max_frames": "12"})
+        assert d.status_code == 202, d.text
+        seen: dict[str, list[dict]] = {s.json()["id"]: [], d.json()["id"]: []}
+        errors: list[BaseException] = []
+
+        def poll(job_id):
+            try:
+                with httpx.Client(base_url=url, timeout=60) as pc:
+                    seen[job_id].append(_wait(pc, job_id, timeout=600))
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=poll, args=(j,)) for j in seen for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(700)
+        assert not errors
+        for job_id, results in seen.items():
+            assert len(results) == 3 and all(r["state"] == "done" for r in results), results
+            video = c.get(f"/jobs/{job_id}/video")
+            assert video.status_code == 200
+            out = tmp_path / f"{job_id}.mp4"
+            out.write_bytes(video.content)
+            info = probe_video(out)
+            assert info.n_frames == results[0]["n_frames"]
+        speak_res = seen[s.json()["id"]][0]
+        assert speak_res["n_frames"] == 30 and speak_res["has_audio"]
+        assert seen[d.json()["id"]][0]["n_frames"] == 12

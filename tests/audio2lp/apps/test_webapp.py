@@ -1,0 +1,328 @@
+"""The web app (`audio2lp app`): the handlers without a browser, and the real page in headless Chromium.
+
+The browser test starts the app on a free localhost port in a subprocess and runs tests/web/drive_app.mjs
+(playwright-core with Debian's chromium): it uploads a portrait and a speech clip, presses Speak and checks
+that a playable mp4 appears. Screenshots go to $AUDIO2LP_ARTIFACTS (default artifacts/ at the repo root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gr = pytest.importorskip("gradio", reason='the web app needs Gradio (pip install -e ".[app]")')
+
+from audio2lp.apps.webapp import AppHandlers, add_app_parser, build_app, page_message  # noqa: E402
+from audio2lp.options import OptionError  # noqa: E402
+from lp_renderer.errors import InputError  # noqa: E402
+from lp_renderer.weights import save_networks  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[3]
+WEB = REPO / "tests" / "web"
+PORTRAIT = "portraits/EAMM__14.png"
+SPEECH = "speech/MakeItTalk__M6_04_16k.wav"
+VIDEO = "talking/LipNet__bbaf2n.mpg"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def artifacts_dir() -> Path:
+    d = Path(os.environ.get("AUDIO2LP_ARTIFACTS", REPO / "artifacts"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# ------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    from lp_renderer import RendererConfig, RendererNetworks
+
+    root = tmp_path_factory.mktemp("tiny_weights")
+    save_networks(RendererNetworks.random(RendererConfig.tiny(), seed=0), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def motion_ckpt(tmp_path_factory):
+    import torch
+
+    from audio2lp.models.motion import MotionStats
+    from audio2lp.models.motion_model import MotionModel, MotionModelConfig, save_motion_model
+
+    torch.manual_seed(0)
+    mean = np.zeros(70, np.float32)
+    mean[69] = 1.5
+    std = np.full(70, 0.01, np.float32)
+    std[63:66] = 3.0
+    path = tmp_path_factory.mktemp("mm") / "motion_model.safetensors"
+    save_motion_model(path, MotionModel(MotionModelConfig(d_model=32, n_layers=1)), MotionStats(mean, std))
+    return path
+
+
+@pytest.fixture(scope="module")
+def short_speech(data_dir, tmp_path_factory):
+    """The first second of a real speech clip (written to tmp, never committed)."""
+    from audio2lp.media.audio import load_audio, write_wav
+
+    return write_wav(tmp_path_factory.mktemp("speech") / "speech_1s.wav",
+                     load_audio(data_dir / SPEECH)[:16000])
+
+
+class StubAnimator:
+    """Records calls; raises ``error`` when given."""
+
+    def __init__(self, error: Exception | None = None):
+        self.error = error
+        self.calls = []
+
+    def speak(self, portrait, audio, output, **kw):
+        return self._call("speak", portrait, audio, output, kw)
+
+    def drive(self, portrait, driving, output, **kw):
+        return self._call("drive", portrait, driving, output, kw)
+
+    def _call(self, name, a, b, output, kw):
+        from audio2lp.api import RenderResult
+
+        self.calls.append((name, a, b, Path(output), kw))
+        if self.error is not None:
+            raise self.error
+        cb = kw.get("progress_callback")
+        if cb is not None:
+            cb(5, 10)
+            cb(10, 10)
+        Path(output).write_bytes(b"")
+        return RenderResult(Path(output), 10, 25.0, True, template=kw.get("save_template"),
+                            extra={"duration": 0.4})
+
+
+class Progress:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, progress, desc=None, total=None, unit="steps"):
+        self.calls.append((progress, desc, unit))
+
+
+# ------------------------------------------------------------------------------------ fast: no browser
+def test_page_message_names_uploads_and_controls(tmp_path):
+    up = "/tmp/gradio/ab12/me.png"
+    msg = page_message(f"No face was found in {up}; use a photo ...", {up: "me.png"})
+    assert msg == "No face was found in me.png; use a photo ..."
+    # an option's problem names the page's control (no rewriting of command-line flags)
+    anim = StubAnimator(OptionError("retarget_eyes", "this template has no eye/lip ratios, so {retarget_eyes}/"
+                                                     "{retarget_lip} cannot be used with it."))
+    with pytest.raises(gr.Error) as e:
+        AppHandlers(anim, output_dir=tmp_path).drive("/up/p.png", "/up/d.mp4")
+    assert "so Eye retargeting/Lip retargeting cannot be used" in e.value.message
+    with pytest.raises(gr.Error) as e:
+        AppHandlers(StubAnimator(), output_dir=tmp_path).speak("/up/p.png", "/up/s.wav", fps=500)
+    assert e.value.message == "Frames per second must be between 1 and 120, not 500."
+
+
+def test_speak_handler_passes_the_settings_and_reports_progress(tmp_path):
+    anim = StubAnimator()
+    h = AppHandlers(anim, output_dir=tmp_path, motion_model=tmp_path / "mm.safetensors")
+    assert h.motion_choices == ["Motion model (mm.safetensors)", "Built-in lip-sync"]
+    prog = Progress()
+    video, info = h.speak("/up/p.png", "/up/s.wav", h.motion_choices[0], "1", 30, 0.5, 0.0, False, 12, 3.0, 0,
+                          None, True, progress=prog)
+    name, portrait, audio, out, kw = anim.calls[0]
+    assert (name, portrait, audio) == ("speak", "/up/p.png", "/up/s.wav")
+    assert Path(video) == out and out.parent.parent == tmp_path and out.suffix == ".mp4"
+    assert kw["motion_model"] == tmp_path / "mm.safetensors" and kw["face"] == 1 and kw["fps"] == 30
+    assert kw["expression_scale"] == 0.5 and kw["pose_scale"] == 0 and kw["blink"] is False
+    assert kw["blink_rate"] == 12 and kw["seed"] == 3 and isinstance(kw["seed"], int) and kw["pose_from"] is None
+    assert "10 frames at 25 fps" in info
+    assert prog.calls[0][0] == 0.0 and ((5, 10), "Rendering", "frames") in prog.calls
+    # the built-in lip-sync model; a Gradio FileData-like dict for the upload; a head-motion template
+    h.speak({"path": "/up/q.png"}, "/up/s.wav", "Built-in lip-sync", "largest", 25, 1, 1, True, None, 0, 0,
+            "/up/t.npz", True)
+    _, portrait, _, out2, kw = anim.calls[1]
+    assert portrait == "/up/q.png" and kw["motion_model"] is None and kw["blink_rate"] is None
+    assert kw["pose_from"] == "/up/t.npz" and out2.parent != out.parent
+
+
+def test_drive_handler_passes_the_settings(tmp_path):
+    anim = StubAnimator()
+    h = AppHandlers(anim, output_dir=tmp_path)
+    video, template, info = h.drive("/up/p.png", "/up/d.mp4", None, "all", "lip", 1.5, True, True, False, False,
+                                    True, True)
+    name, _, driving, out, kw = anim.calls[0]
+    assert driving == "/up/d.mp4" and kw["face"] == "all" and kw["region"] == "lip" and kw["multiplier"] == 1.5
+    assert kw["retarget_eyes"] and not kw["retarget_lip"] and kw["concat"] and not kw["pasteback"]
+    assert kw["save_template"] == out.with_suffix(".npz") and template == str(out.with_suffix(".npz"))
+    h.drive("/up/p.png", None, "/up/t.npz")
+    assert anim.calls[1][2] == "/up/t.npz" and anim.calls[1][4]["save_template"] is None
+
+
+@pytest.mark.parametrize(("call", "expected"), [
+    (lambda h: h.speak(None, "/up/s.wav"), "Upload a portrait photo first."),
+    (lambda h: h.speak("/up/p.png", None), "Upload or record a speech clip first."),
+    (lambda h: h.speak("/up/p.png", "/up/s.wav", face="left"), "Face takes 'largest', 'all' or a face number"),
+    (lambda h: h.speak("/up/p.png", "/up/s.wav", seed=1.5), "Seed must be a whole number"),
+    (lambda h: h.speak("/up/p.png", "/up/s.wav", motion="Motion model (x)"), "Motion must be one of"),
+    (lambda h: h.drive("/up/p.png"), "Upload a driving video (or a motion template) first."),
+    (lambda h: h.drive("/up/p.png", "/up/d.mp4", "/up/t.npz"), "either a driving video or a motion template"),
+    (lambda h: h.drive("/up/p.png", "/up/d.mp4", region="nose"), "Region must be one of"),
+])
+def test_handlers_check_inputs_before_rendering(tmp_path, call, expected):
+    anim = StubAnimator()
+    with pytest.raises(gr.Error) as e:
+        call(AppHandlers(anim, output_dir=tmp_path))
+    assert expected in e.value.message and e.value.title == "Cannot make the video"
+    assert not anim.calls
+
+
+def test_input_errors_become_page_messages(tmp_path):
+    anim = StubAnimator(InputError("No face was found in /tmp/gradio/x/me.png; use a photo with a face."))
+    with pytest.raises(gr.Error) as e:
+        AppHandlers(anim, output_dir=tmp_path).speak("/tmp/gradio/x/me.png", "/tmp/gradio/y/s.wav")
+    assert e.value.message == "No face was found in me.png; use a photo with a face."
+    anim = StubAnimator(RuntimeError("boom"))
+    with pytest.raises(gr.Error) as e:
+        AppHandlers(anim, output_dir=tmp_path).speak("/up/p.png", "/up/s.wav")
+    assert e.value.title == "Internal error" and "RuntimeError: boom" in e.value.message
+    assert "Traceback" not in e.value.message
+
+
+def test_build_app_has_both_tabs_and_endpoints(tmp_path):
+    app = build_app(StubAnimator(), motion_model=tmp_path / "mm.safetensors", output_dir=tmp_path)
+    cfg = app.get_config_file()
+    labels = {c["props"].get("label") for c in cfg["components"]}
+    assert {"Speak", "Drive", "Portrait", "Speech", "Driving video", "Result"} <= labels
+    ids = {c["props"].get("elem_id") for c in cfg["components"]}
+    assert {"speak-button", "speak-video", "drive-button", "drive-video"} <= ids
+    assert {d.get("api_name") for d in cfg["dependencies"]} >= {"speak", "drive"}
+    assert app.audio2lp_handlers.output_dir == tmp_path
+
+
+def test_app_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_app_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["app", "--weights", "w", "--port", "0", "--motion-model", "m.safetensors",
+                              "--device", "cpu"])
+    assert (args.host, args.port, args.weights, args.motion_model, args.device) == ("127.0.0.1", 0, "w",
+                                                                                    "m.safetensors", "cpu")
+    assert callable(args.run)
+
+
+# ------------------------------------------------------------------------------------ real renders, no browser
+@pytest.mark.realdata
+def test_handlers_render_real_inputs(tiny_weights, motion_ckpt, data_dir, short_speech, tmp_path):
+    from audio2lp.api import Animator
+    from audio2lp.media.ffmpeg import ffmpeg_exe
+    from audio2lp.media.probe import probe_video
+
+    h = AppHandlers(Animator(tiny_weights, device="cpu", progress=False), output_dir=tmp_path / "out",
+                    motion_model=motion_ckpt)
+    prog = Progress()
+    video, info = h.speak(str(data_dir / PORTRAIT), str(short_speech), progress=prog)
+    v = probe_video(video)
+    assert v.n_frames == 25 and v.has_audio and "25 frames" in info
+    assert prog.calls[-1][0] == (25, 25)
+
+    clip = tmp_path / "drive.mp4"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", str(data_dir / VIDEO), "-t", "0.3", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-c:a", "aac", str(clip)], check=True)
+    video, template, info = h.drive(str(data_dir / PORTRAIT), str(clip), None, save_template=True, progress=prog)
+    assert probe_video(video).n_frames == probe_video(clip).n_frames
+    assert template and Path(template).is_file()
+    with pytest.raises(gr.Error) as e:  # a photo without a face, as the page shows it
+        blank = tmp_path / "blank.png"
+        import cv2
+
+        cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+        h.speak(str(blank), str(short_speech))
+    assert e.value.message.startswith("No face was found in blank.png")
+
+
+# ------------------------------------------------------------------------------------ the page in a browser
+def _browser_tools() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not Path(CHROMIUM).is_file():
+        return f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+    if not (WEB / "node_modules" / "playwright-core").is_dir():
+        return "playwright-core is not installed (run `npm ci` in tests/web)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_webapp_in_browser(tiny_weights, motion_ckpt, data_dir, short_speech, tmp_path):
+    missing = _browser_tools()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"the browser test must run in CI, but {missing}")
+        pytest.skip(missing)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+           "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "NO_PROXY": "127.0.0.1,localhost",
+           "no_proxy": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1"}
+    log_path = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "audio2lp", "app", "--weights", str(tiny_weights), "--motion-model", str(motion_ckpt),
+           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--output-dir", str(tmp_path / "out")]
+    t0 = time.monotonic()
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+                                  start_new_session=True)
+    try:
+        while True:  # wait for the page
+            if server.poll() is not None:
+                pytest.fail(f"the app exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() - t0 > 180:
+                pytest.fail(f"the app did not answer on {url} within 180 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        started = time.monotonic() - t0
+        shot = artifacts_dir() / "webapp_speak.png"
+        proc = subprocess.run(["node", str(WEB / "drive_app.mjs"), url, str(data_dir / PORTRAIT), str(short_speech),
+                               str(shot)], cwd=WEB, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "CHROMIUM": CHROMIUM, "NO_PROXY": "127.0.0.1,localhost"})
+        lines = proc.stdout.strip().splitlines()
+        report = json.loads(lines[-1]) if lines else {}
+        assert proc.returncode == 0, (f"the browser run failed: {report.get('error') or proc.stderr[-3000:]}\n"
+                                      f"server log:\n{log_path.read_text()[-3000:]}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    v = report["video"]
+    assert v["box"] == "ftyp" and v["duration"] == pytest.approx(1.0, abs=0.1) and v["readyState"] >= 2
+    assert v["width"] > 0 and v["height"] > 0 and v["played"]
+    assert report["emptyError"].endswith("Upload a portrait photo first.")
+    texts = report["progressTexts"]  # e.g. "Rendering - 32.0%", "8/25 frames"
+    assert any("Rendering" in t for t in texts) and any(re.fullmatch(r"\d+/25 frames", t) for t in texts), texts
+    assert report["blocked"] == [], f"the page tried to reach other hosts: {report['blocked']}"
+    assert shot.is_file()
+    print(f"app ready in {started:.1f} s, render {report['renderSeconds']:.1f} s; screenshots in {shot.parent}")
