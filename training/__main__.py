@@ -1,4 +1,4 @@
-"""``python -m training prepare|train ...``: the same subcommands as ``audio2lp``, runnable under torchrun."""
+"""``python -m training COMMAND ...``: the same as ``audio2lp-train`` (the form to use under torchrun)."""
 
 import sys
 

@@ -1,4 +1,13 @@
-"""The ``prepare`` and ``train`` subcommands (registered by ``audio2lp/cli.py`` and by ``python -m training``)."""
+"""``audio2lp-train`` (also ``python -m training``): the training front door.
+
+* ``prepare``: talking-head videos -> a dataset for the audio-to-motion model (:mod:`training.motion.prepare`);
+* ``train``: train the audio-to-motion model (:mod:`training.motion.trainer`; under ``torchrun`` for several
+  processes);
+* ``lipsync``: train and measure the built-in lip-sync model (:mod:`training.lipsync.train`);
+* ``lipsync-data``: fill the lip-sync data cache and print a line per clip (:mod:`training.lipsync.data`).
+
+Only this module (with :mod:`audio2lp.apps`) parses arguments, prints, exits and configures logging.
+"""
 
 from __future__ import annotations
 
@@ -54,7 +63,7 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
                     "per-clip facts, the skipped inputs with their reasons and the motion statistics. Re-running "
                     "skips clips already done (a changed file is redone); an interrupted run loses at most the "
                     "clips in progress.",
-        epilog="example: audio2lp prepare videos/ -o data/hdtf --speaker-from-folder 1 --workers 4")
+        epilog="example: audio2lp-train prepare videos/ -o data/hdtf --speaker-from-folder 1 --workers 4")
     p.add_argument("videos", nargs="+", metavar="VIDEO",
                    help="video files or folders (searched recursively for .mp4 .mov .mkv .webm .avi .mpg ...)")
     p.add_argument("-o", "--output", required=True, metavar="DATASET",
@@ -100,7 +109,7 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_prepare(args) -> int:
-    from .prepare import PrepareOptions, prepare_dataset
+    from .motion.prepare import PrepareOptions, prepare_dataset
 
     opts = PrepareOptions(weights_dir=args.weights, face_backend=args.face_backend,
                           insightface_dir=args.insightface_dir, whisper_model=args.whisper,
@@ -131,8 +140,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="train the audio-to-motion model on a prepared dataset",
         description="Train the audio-to-motion model (FaceFormer-style, Whisper features -> 70-number LivePortrait "
-                    "motion) on a dataset made by `audio2lp prepare`. Windows of data.window frames are drawn from "
-                    "the training speakers' clips; the loss is a weighted MSE on all 70 numbers (lip keypoints "
+                    "motion) on a dataset made by `audio2lp-train prepare`. Windows of data.window frames are drawn "
+                    "from the training speakers' clips; the loss is a weighted MSE on all 70 numbers (lip keypoints "
                     "weighted higher) plus a velocity loss, with scheduled sampling ramping towards autoregressive "
                     "rollout. Writes RUN/config.yaml, RUN/checkpoints/step-*.pt (atomically, every "
                     "run.checkpoint_every steps and at the end), RUN/metrics.csv, TensorBoard events in "
@@ -141,8 +150,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                     "train ...` (DistributedDataParallel; NCCL on GPUs, gloo on CPU; data.batch_size is the total "
                     "over all processes; RUN and the config are read and written by rank 0 only, so they need to "
                     "exist only on its machine, while every machine needs DATASET).",
-        epilog="example: audio2lp train data/hdtf -o runs/a --config examples/train_config.yaml --set optim.lr=1e-4")
-    p.add_argument("dataset", metavar="DATASET", help="dataset folder written by `audio2lp prepare`")
+        epilog="example: audio2lp-train train data/hdtf -o runs/a --config examples/train_config.yaml "
+               "--set optim.lr=1e-4")
+    p.add_argument("dataset", metavar="DATASET", help="dataset folder written by `audio2lp-train prepare`")
     p.add_argument("-o", "--output", required=True, metavar="RUN", help="run folder (created)")
     p.add_argument("--config", metavar="FILE",
                    help="training config, YAML or TOML (see examples/train_config.yaml); default: built-in defaults")
@@ -171,7 +181,7 @@ def _train_config(args):
     shortcut options."""
     from pathlib import Path
 
-    from .config import apply_overrides, load_config
+    from .motion.config import apply_overrides, load_config
 
     saved = Path(args.output) / "config.yaml"
     cfg = load_config(saved if args.config is None and args.resume and saved.is_file() else args.config)
@@ -184,7 +194,13 @@ def _train_config(args):
 
 
 def run_train(args) -> int:
-    from .trainer import train
+    import importlib.util
+
+    missing = [m for m in ("yaml", "tensorboard", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(f"training needs {', '.join(missing)}; install the train extra: "
+                         f'pip install "audio2lp[train]"')
+    from .motion.trainer import train
 
     cfg = _train_config(args)
     res = train(args.dataset, args.output, cfg, resume=args.resume, progress=not args.quiet)
@@ -194,11 +210,96 @@ def run_train(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ lipsync
+def add_lipsync_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``lipsync`` (train and measure the built-in lip-sync model)."""
+    from .lipsync.train import DEFAULT_TRAIN_CONFIG
+
+    p = subparsers.add_parser(
+        "lipsync", help="train the built-in lip-sync model on real talking videos and measure it",
+        description="Train the speech-to-mouth model on real talking videos and measure it on held-out speakers; "
+                    "write lipsync.safetensors, LIPSYNC_MODEL_CARD.md and lipsync_metrics.json.")
+    p.add_argument("--data", required=True, help="folder of talking videos ($AUDIO2LP_TEST_DATA/talking)")
+    p.add_argument("--out", default="audio2lp/assets", help="where to write lipsync.safetensors, the model card and "
+                                                           "the metrics (default audio2lp/assets)")
+    p.add_argument("--cache", default=None, help="dataset cache folder, outside the repository (default "
+                                                 "~/.cache/audio2lp/lipsync-data)")
+    p.add_argument("--results", default="benchmarks/RESULTS.md",
+                   help="Markdown file whose lip-sync section is replaced (or appended); '' to skip")
+    p.add_argument("--seed", type=int, default=DEFAULT_TRAIN_CONFIG.seed,
+                   help=f"random seed of the training (default {DEFAULT_TRAIN_CONFIG.seed})")
+    p.add_argument("--steps", type=int, default=DEFAULT_TRAIN_CONFIG.steps,
+                   help=f"optimiser steps (default {DEFAULT_TRAIN_CONFIG.steps})")
+    p.add_argument("--held-out", metavar="SPEAKERS",
+                   help="comma-separated speaker ids to hold out (default: HELD_OUT_SPEAKERS, for the shared clips)")
+    p.add_argument("--cv", type=int, default=0, metavar="FOLDS",
+                   help="also cross-validate within the training speakers (e.g. 4; a few more minutes)")
+    p.add_argument("--no-progress", dest="quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run_lipsync, verbose=False)
+    return p
+
+
+def run_lipsync(args) -> int:
+    import dataclasses
+
+    from .lipsync.train import DEFAULT_TRAIN_CONFIG, HELD_OUT_SPEAKERS, command_line, run
+
+    tc = dataclasses.replace(DEFAULT_TRAIN_CONFIG, seed=args.seed, steps=args.steps)
+    held = HELD_OUT_SPEAKERS if args.held_out is None else tuple(x.strip() for x in args.held_out.split(",")
+                                                                 if x.strip())
+    m = run(args.data, args.out, cache_dir=args.cache, train_config=tc, held_out=held,
+            results_path=args.results or None, cv_folds=args.cv, command=command_line(args),
+            progress=not args.quiet)
+    h = m["heldout"]
+    print(f"held-out speakers: {h['speakers']} ({h['clips']} clips)")
+    print(f"mean per-clip r: model {h['mean_r_model']:.3f} | linear probe {h['mean_r_probe']:.3f} | "
+          f"loudness baseline {h['mean_r_loudness']:.3f}")
+    print(f"mouth closed in silences > 200 ms: {h['closed_rate_in_silence_gated']} as speak renders it "
+          f"({h['closed_rate_in_silence']} from the network alone); peak-correlation lag: {h['best_lag_frames']:+d} "
+          f"frames")
+    print(f"wrote {args.out}/lipsync.safetensors, LIPSYNC_MODEL_CARD.md, lipsync_metrics.json "
+          f"in {m['total_seconds']:.0f} s")
+    return 0
+
+
+def add_lipsync_data_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``lipsync-data`` (fill the lip-sync data cache)."""
+    p = subparsers.add_parser(
+        "lipsync-data", help="measure the lip-sync training data (landmarks, loudness, Whisper features) into the "
+                             "cache and print one JSON line per clip",
+        description="Measure every talking clip of --data for the lip-sync trainer (lip and eye ratios from the "
+                    "landmarks, loudness, Whisper features) into the cache, outside the repository, and print one "
+                    "JSON line of facts per clip. `audio2lp-train lipsync` does this by itself.")
+    p.add_argument("--data", required=True, help="folder of talking-face videos ($AUDIO2LP_TEST_DATA/talking)")
+    p.add_argument("--cache", default=None, help="cache folder (default ~/.cache/audio2lp/lipsync-data)")
+    p.add_argument("--whisper", default="tiny.en", help="Whisper model for the features ('' = none)")
+    p.add_argument("--layers", default="middle", help="Whisper layers: last, middle, mean, or ints like 2,3")
+    p.add_argument("--detect-every", type=int, default=5,
+                   help="run the face detector every N frames, tracking in between (default 5)")
+    p.add_argument("--no-progress", dest="quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run_lipsync_data, verbose=False)
+    return p
+
+
+def run_lipsync_data(args) -> int:
+    import json
+
+    from audio2lp.whisper.features import parse_whisper_layers
+
+    from .lipsync.data import build_dataset, summary
+
+    clips = build_dataset(args.data, whisper_model=args.whisper or None, layers=parse_whisper_layers(args.layers),
+                          cache_dir=args.cache, detect_every=args.detect_every, progress=not args.quiet)
+    for row in summary(clips):
+        print(json.dumps(row))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ running
 def run_command(args) -> int:
     """Run a parsed ``prepare`` / ``train`` command as a CLI: logging, exit codes, messages.
 
-    Both ``audio2lp prepare|train`` and ``python -m training prepare|train`` come here. Under torchrun
+    Every command of ``audio2lp-train`` (and ``python -m training``) comes here. Under torchrun
     (``RANK`` set) log lines carry the rank and ranks other than 0 show warnings only and no progress bars.
     ``InputError`` prints ``error: ...`` and returns 2. Ctrl-C returns 130; finished clips and checkpoints are
     kept.
@@ -227,15 +328,26 @@ def run_command(args) -> int:
         return 1
 
 
-COMMANDS = ("prepare", "train")
+COMMANDS = ("prepare", "train", "lipsync", "lipsync-data")
 
 
-# ------------------------------------------------------------------------------------------ python -m training
-def main(argv: list[str] | None = None) -> int:
-    """``python -m training {prepare,train} ...`` (the same subcommands as ``audio2lp``; use it under torchrun)."""
-    parser = argparse.ArgumentParser(prog="python -m training",
-                                     description="Prepare datasets for and train the audio-to-motion model.")
+# ------------------------------------------------------------------------------------------ audio2lp-train
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="audio2lp-train",
+                                     description="Prepare datasets for and train audio2lp's models: the "
+                                                 "audio-to-motion model (prepare, train) and the built-in lip-sync "
+                                                 "model (lipsync).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_prepare_parser(sub)
     add_train_parser(sub)
-    return run_command(parser.parse_args(argv))
+    add_lipsync_parser(sub)
+    add_lipsync_data_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``audio2lp-train COMMAND ...`` (also ``python -m training``; use that form under torchrun)."""
+    from lp_renderer.fast.cpu_memory import request_huge_pages
+
+    request_huge_pages()  # before torch loads, as the audio2lp command does (prepare runs M on the CPU)
+    return run_command(build_parser().parse_args(argv))

@@ -29,13 +29,13 @@ from lp_renderer.errors import InputError
 
 __all__ = [
     "ModelSection", "DataSection", "OptimSection", "ScheduleSection", "LossSection", "SamplingSection",
-    "RunSection", "TrainConfig", "load_config", "save_config", "apply_overrides",
+    "RunSection", "MotionTrainConfig", "load_config", "save_config", "apply_overrides",
 ]
 
 
 @dataclass
 class ModelSection:
-    """Sizes of the :class:`audio2lp.motion_model.MotionModel` (its audio width, Whisper model and layers
+    """Sizes of the :class:`audio2lp.models.motion_model.MotionModel` (its audio width, Whisper model and layers
     and style count come from the dataset)."""
 
     d_model: int = 128
@@ -120,7 +120,7 @@ class RunSection:
 
 
 @dataclass
-class TrainConfig:
+class MotionTrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -136,7 +136,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = "the config") -> TrainConfig:
+    def from_dict(cls, d: Any, source: str = "the config") -> MotionTrainConfig:
         """Build from nested dicts; unknown keys or wrong types raise InputError naming ``source`` and the key."""
         return _build(cls, d, source, "")
 
@@ -245,10 +245,10 @@ def _build(cls, d, source: str, prefix: str):
         raise InputError(f"{source}: {e}") from None
 
 
-def load_config(path: str | os.PathLike | None) -> TrainConfig:
+def load_config(path: str | os.PathLike | None) -> MotionTrainConfig:
     """Read a YAML (``.yaml`` / ``.yml``), TOML (``.toml``) or JSON config; None gives the defaults."""
     if path is None:
-        return TrainConfig()
+        return MotionTrainConfig()
     p = Path(path)
     if not p.is_file():
         raise InputError(f"config file {p} does not exist; check the path.")
@@ -270,24 +270,19 @@ def load_config(path: str | os.PathLike | None) -> TrainConfig:
     except Exception as e:  # yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError
         raise InputError(f"config file {p} cannot be parsed ({type(e).__name__}: {str(e).splitlines()[0]}); "
                          f"fix its syntax.") from None
-    return TrainConfig.from_dict({} if data is None else data, source=str(p))
+    return MotionTrainConfig.from_dict({} if data is None else data, source=str(p))
 
 
-def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:
+def save_config(config: MotionTrainConfig, path: str | os.PathLike) -> Path:
     """Write ``config`` as YAML, atomically."""
     import yaml
 
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p
+    from training.common import write_text_atomic
+
+    return write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def apply_overrides(config: TrainConfig, overrides: list[str], source: str = "--set") -> TrainConfig:
+def apply_overrides(config: MotionTrainConfig, overrides: list[str], source: str = "--set") -> MotionTrainConfig:
     """``["optim.lr=1e-3", "data.window=50"]`` -> a new config. Values are parsed as YAML scalars/lists."""
     import yaml
 
@@ -310,4 +305,4 @@ def apply_overrides(config: TrainConfig, overrides: list[str], source: str = "--
         if parts[-1] not in node or isinstance(node[parts[-1]], dict):
             raise InputError(f"{source}: unknown config key {key!r}; see examples/train_config.yaml.")
         node[parts[-1]] = value
-    return TrainConfig.from_dict(d, source=source)
+    return MotionTrainConfig.from_dict(d, source=source)

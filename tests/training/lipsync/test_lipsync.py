@@ -1,4 +1,4 @@
-"""The lip dataset (training.lipsync_data) and the lip-sync trainer's pieces (training.lipsync_train)."""
+"""The lip dataset (training.lipsync.data), the lip-sync trainer (training.lipsync.train) and its evaluation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from training.lipsync_data import (
+from training.common import pearson, split_by_speaker
+from training.lipsync.data import (
     FPS,
     PAD_SECONDS,
     _interp_track,
@@ -17,16 +18,8 @@ from training.lipsync_data import (
     prepare_clip,
     speaker_of,
 )
-from training.lipsync_train import (
-    HELD_OUT_SPEAKERS,
-    LoudnessBaseline,
-    estimate_offsets,
-    pearson,
-    shift_targets,
-    silence_mask,
-    split_clips,
-    update_results_file,
-)
+from training.lipsync.evaluate import LoudnessBaseline, update_results_file
+from training.lipsync.train import HELD_OUT_SPEAKERS, estimate_offsets, shift_targets, silence_mask
 
 GRID_CLIP = "LipNet__bbaf2n.mpg"
 
@@ -83,7 +76,7 @@ def test_update_results_file_keeps_other_sections(tmp_path):
 
 
 def _fake_clip(name, speaker, lip, rms_db=None, feats=None):
-    from training.lipsync_data import LipClip
+    from training.lipsync.data import LipClip
 
     n = lip.shape[0]
     return LipClip(name=name, speaker=speaker, lip=lip.astype(np.float32), eye=np.zeros((n, 2), np.float32),
@@ -98,7 +91,7 @@ def test_split_shift_and_loudness_baseline():
         env = np.convolve(rng.random(200), np.ones(5) / 5, mode="same")
         db = -40 + 30 * env
         clips.append(_fake_clip(f"c{i}", spk, 0.3 * env, db))
-    train, test = split_clips(clips)
+    train, test = split_by_speaker(clips, HELD_OUT_SPEAKERS)
     assert [c.speaker for c in test] == [HELD_OUT_SPEAKERS[0]] and len(train) == 2
     base = LoudnessBaseline().fit(train)
     assert pearson(base.predict(test[0]), test[0].lip) > 0.95  # lip is a function of loudness here
@@ -130,8 +123,8 @@ def test_list_clips_uses_the_manifest(data_dir):
 
 @pytest.mark.realdata
 def test_prepare_clip_on_a_real_grid_clip(data_dir, tmp_path):
-    from audio2lp.audio import load_audio
-    from audio2lp.whisper_features import WhisperEncoder, num_tokens
+    from audio2lp.media.audio import load_audio
+    from audio2lp.whisper.features import WhisperEncoder, num_tokens
 
     video = data_dir / "talking" / GRID_CLIP
     enc = WhisperEncoder("tiny.en")
@@ -174,12 +167,12 @@ def test_prepare_clip_resamples_a_30fps_clip(data_dir, tmp_path):
 
 @pytest.mark.realdata
 def test_the_documented_training_command_runs_end_to_end(data_dir, tmp_path, capsys):
-    """`python -m training.lipsync_train` on four real GRID clips (three train, one held out), a few steps:
+    """`audio2lp-train lipsync` on four real GRID clips (three train, one held out), a few steps:
     it writes loadable weights, the model card, the metrics and its RESULTS.md section, with every figure."""
     import json
 
-    from audio2lp.lipsync import load_lipsync_model
-    from training import lipsync_train
+    from audio2lp.models.lipsync import load_lipsync_model
+    from training.cli import main as training_main
 
     clips = tmp_path / "talking"
     clips.mkdir()
@@ -189,9 +182,9 @@ def test_the_documented_training_command_runs_end_to_end(data_dir, tmp_path, cap
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n## Render\nkept\n")
     out = tmp_path / "assets"
-    rc = lipsync_train.main(["--data", str(clips), "--out", str(out), "--cache", str(tmp_path / "cache"),
-                             "--results", str(results), "--steps", "20", "--cv", "3", "--held-out", "LipNet__sbia1a",
-                             "--no-progress"])
+    rc = training_main(["lipsync", "--data", str(clips), "--out", str(out), "--cache", str(tmp_path / "cache"),
+                        "--results", str(results), "--steps", "20", "--cv", "3", "--held-out", "LipNet__sbia1a",
+                        "--no-progress"])
     assert rc == 0, capsys.readouterr()
     model = load_lipsync_model(out / "lipsync.safetensors")
     assert model.config.linear_context >= 0 and 0.01 < model.config.lip_scale < 0.6
@@ -203,5 +196,6 @@ def test_the_documented_training_command_runs_end_to_end(data_dir, tmp_path, cap
     assert metrics["cv"]["folds"] == 3 and metrics["data"]["train_clips"] == 3
     card = (out / "LIPSYNC_MODEL_CARD.md").read_text()
     assert f"{h['mean_r_model']:.3f}" in card and "--held-out LipNet__sbia1a --cv 3" in card
+    assert "audio2lp-train lipsync --data" in card
     text = results.read_text()
     assert "kept" in text and f"**{h['mean_r_model']:.3f}**" in text and "LipNet__sbia1a" in text

@@ -8,7 +8,7 @@ Layout of a dataset folder::
 
 A shard holds the tensors
 
-* ``motion``    float32 (T, 70)  LivePortrait motion (:mod:`audio2lp.motion`) per 25 fps frame;
+* ``motion``    float32 (T, 70)  LivePortrait motion (:mod:`audio2lp.models.motion`) per 25 fps frame;
 * ``audio``     float16 (2T, D)  Whisper encoder features at 50 Hz (D = 384 for tiny / tiny.en);
 * ``eye_ratio`` float32 (T, 2)   eye-open ratios from the landmarks (optional);
 * ``lip_ratio`` float32 (T,)     lip-open ratio from the landmarks (optional);
@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,16 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
-from audio2lp.motion import LIP_DIMS, MOTION_DIM, MotionStats
-from audio2lp.whisper_features import parse_whisper_layers
+from audio2lp.media.atomic import atomic_output
+from audio2lp.models.motion import LIP_DIMS, MOTION_DIM, MotionStats
+from audio2lp.whisper.features import parse_whisper_layers
 from lp_renderer.errors import InputError
+from training.common import write_text_atomic
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DATASET_FORMAT", "SHARD_FORMAT", "FPS", "ClipData", "Dataset", "parse_whisper_layers", "settings_key",
     "write_shard", "read_shard", "read_shard_meta", "build_manifest", "write_manifest", "write_dataset",
-    "load_dataset", "atomic_write_text",
+    "load_dataset",
 ]
 
 DATASET_FORMAT = "audio2lp-dataset-v1"
@@ -59,15 +60,6 @@ PRELOAD_LIMIT = 1 << 30  # bytes
 def settings_key(settings: dict) -> str:
     """A short hash of the dataset settings (clips are only comparable when these match)."""
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -113,12 +105,8 @@ def write_shard(path: str | os.PathLike, clip: ClipData, meta: dict, settings: d
             tensors[name] = a
     header = {"format": SHARD_FORMAT, "meta": json.dumps(meta, sort_keys=True),
               "settings": json.dumps(settings, sort_keys=True)}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -235,7 +223,7 @@ def build_manifest(root: str | os.PathLike, settings: dict, *, speakers: dict[st
 
 def write_manifest(root: str | os.PathLike, manifest: dict) -> Path:
     path = Path(root) / MANIFEST
-    atomic_write_text(path, json.dumps(manifest, indent=1))
+    write_text_atomic(path, json.dumps(manifest, indent=1))
     return path
 
 
@@ -384,12 +372,3 @@ def lip_direction_from(lip_dims: np.ndarray, lip_ratio: np.ndarray) -> np.ndarra
 
 def load_dataset(root: str | os.PathLike, preload: bool | None = None) -> Dataset:
     return Dataset(root, preload)
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two equal-length arrays (0 when either is constant)."""
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    a, b = a - a.mean(), b - b.mean()
-    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else 0.0

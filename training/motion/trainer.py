@@ -1,4 +1,7 @@
-"""Training of the audio-to-motion model (:class:`audio2lp.motion_model.MotionModel`) on a prepared dataset.
+"""Training of the audio-to-motion model (:class:`audio2lp.models.motion_model.MotionModel`) on a prepared dataset.
+
+Longer than 600 lines because :class:`Trainer` is one state machine (resume, DDP ranks, logs, validation,
+checkpoints) whose parts share its state; the pure pieces (batch plan, schedule, losses, split) sit at the top.
 
 One optimiser step:
 
@@ -8,9 +11,9 @@ One optimiser step:
    ``[r * B/W, (r+1) * B/W)``; this is the distributed sampler. Torch's RNG (dropout, scheduled sampling) is
    re-seeded from ``(seed, step, rank)`` every step. So a run killed at any moment and resumed from its last
    checkpoint repeats exactly the steps it lost: the final weights equal those of an uninterrupted run.
-2. Motion is normalised with the dataset's :class:`audio2lp.motion.MotionStats`. Scheduled sampling is the
+2. Motion is normalised with the dataset's :class:`audio2lp.models.motion.MotionStats`. Scheduled sampling is the
    two-pass variant for parallel decoders (Mihaylova & Liu 2019, "Scheduled Sampling for Transformers"):
-   with probability ``p`` (ramped over steps, see :class:`training.config.SamplingSection`) each decoder input
+   with probability ``p`` (ramped over steps, see :class:`training.motion.config.SamplingSection`) each decoder input
    frame of the second, trained pass is the first pass's prediction instead of the ground truth. The first pass
    is teacher forced and runs without gradient (:func:`scheduled_sampling_inputs`). So the mixed-in frames are
    one-step-ahead predictions made from the true history. The model learns to cope with its own one-step
@@ -27,7 +30,7 @@ atomically (temp file + rename; model, optimiser, scheduler, step, RNG states, c
 ``resume=True`` continues from the newest. It may raise ``schedule.steps`` (the learning-rate schedule is
 then recomputed over the new length, with a warning). Other changes to the config are refused. Rank 0 also
 writes ``RUN/metrics.csv``, TensorBoard events in ``RUN/tensorboard``, ``RUN/curves.png`` and at the end
-``RUN/motion_model.safetensors`` (:func:`audio2lp.motion_model.save_motion_model`), which
+``RUN/motion_model.safetensors`` (:func:`audio2lp.models.motion_model.save_motion_model`), which
 ``audio2lp speak --motion-model`` loads.
 
 Several processes: ``RUN`` lives on rank 0's filesystem. Only rank 0 reads or writes it: on resume it loads
@@ -43,7 +46,7 @@ Validation (rank 0, every ``run.val_every`` steps and at the end) rolls the mode
 * ``val_velocity_err``: mean per-frame L2 distance of the first differences (normalised dims);
 * ``val_lip_corr``: Pearson correlation of predicted vs. true lip opening, the projection of the lip dims on
   ``lip_direction`` (fitted on training clips to the landmarks' lip-open ratio; see
-  :meth:`training.dataset.Dataset.lip_direction`).
+  :meth:`training.motion.dataset.Dataset.lip_direction`).
 """
 
 from __future__ import annotations
@@ -63,21 +66,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from audio2lp.motion import EYE_DIMS, LIP_DIMS, MOTION_DIM
-from audio2lp.motion_model import (
+from audio2lp.media.atomic import atomic_output
+from audio2lp.models.motion import EYE_DIMS, LIP_DIMS, MOTION_DIM
+from audio2lp.models.motion_model import (
     MotionModel,
     MotionModelConfig,
     save_motion_model,
     scheduled_sampling_inputs,
 )
 from lp_renderer.errors import InputError
+from training.common import pearson, split_by_speaker, write_text_atomic
 
-from .config import TrainConfig, save_config
-from .dataset import Dataset, atomic_write_text, pearson
+from .config import MotionTrainConfig, save_config
+from .dataset import Dataset
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CKPT_FORMAT", "METRIC_COLUMNS", "Trainer", "TrainResult", "train", "split_clips", "batch_plan",
+__all__ = ["CKPT_FORMAT", "METRIC_COLUMNS", "Trainer", "TrainResult", "train", "split_train_val", "batch_plan",
            "lr_factor", "ss_probability", "latest_checkpoint"]
 
 CKPT_FORMAT = "audio2lp-train-checkpoint-v1"
@@ -96,7 +101,7 @@ class TrainResult:
 # -- pure functions of the config ---------------------------------------------------------------------
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
+def lr_factor(step: int, cfg: MotionTrainConfig) -> float:
     """Multiplier of ``optim.lr`` for optimiser step ``step`` (0-based)."""
     s = cfg.schedule
     if s.warmup_steps > 0 and step < s.warmup_steps:
@@ -109,7 +114,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return s.min_lr_ratio + (1.0 - s.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def ss_probability(step: int, cfg: TrainConfig) -> float:
+def ss_probability(step: int, cfg: MotionTrainConfig) -> float:
     """Scheduled-sampling probability at ``step``: 0 before ``start_step``, then linear up to ``max_prob``."""
     sa = cfg.sampling
     if step < sa.start_step or sa.max_prob <= 0:
@@ -131,7 +136,7 @@ def batch_plan(step: int, seed: int, window: int, frames: list[int], batch: int)
     return [(int(c), int(rng.integers(0, positions[c]))) for c in clips]
 
 
-def split_clips(ds: Dataset, cfg: TrainConfig) -> tuple[list[int], list[int], dict[str, int]]:
+def split_train_val(ds: Dataset, cfg: MotionTrainConfig) -> tuple[list[int], list[int], dict[str, int]]:
     """``(train indices, validation indices, speaker -> style id)``, split by speaker.
 
     Clips without a speaker count as a speaker of their own. ``data.val_speakers`` names the validation
@@ -159,13 +164,13 @@ def split_clips(ds: Dataset, cfg: TrainConfig) -> tuple[list[int], list[int], di
         val_names = [names[i] for i in order[:n_val]]
     else:
         val_names = []
-    val = sorted(i for n in val_names for i in groups[n])
-    train = sorted(i for n in names if n not in val_names for i in groups[n])
+    group_of = {i: n for n, members in groups.items() for i in members}
+    train, val = split_by_speaker(range(len(ds.clips)), val_names, group_of.__getitem__)
     speakers = sorted({ds.speaker(i) for i in train if ds.speaker(i) is not None}) if d.speaker_styles else []
     return train, val, {s: k for k, s in enumerate(speakers)}
 
 
-def dim_weights(cfg: TrainConfig) -> torch.Tensor:
+def dim_weights(cfg: MotionTrainConfig) -> torch.Tensor:
     """Per-dimension loss weights (70,), normalised to mean 1."""
     lw = cfg.loss
     w = torch.full((MOTION_DIM,), float(lw.other_weight))
@@ -199,12 +204,8 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def _torch_save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _rng_state() -> dict:
@@ -263,7 +264,7 @@ class Trainer:
     Args:
         dataset: a prepared dataset folder (``audio2lp prepare``).
         run_dir: the run folder (created). Must not hold checkpoints unless ``resume``.
-        config: the training config (default :class:`TrainConfig`). On resume it must equal the one the
+        config: the training config (default :class:`MotionTrainConfig`). On resume it must equal the one the
             checkpoint was made with, except that ``schedule.steps`` may be raised (and the keys in
             ``RESUME_FREE_KEYS``, which do not change the result, may differ).
         resume: continue from the newest checkpoint in ``run_dir`` (a fresh start when there is none).
@@ -275,11 +276,11 @@ class Trainer:
     model is wrapped in DistributedDataParallel.
     """
 
-    def __init__(self, dataset: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig | None = None, *,
-                 resume: bool = False, progress: bool = True):
+    def __init__(self, dataset: str | os.PathLike, run_dir: str | os.PathLike,
+                 config: MotionTrainConfig | None = None, *, resume: bool = False, progress: bool = True):
         import torch.distributed as dist
 
-        self.cfg = cfg = config or TrainConfig()
+        self.cfg = cfg = config or MotionTrainConfig()
         self.run_dir = Path(run_dir)
         self._owns_group = False
         world_env = int(os.environ.get("WORLD_SIZE", "1"))
@@ -302,8 +303,8 @@ class Trainer:
             if ref != cfg.to_dict():
                 log.info("rank %d uses rank 0's config (its own differs: %s)", self.rank,
                          _diff_text(_config_diff(cfg.to_dict(), ref)))
-                self.cfg = cfg = TrainConfig.from_dict(ref, source="rank 0's config")
-        if cfg.run.num_threads > 0:
+                self.cfg = cfg = MotionTrainConfig.from_dict(ref, source="rank 0's config")
+        if cfg.run.num_threads > 0:  # part of the run's config, settled by rank 0's copy under DDP (see above)
             torch.set_num_threads(cfg.run.num_threads)
         if cfg.data.batch_size % self.world:
             raise InputError(f"data.batch_size {cfg.data.batch_size} is not divisible by the {self.world} processes; "
@@ -313,7 +314,7 @@ class Trainer:
 
         self.ds = Dataset(dataset, preload=cfg.data.preload)
         self.stats = self.ds.stats
-        self.train_idx, self.val_idx, self.style_map = split_clips(self.ds, cfg)
+        self.train_idx, self.val_idx, self.style_map = split_train_val(self.ds, cfg)
         if not self.train_idx:
             raise InputError(f"no training clips are left in {dataset} after the validation split; lower "
                              f"data.val_fraction or add clips.")
@@ -387,7 +388,7 @@ class Trainer:
                 log.warning("schedule.steps raised from %d to %d on resume: the learning-rate schedule is recomputed "
                             "over %d steps (stretched; at step %d the factor goes from %.4g to %.4g), so the result "
                             "differs from an uninterrupted run of either length", old, new, new, at_step,
-                            lr_factor(at_step, TrainConfig.from_dict(saved)), lr_factor(at_step, self.cfg))
+                            lr_factor(at_step, MotionTrainConfig.from_dict(saved)), lr_factor(at_step, self.cfg))
 
     def _read_resume_state(self, resume: bool) -> dict | None:
         """Rank 0: the checkpoint dict to continue from (validated), or None for a fresh start."""
@@ -421,14 +422,14 @@ class Trainer:
         """Rank 0: create ``run_dir`` and write ``config.yaml`` and ``run.json``."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "checkpoints").mkdir(exist_ok=True)
-        for stale in (self.run_dir / "checkpoints").glob(".step-*.tmp-*"):  # a kill during a checkpoint write
+        for stale in (self.run_dir / "checkpoints").glob(".step-*.part-*"):  # a kill during a checkpoint write
             stale.unlink(missing_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
         info = {"dataset": str(self.ds.root.resolve()),
                 "train_clips": [self.ds.clips[i]["id"] for i in self.train_idx],
                 "val_clips": [self.ds.clips[i]["id"] for i in self.val_idx], "speakers": self.style_map,
                 "world_size": self.world, "model_config": self.model_config.to_dict()}
-        atomic_write_text(self.run_dir / "run.json", json.dumps(info, indent=1))
+        write_text_atomic(self.run_dir / "run.json", json.dumps(info, indent=1))
 
     def _apply_checkpoint(self, ck: dict) -> None:
         """Load a checkpoint dict (validated by rank 0) into this process's model, optimiser and scheduler."""
@@ -594,15 +595,10 @@ class Trainer:
 
     @staticmethod
     def _write_csv(path: Path, rows: list[dict]) -> None:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
-                wr = csv.DictWriter(f, METRIC_COLUMNS)
-                wr.writeheader()
-                wr.writerows(rows)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            wr = csv.DictWriter(f, METRIC_COLUMNS)
+            wr.writeheader()
+            wr.writerows(rows)
 
     def _log_row(self, row: dict) -> None:
         path = self.run_dir / "metrics.csv"
@@ -663,13 +659,11 @@ class Trainer:
         a2.set_title("validation lip-opening correlation")
         fig.tight_layout()
         out = self.run_dir / "curves.png"
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
         try:
-            fig.savefig(tmp, dpi=80)
-            os.replace(tmp, out)
+            with atomic_output(out) as tmp:
+                fig.savefig(tmp, dpi=80)
         finally:
             plt.close(fig)
-            tmp.unlink(missing_ok=True)
         return out
 
     def _reduce_acc(self) -> dict:
@@ -756,7 +750,7 @@ class Trainer:
             self._owns_group = False
 
 
-def train(dataset: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig | None = None, *,
+def train(dataset: str | os.PathLike, run_dir: str | os.PathLike, config: MotionTrainConfig | None = None, *,
           resume: bool = False, progress: bool = True) -> TrainResult:
     """Train a motion model on ``dataset`` into ``run_dir`` (see :class:`Trainer`); returns the result."""
     t = Trainer(dataset, run_dir, config, resume=resume, progress=progress)

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from audio2lp.motion_model import load_motion_model, read_motion_model_metadata
-from training.config import save_config
+from audio2lp.models.motion_model import load_motion_model, read_motion_model_metadata
+from training.motion.config import save_config
 
 from .test_trainer import REPO, make_dataset, tiny_config
 
@@ -61,7 +61,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, ds: str, tmp: str) -> Non
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from training.trainer import Trainer
+    from training.motion.trainer import Trainer
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
@@ -97,7 +97,7 @@ def test_two_ranks_match_one_process_and_resume_from_rank_0s_checkpoint(tmp_path
     import torch.multiprocessing as mp
     from safetensors.torch import load_file
 
-    from training.trainer import Trainer, train
+    from training.motion.trainer import Trainer, train
 
     ds = make_dataset(tmp_path / "ds")
     t = Trainer(ds, tmp_path / "single-grad", tiny_config("model.dropout=0.0", "data.batch_size=4",

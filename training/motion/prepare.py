@@ -1,4 +1,4 @@
-"""``audio2lp prepare``: talking-head videos -> a training dataset (:mod:`training.dataset`).
+"""``audio2lp prepare``: talking-head videos -> a training dataset (:mod:`training.motion.dataset`).
 
 For each video, in a worker process (spawn context; each worker builds its own face backend, loads
 LivePortrait's motion extractor M and the Whisper encoder once, and runs torch with one thread):
@@ -44,16 +44,16 @@ from pathlib import Path
 
 import numpy as np
 
-from audio2lp.motion import resample_motion
-from audio2lp.whisper_features import format_whisper_layers, parse_whisper_layers
+from audio2lp.models.motion import resample_motion
+from audio2lp.whisper.features import format_whisper_layers, parse_whisper_layers
 from lp_renderer.errors import InputError, NoFaceError, WeightsError
+from training.common import write_text_atomic
 
 from .dataset import (
     FPS,
     SHARDS,
     SKIPPED,
     ClipData,
-    atomic_write_text,
     build_manifest,
     read_shard_meta,
     settings_key,
@@ -77,7 +77,7 @@ class PrepareOptions:
     face_backend: str = "auto"  # auto | dlib | insightface
     insightface_dir: str | None = None
     whisper_model: str = "tiny.en"
-    whisper_layers: str = "middle"  # text form, see training.dataset.parse_whisper_layers
+    whisper_layers: str = "middle"  # text form, see training.motion.dataset.parse_whisper_layers
     whisper_checkpoint: str | None = None  # explicit Whisper checkpoint (.pt or CTranslate2 folder)
     workers: int = 1  # worker processes; 0 runs everything in this process
     min_seconds: float = 2.0  # shorter clips (after alignment) are skipped
@@ -217,16 +217,10 @@ class MotionExtractorOnly:
     def __init__(self, weights_dir: str | os.PathLike | None = None, device: str = "cpu"):
         import torch
 
+        from audio2lp.weights_store import missing_weights_message, resolve_weights_dir
         from lp_renderer.config import RendererConfig
-        from lp_renderer.motion_extractor import MotionExtractor
-        from lp_renderer.weights import (
-            OFFICIAL_FILES,
-            load_state_dict_strict,
-            missing_weights_message,
-            read_weight_file,
-            resolve_weights_dir,
-            weight_file,
-        )
+        from lp_renderer.nets.motion_extractor import MotionExtractor
+        from lp_renderer.weights import OFFICIAL_FILES, load_state_dict_strict, read_weight_file, weight_file
 
         wdir = resolve_weights_dir(weights_dir)
         path = weight_file(wdir, "motion_extractor")
@@ -278,16 +272,19 @@ _TOOLS: _Tools | None = None
 
 
 def _build_tools(opts: PrepareOptions) -> _Tools:
-    from audio2lp.whisper_features import WhisperEncoder
+    from audio2lp.weights_store import resolve_insightface_dir
+    from audio2lp.whisper.features import WhisperEncoder
     from lp_renderer.faces import get_face_backend
 
-    backend = get_face_backend(opts.face_backend, opts.insightface_dir, weights_dir=opts.weights_dir)
+    backend = get_face_backend(opts.face_backend, resolve_insightface_dir(opts.insightface_dir),
+                               weights_dir=opts.weights_dir)
     motion = MotionExtractorOnly(opts.weights_dir)
     whisper = WhisperEncoder(opts.whisper_model, opts.whisper_checkpoint)
     return _Tools(backend, motion, whisper, parse_whisper_layers(opts.whisper_layers))
 
 
 def _init_worker(opts_dict: dict) -> None:
+    """The set-up of a worker process of the pool (its own process state: one torch thread, warnings only)."""
     global _TOOLS
     import torch
 
@@ -298,9 +295,10 @@ def _init_worker(opts_dict: dict) -> None:
 
 def process_video(video: Path, tools: _Tools, opts: PrepareOptions) -> tuple[ClipData, dict]:
     """Arrays and facts of one video (see the module docstring). Raises ``_Skip`` with the reason to skip it."""
-    from audio2lp.audio import load_audio
     from audio2lp.errors import AudioError, VideoError
-    from audio2lp.video_io import FrameReader, probe_video
+    from audio2lp.media.audio import load_audio
+    from audio2lp.media.probe import probe_video
+    from audio2lp.media.reader import FrameReader
     from lp_renderer.crop import DRIVING_CROP, iter_crops_for_frames
     from lp_renderer.faces import eye_open_ratios, iter_faces_in_frames, lip_open_ratio
 
@@ -406,7 +404,7 @@ def _run_task(task: dict) -> dict:
     if persistent:
         rec = {"source": task["source"], "reason": reason, "input": task["input"],
                "settings_key": settings_key(task["settings"])}
-        atomic_write_text(Path(task["skip_record"]), json.dumps(rec, indent=1))
+        write_text_atomic(Path(task["skip_record"]), json.dumps(rec, indent=1))
     return {"status": "skipped", "source": task["source"], "reason": reason, "seconds": time.time() - t0}
 
 
@@ -466,7 +464,7 @@ def prepare_dataset(videos: Sequence[str | os.PathLike], out_dir: str | os.PathL
         raise InputError(f"{root} is a file; give a folder for the dataset.")
     (root / SHARDS).mkdir(parents=True, exist_ok=True)
     (root / SKIPPED).mkdir(exist_ok=True)
-    for stale in (root / SHARDS).glob(".*.tmp-*"):  # left by a crashed run
+    for stale in (root / SHARDS).glob(".*.part-*"):  # left by a crashed run (see audio2lp.media.atomic)
         stale.unlink(missing_ok=True)
 
     t0 = time.time()

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audio2lp.motion import MOTION_DIM
-from audio2lp.motion_model import load_motion_model, read_motion_model_metadata
+from audio2lp.models.motion import MOTION_DIM
+from audio2lp.models.motion_model import load_motion_model, read_motion_model_metadata
 from lp_renderer.errors import InputError, WeightsError
-from training.dataset import Dataset, pearson, read_shard
-from training.prepare import PrepareOptions, _speaker_for, find_videos, prepare_dataset, read_speakers_csv
+from training.common import pearson
+from training.motion.dataset import Dataset, read_shard
+from training.motion.prepare import PrepareOptions, _speaker_for, find_videos, prepare_dataset, read_speakers_csv
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CLIP = "talking/LipNet__bbaf2n.mpg"  # 3 s, 25 fps, 360x288, one face, speech
 
 
@@ -40,13 +41,13 @@ def _env() -> dict:
 
 
 def _ffmpeg(*args: str) -> None:
-    from audio2lp.video_io import ffmpeg_exe
+    from audio2lp.media.ffmpeg import ffmpeg_exe
 
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-v", "error", *args], check=True, timeout=120)
 
 
 def _noise_video(path: Path, seconds: float = 2.0, audio: bool = True) -> Path:
-    from audio2lp.video_io import VideoWriter
+    from audio2lp.media.writer import VideoWriter
 
     rng = np.random.default_rng(0)
     t = np.arange(int(16000 * seconds)) / 16000
@@ -144,7 +145,7 @@ def test_speaker_table_bare_names_only_when_unambiguous(tmp_path, caplog):
     csv_path = tmp_path / "speakers.csv"
     csv_path.write_text("path,speaker\nid1/00001.mp4,alice\nid2/00001.mp4,bob\nid1/00002.mp4,alice\n"
                         "id3/00003.mp4,carol\nid4/00003.mp4,carol\n")
-    with caplog.at_level("WARNING", logger="training.prepare"):
+    with caplog.at_level("WARNING", logger="training.motion.prepare"):
         table = read_speakers_csv(csv_path)
     assert "00001.mp4" not in table, "a file name with two speakers is not matched by name"
     assert "1 file name(s)" in caplog.text and "00001.mp4" in caplog.text
@@ -163,15 +164,15 @@ def _truncate(path: Path) -> None:
 
 
 def test_a_damaged_shard_is_left_out_with_a_warning(tiny_weights, tmp_path, caplog):
-    from training.dataset import ClipData, build_manifest, settings_key, write_dataset, write_shard
-    from training.prepare import _input_fingerprint, _is_done
+    from training.motion.dataset import ClipData, build_manifest, settings_key, write_dataset, write_shard
+    from training.motion.prepare import _input_fingerprint, _is_done
 
     settings = {"whisper_model": "tiny.en", "whisper_layers": "middle", "audio_dim": 8}
     rng = np.random.default_rng(0)
     clips = [(f"c{k}", ClipData(rng.normal(size=(30, MOTION_DIM)), rng.normal(size=(60, 8))), None) for k in range(3)]
     root = write_dataset(tmp_path / "ds", clips, settings).parent
     _truncate(root / "shards" / "c1.safetensors")
-    with caplog.at_level("WARNING", logger="training.dataset"):
+    with caplog.at_level("WARNING", logger="training.motion.dataset"):
         m = build_manifest(root, settings)
     assert [c["id"] for c in m["clips"]] == ["c0", "c2"] and m["n_frames"] == 60
     assert [d["shard"] for d in m["damaged"]] == ["shards/c1.safetensors"]
@@ -306,8 +307,8 @@ def test_smoke_prepare_train_speak(data_dir, tiny_weights, tmp_path):
     assert meta["extra"]["speakers"] == {"talking": 0}
     out_motion = model.generate(read_shard(out / ds.clips[0]["shard"])[0].audio, 0, stats=stats)
     assert out_motion.shape[1] == MOTION_DIM and np.isfinite(out_motion).all()
-    from audio2lp.audio import load_audio, write_wav
-    from audio2lp.video_io import probe_video
+    from audio2lp.media.audio import load_audio, write_wav
+    from audio2lp.media.probe import probe_video
 
     speech = write_wav(tmp_path / "speech.wav", load_audio(data_dir / "speech/MakeItTalk__M6_04_16k.wav")[:24000])
     video = tmp_path / "talk.mp4"

@@ -27,28 +27,26 @@ same person: ``EDTalk__uncrop_Obama`` and ``styletalk__Obama_clip2`` are both Ba
 do not encode the speaker) and the nine VoxCeleb2 clips (``Talking-Face_PC-AVS__*``) were checked by eye
 to show different people.
 
-Run ``python -m training.lipsync_data --data $AUDIO2LP_TEST_DATA/talking`` to fill the cache (the trainer
+Run ``audio2lp-train lipsync-data --data $AUDIO2LP_TEST_DATA/talking`` to fill the cache (the trainer
 does it by itself).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
-import json
 import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from audio2lp.lipsync import frame_rms_db
+from audio2lp.media.atomic import atomic_output
+from audio2lp.models.lipsync import frame_rms_db
 from lp_renderer.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -70,7 +68,7 @@ __all__ = [
     "speed_variant",
     "build_dataset",
     "layers_key",
-    "main",
+    "summary",
 ]
 
 FPS = 25.0
@@ -193,7 +191,8 @@ def measure_lip_track(
     """
     from tqdm.auto import tqdm
 
-    from audio2lp.video_io import probe_video, read_frames
+    from audio2lp.media.probe import probe_video
+    from audio2lp.media.reader import read_frames
     from lp_renderer.faces import DlibBackend, eye_open_ratios, iter_faces_in_frames, lip_open_ratio
 
     info = probe_video(video)
@@ -259,15 +258,8 @@ def _file_key(path: Path) -> str:
 
 
 def _save_npz_atomic(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, make_folder=True) as tmp, open(tmp, "wb") as f:  # a file: numpy adds no ".npz"
+        np.savez(f, **arrays)
 
 
 def _load_npz(path: Path) -> dict | None:
@@ -296,7 +288,7 @@ def prepare_clip(
 
     Args:
         video: a talking-face video with its speech track.
-        encoder: a :class:`audio2lp.whisper_features.WhisperEncoder`; None skips the features.
+        encoder: a :class:`audio2lp.whisper.features.WhisperEncoder`; None skips the features.
         layers: Whisper layers for the features (see :func:`encode_features`).
         cache_dir: cache folder (default :func:`default_cache_dir`); ``False``-y paths are never used
             for the repository, pass a folder outside it.
@@ -305,7 +297,7 @@ def prepare_clip(
         padded: also compute :attr:`LipClip.features_padded` (the audio with :data:`PAD_SECONDS` of digital
             silence before and after; used to teach the model that silence means a closed mouth).
     """
-    from audio2lp.audio import load_audio
+    from audio2lp.media.audio import load_audio
 
     video = Path(video)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -363,7 +355,7 @@ def speed_variant(
     other voices and speaking rates. Cached like :func:`prepare_clip`."""
     import soxr
 
-    from audio2lp.audio import load_audio
+    from audio2lp.media.audio import load_audio
 
     video = Path(video)
     audio = load_audio(video)
@@ -427,7 +419,7 @@ def build_dataset(
         files = [f for f in files if f.stem in wanted]
     encoder = None
     if whisper_model:
-        from audio2lp.whisper_features import WhisperEncoder
+        from audio2lp.whisper.features import WhisperEncoder
 
         encoder = WhisperEncoder(whisper_model)
     from lp_renderer.faces import DlibBackend
@@ -446,7 +438,7 @@ def build_dataset(
     return out
 
 
-def _summary(clips: Iterable[LipClip]) -> list[dict]:
+def summary(clips: Iterable[LipClip]) -> list[dict]:
     rows = []
     for c in clips:
         v = c.lip[c.valid]
@@ -458,43 +450,3 @@ def _summary(clips: Iterable[LipClip]) -> list[dict]:
             "lip_p95": round(float(np.percentile(v, 95)), 4) if v.size else None,
         })
     return rows
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.lipsync_data", description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="folder of talking-face videos ($AUDIO2LP_TEST_DATA/talking)")
-    p.add_argument("--cache", default=None, help=f"cache folder (default {default_cache_dir()})")
-    p.add_argument("--whisper", default="tiny.en", help="Whisper model for the features ('' = none)")
-    p.add_argument("--layers", default="middle", help="Whisper layers: last, middle, mean, or ints like 2,3")
-    p.add_argument("--detect-every", type=int, default=5)
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    layers = parse_layers(a.layers)
-    try:
-        clips = build_dataset(a.data, whisper_model=a.whisper or None, layers=layers, cache_dir=a.cache,
-                              detect_every=a.detect_every, progress=not a.no_progress)
-    except InputError as e:
-        print(f"error: {e}")
-        return 2
-    for row in _summary(clips):
-        print(json.dumps(row))
-    return 0
-
-
-def parse_layers(text: str):
-    """``"last"``/``"middle"``/``"mean"`` -> itself, ``"2"`` -> 2, ``"2,3"`` -> [2, 3]."""
-    text = text.strip()
-    if text in ("last", "middle", "mean"):
-        return text
-    try:
-        items = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise InputError(f"--layers {text!r} is not valid; use last, middle, mean or layer numbers like 2,3.") from None
-    if not items:
-        raise InputError("--layers is empty; use last, middle, mean or layer numbers like 2,3.")
-    return items[0] if len(items) == 1 else items
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -16,14 +16,22 @@ import numpy as np
 import pytest
 import torch
 
-from audio2lp.motion import LIP_DIMS, MOTION_DIM
-from audio2lp.motion_model import load_motion_model, read_motion_model_metadata
+from audio2lp.models.motion import LIP_DIMS, MOTION_DIM
+from audio2lp.models.motion_model import load_motion_model, read_motion_model_metadata
 from lp_renderer.errors import InputError
-from training.config import TrainConfig, apply_overrides, load_config, save_config
-from training.dataset import ClipData, Dataset, parse_whisper_layers, write_dataset
-from training.trainer import Trainer, batch_plan, latest_checkpoint, lr_factor, split_clips, ss_probability, train
+from training.motion.config import MotionTrainConfig, apply_overrides, load_config, save_config
+from training.motion.dataset import ClipData, Dataset, parse_whisper_layers, write_dataset
+from training.motion.trainer import (
+    Trainer,
+    batch_plan,
+    latest_checkpoint,
+    lr_factor,
+    split_train_val,
+    ss_probability,
+    train,
+)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 AUDIO_DIM = 16
 SETTINGS = {"whisper_model": "tiny.en", "whisper_layers": "middle", "audio_dim": AUDIO_DIM}
 
@@ -52,8 +60,8 @@ TINY = ["model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.ff_mul
         "run.num_threads=1"]
 
 
-def tiny_config(*extra: str) -> TrainConfig:
-    return apply_overrides(TrainConfig(), TINY + list(extra))
+def tiny_config(*extra: str) -> MotionTrainConfig:
+    return apply_overrides(MotionTrainConfig(), TINY + list(extra))
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +90,8 @@ def test_config_yaml_toml_roundtrip_and_example(tmp_path):
     save_config(c, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == c
     example = load_config(REPO / "examples" / "train_config.yaml")
-    assert isinstance(example, TrainConfig)
-    assert example.to_dict() == TrainConfig().to_dict(), "the example documents the defaults"
+    assert isinstance(example, MotionTrainConfig)
+    assert example.to_dict() == MotionTrainConfig().to_dict(), "the example documents the defaults"
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -106,11 +114,11 @@ def test_bad_config_is_a_clear_input_error(tmp_path, text, needle):
 
 
 def test_overrides_and_missing_config():
-    c = apply_overrides(TrainConfig(), ["optim.lr=1e-3", "data.val_speakers=[a, b]", "run.device=cpu"])
+    c = apply_overrides(MotionTrainConfig(), ["optim.lr=1e-3", "data.val_speakers=[a, b]", "run.device=cpu"])
     assert c.optim.lr == 1e-3 and c.data.val_speakers == ["a", "b"]
     for bad in (["optim.lrr=1"], ["nope.x=1"], ["optim.lr"], ["data.window=abc"]):
         with pytest.raises(InputError):
-            apply_overrides(TrainConfig(), bad)
+            apply_overrides(MotionTrainConfig(), bad)
     with pytest.raises(InputError, match="does not exist"):
         load_config("/nonexistent/config.yaml")
 
@@ -149,14 +157,14 @@ def test_batch_plan_is_a_pure_function_of_seed_and_step():
 
 def test_split_by_speaker(dataset):
     ds = Dataset(dataset)
-    train_idx, val_idx, styles = split_clips(ds, tiny_config("data.val_fraction=0.34"))
+    train_idx, val_idx, styles = split_train_val(ds, tiny_config("data.val_fraction=0.34"))
     val_spk = {ds.speaker(i) for i in val_idx}
     assert len(val_spk) == 1 and not val_spk & {ds.speaker(i) for i in train_idx}
     assert sorted(styles) == sorted({ds.speaker(i) for i in train_idx}) and sorted(styles.values()) == [0, 1]
-    t2, v2, _ = split_clips(ds, tiny_config("data.val_speakers=[spk1]"))
+    t2, v2, _ = split_train_val(ds, tiny_config("data.val_speakers=[spk1]"))
     assert {ds.speaker(i) for i in v2} == {"spk1"}
     with pytest.raises(InputError, match="not in the dataset"):
-        split_clips(ds, tiny_config("data.val_speakers=[nobody]"))
+        split_train_val(ds, tiny_config("data.val_speakers=[nobody]"))
 
 
 # -- a whole run ---------------------------------------------------------------------------------------------
@@ -207,7 +215,7 @@ def test_existing_run_needs_resume_and_same_config(dataset, tmp_path, caplog):
     Trainer(dataset, run, tiny_config("schedule.steps=4", "run.keep_checkpoints=5", *base), resume=True).close()
     # raising schedule.steps continues, with a warning; the lr follows the new schedule from the resumed step on
     longer = tiny_config("schedule.steps=8", *base)
-    with caplog.at_level("WARNING", logger="training.trainer"):
+    with caplog.at_level("WARNING", logger="training.motion.trainer"):
         t = Trainer(dataset, run, longer, resume=True, progress=False)
     assert t.step == 4
     assert "schedule.steps raised from 4 to 8" in caplog.text and "learning-rate schedule" in caplog.text
@@ -296,9 +304,8 @@ def _tb_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def test_cli_resume_uses_the_run_config_and_purges_later_tensorboard_events(dataset, tmp_path, capsys, caplog):
-    """`train` then `train --resume` with no config options (through both entry points) continues the run;
-    --steps raises its length. TensorBoard events written after the resumed checkpoint are hidden."""
-    from audio2lp.cli import main as audio2lp_main
+    """`train` then `train --resume` with no config options continues the run; --steps raises its length.
+    TensorBoard events written after the resumed checkpoint are hidden."""
     from training.cli import main as training_main
 
     cfg = tmp_path / "cfg.yaml"
@@ -311,10 +318,10 @@ def test_cli_resume_uses_the_run_config_and_purges_later_tensorboard_events(data
     (run / "checkpoints" / "step-00000006.pt").unlink()
     (run / "motion_model.safetensors").unlink()
     capsys.readouterr()
-    assert audio2lp_main(["train", str(dataset), "-o", str(run), "--resume", "-q"]) == 0
+    assert training_main(["train", str(dataset), "-o", str(run), "--resume", "-q"]) == 0
     assert "wrote" in capsys.readouterr().out and (run / "motion_model.safetensors").is_file()
     assert latest_checkpoint(run).name == "step-00000006.pt"
-    with caplog.at_level("WARNING", logger="training.trainer"):
+    with caplog.at_level("WARNING", logger="training.motion.trainer"):
         assert training_main(["train", str(dataset), "-o", str(run), "--resume", "--steps", "9", "-q"]) == 0
     assert "after 9 steps" in capsys.readouterr().out
     assert "schedule.steps raised from 6 to 9" in caplog.text
@@ -330,8 +337,7 @@ def test_cli_resume_uses_the_run_config_and_purges_later_tensorboard_events(data
     assert err.startswith("error: the config differs") and "optim.lr" in err
 
 
-def test_both_entry_points_share_interrupt_and_rank_handling(dataset, tmp_path, monkeypatch, capsys):
-    import audio2lp.cli
+def test_interrupt_and_rank_handling(dataset, tmp_path, monkeypatch, capsys):
     import training.cli
 
     seen = []
@@ -343,12 +349,21 @@ def test_both_entry_points_share_interrupt_and_rank_handling(dataset, tmp_path, 
     monkeypatch.setattr(training.cli, "run_train", interrupted)
     monkeypatch.setattr(training.cli, "run_prepare", interrupted)
     monkeypatch.setenv("RANK", "1")
-    for main in (audio2lp.cli.main, training.cli.main):
-        for cmd in (["train", str(dataset), "-o", str(tmp_path / "r")], ["prepare", str(dataset), "-o", "x"]):
-            assert main(cmd) == 130
-            err = capsys.readouterr().err
-            assert "checkpoints are kept" in err and "no partial output" not in err
-    assert seen == [True] * 4, "ranks other than 0 run quietly under both entry points"
+    for cmd in (["train", str(dataset), "-o", str(tmp_path / "r")], ["prepare", str(dataset), "-o", "x"]):
+        assert training.cli.main(cmd) == 130
+        err = capsys.readouterr().err
+        assert "checkpoints are kept" in err and "no partial output" not in err
+    assert seen == [True] * 2, "ranks other than 0 run quietly"
+
+
+def test_audio2lp_does_not_train(capsys):
+    """Training is audio2lp-train's: the product's command has no prepare / train."""
+    from audio2lp.apps.cli import main as audio2lp_main
+
+    for cmd in ("prepare", "train"):
+        with pytest.raises(SystemExit) as e:
+            audio2lp_main([cmd, "x"])
+        assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 def test_cli_help_texts():

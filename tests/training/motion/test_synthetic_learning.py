@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from audio2lp.motion import LIP_DIMS, MOTION_DIM, YAW
-from audio2lp.motion_model import MotionModel, load_motion_model
-from training.config import TrainConfig, apply_overrides
-from training.dataset import ClipData, pearson, write_dataset
-from training.trainer import train
+from audio2lp.models.motion import LIP_DIMS, MOTION_DIM, YAW
+from audio2lp.models.motion_model import MotionModel, load_motion_model
+from training.common import pearson
+from training.motion.config import MotionTrainConfig, apply_overrides
+from training.motion.dataset import ClipData, write_dataset
+from training.motion.trainer import train
 
 pytestmark = pytest.mark.realdata
 
@@ -32,9 +33,9 @@ SAMPLES_PER_FRAME = 640  # 40 ms at 16 kHz
 @pytest.fixture(scope="session")
 def speech_features(data_dir):
     """(name, 16 kHz audio, Whisper tiny.en middle-layer features) of every speech clip, once per session."""
-    from audio2lp.audio import load_audio
     from audio2lp.errors import WeightsError
-    from audio2lp.whisper_features import WhisperEncoder
+    from audio2lp.media.audio import load_audio
+    from audio2lp.whisper.features import WhisperEncoder
 
     try:
         enc = WhisperEncoder("tiny.en")
@@ -76,7 +77,7 @@ def test_short_cpu_run_learns_a_known_function_of_speech(speech_features, tmp_pa
     ds = write_dataset(tmp_path / "ds", [c for c in clips if c[0] not in held],
                        {"whisper_model": "tiny.en", "whisper_layers": "middle", "audio_dim": 384}).parent
 
-    cfg = apply_overrides(TrainConfig(), [
+    cfg = apply_overrides(MotionTrainConfig(), [
         "model.d_model=64", "model.n_layers=2", "model.dropout=0.0", "data.window=50", "data.batch_size=16",
         "data.val_fraction=0", "schedule.steps=600", "schedule.warmup_steps=30", "optim.lr=2e-3",
         "sampling.start_step=100", "sampling.ramp_steps=300", "sampling.max_prob=0.5", "run.checkpoint_every=600",
