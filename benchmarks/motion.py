@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from audio2lp.motion_model import MotionModel, MotionModelConfig  # noqa: E402
+from audio2lp.models.motion_model import MotionModel, MotionModelConfig  # noqa: E402
 
 FPS = 25  # motion frames per second of audio
 TOKENS = 50  # Whisper tokens per second of audio

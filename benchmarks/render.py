@@ -20,7 +20,7 @@ its own so its peak RSS is its own:
 * naive     - the networks as loaded (spectral norm and BatchNorm evaluated every call, no per-source
               cache, direct convolutions), batch 1: what the official code does;
 * optimised - the default Renderer (folded, fast layers, NNPACK convolutions, per-source cache, the
-              allocator settings of ``lp_renderer.cpu_memory``), batch 1 and batch 8;
+              allocator settings of ``lp_renderer.fast.cpu_memory``, opted in as the CLI does), batch 1 and 8;
 * optimised-default-malloc - the same at batch 1 with the allocator's defaults (what those settings buy).
 
 The naive path also runs with the allocator's defaults, as the official code would.
@@ -69,10 +69,15 @@ def write_filled_weights(root: Path) -> Path:
 
 
 def child(args) -> dict:
+    # the allocator settings as the command line opts in: huge pages before torch loads, the glibc settings when
+    # the folded renderer is built (the naive and default-malloc runs turn both off in their environment)
+    from lp_renderer.fast.cpu_memory import enable_cpu_memory_settings
+
+    enable_cpu_memory_settings()
     import numpy as np
     import torch
 
-    from lp_renderer import Renderer, RendererConfig, RendererNetworks  # first: it sets THP before torch loads
+    from lp_renderer import Renderer, RendererConfig, RendererNetworks
     from lp_renderer.animation import driving_keypoints
 
     torch.set_num_threads(args.threads)
@@ -124,7 +129,7 @@ def run_children(args, weights: str | None) -> list[dict]:
     results = []
     for mode, batch, frames in runs:
         env = dict(os.environ)
-        if mode != "optimised":  # the official code runs with the allocator's defaults (lp_renderer.cpu_memory)
+        if mode != "optimised":  # the official code runs with the allocator's defaults (lp_renderer.fast.cpu_memory)
             env.update({"THP_MEM_ALLOC_ENABLE": "0", "LP_RENDERER_MALLOC_TUNING": "0"})
         cmd = [sys.executable, __file__, "--child", "--mode", mode, "--batch", str(batch), "--frames", str(frames),
                "--threads", str(args.threads)] + (["--quick"] if args.quick else []) + \

@@ -34,10 +34,16 @@ def main() -> None:
     import numpy as np
     import torch
 
+    # the CPU memory settings, opted in where this benchmark always did (its figures in RESULTS.md): after torch
+    # is loaded, so the glibc settings apply when the renderer is built and huge pages stay off
+    from lp_renderer.fast.cpu_memory import enable_cpu_memory_settings
+
+    enable_cpu_memory_settings()
     from audio2lp.api import Animator
-    from audio2lp.audio import load_audio, write_wav
-    from audio2lp.video_io import probe_video
+    from audio2lp.media.audio import load_audio, write_wav
+    from audio2lp.media.probe import probe_video
     from lp_renderer import RendererConfig, RendererNetworks
+    from lp_renderer.weights import save_networks
 
     torch.set_num_threads(args.threads)
     data = Path(os.environ.get("AUDIO2LP_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -60,7 +66,7 @@ def main() -> None:
         if weights is None:
             weights = tmp / "weights"
             cfg = RendererConfig.tiny() if args.quick else RendererConfig()
-            RendererNetworks.random(cfg, seed=0).save(weights)
+            save_networks(RendererNetworks.random(cfg, seed=0), weights)
         anim = Animator(weights, device="cpu", progress=False, batch_size=args.batch_size)
         t0 = time.perf_counter()
         anim.renderer  # noqa: B018 - load the weights

@@ -65,7 +65,7 @@ def make_speech(out: Path, wav: str | None, text: str) -> Path:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         print(f"speech:   {path} (espeak-ng: {text[:50]}...)")
         return path
-    from audio2lp.audio import write_wav
+    from audio2lp.media.audio import write_wav
 
     print("note: espeak-ng is not installed (apt install espeak-ng), and no --wav was given; using a speech-like "
           "test tone instead, so the mouth moves but there are no words to lip-sync.")
