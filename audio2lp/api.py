@@ -305,7 +305,7 @@ class Animator:
               progress_callback: ProgressCallback | None = None) -> RenderResult:
         """Make ``portrait`` say ``audio``.
 
-        With ``motion_model`` (a checkpoint from ``audio2lp train``) the model predicts the full motion
+        With ``motion_model`` (a checkpoint from ``audio2lp-train train``) the model predicts the full motion
         (expression, head pose, translation, scale) and drives the renderer relative to the source:
         the dataset's mean motion maps to the portrait's own pose and expression; ``expression_scale`` and
         ``pose_scale`` scale the deviations; ``motion_noise`` (normalised units, default 0 = deterministic)

@@ -111,7 +111,7 @@ def write_shard(path: str | os.PathLike, clip: ClipData, meta: dict, settings: d
 
 
 def _open_error(path: Path, e: Exception) -> InputError:
-    return InputError(f"dataset shard {path} is unreadable ({e}); delete it and run `audio2lp prepare` again.")
+    return InputError(f"dataset shard {path} is unreadable ({e}); delete it and run `audio2lp-train prepare` again.")
 
 
 def read_shard_meta(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -259,25 +259,25 @@ class Dataset:
         self.root = Path(root)
         path = self.root / MANIFEST
         if not self.root.is_dir():
-            raise InputError(f"dataset folder {self.root} does not exist; create it with `audio2lp prepare`.")
+            raise InputError(f"dataset folder {self.root} does not exist; create it with `audio2lp-train prepare`.")
         if not path.is_file():
-            raise InputError(f"{self.root} has no {MANIFEST}; it is not a prepared dataset (run `audio2lp prepare "
-                             f"VIDEOS -o {self.root}` first).")
+            raise InputError(f"{self.root} has no {MANIFEST}; it is not a prepared dataset (run "
+                             f"`audio2lp-train prepare VIDEOS -o {self.root}` first).")
         try:
             m = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise InputError(f"{path} is unreadable ({e}); run `audio2lp prepare` again to rebuild it.") from None
+            raise InputError(f"{path} is unreadable ({e}); run `audio2lp-train prepare` again to rebuild it.") from None
         if not isinstance(m, dict) or m.get("format") != DATASET_FORMAT:
             raise InputError(f"{path} is not an audio2lp dataset manifest (format {DATASET_FORMAT}); run "
-                             f"`audio2lp prepare` again.")
+                             f"`audio2lp-train prepare` again.")
         self.manifest = m
         self.clips: list[dict] = [c for c in m["clips"] if c["frames"] >= 2]
         if not self.clips:
             raise InputError(f"the dataset {self.root} has no usable clips (all inputs were skipped or the folder "
-                             f"is empty); prepare more videos with `audio2lp prepare`.")
+                             f"is empty); prepare more videos with `audio2lp-train prepare`.")
         for c in self.clips:
             if not (self.root / c["shard"]).is_file():
-                raise InputError(f"shard {c['shard']} listed in {path} is missing; run `audio2lp prepare` again.")
+                raise InputError(f"shard {c['shard']} listed in {path} is missing; run `audio2lp-train prepare` again.")
         self.stats = MotionStats.from_dict(m["stats"])
         self.audio_dim = int(m["audio_dim"])
         if preload is None:

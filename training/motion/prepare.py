@@ -1,4 +1,4 @@
-"""``audio2lp prepare``: talking-head videos -> a training dataset (:mod:`training.motion.dataset`).
+"""``audio2lp-train prepare``: talking-head videos -> a training dataset (:mod:`training.motion.dataset`).
 
 For each video, in a worker process (spawn context; each worker builds its own face backend, loads
 LivePortrait's motion extractor M and the Whisper encoder once, and runs torch with one thread):
@@ -71,7 +71,7 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m4
 
 @dataclass
 class PrepareOptions:
-    """Settings of :func:`prepare_dataset` (the CLI options of ``audio2lp prepare``)."""
+    """Settings of :func:`prepare_dataset` (the CLI options of ``audio2lp-train prepare``)."""
 
     weights_dir: str | None = None  # LivePortrait weights folder (only M is loaded); default as `audio2lp drive`
     face_backend: str = "auto"  # auto | dlib | insightface

@@ -262,7 +262,7 @@ class Trainer:
     """One training process (of ``world`` under ``torchrun``). See the module docstring.
 
     Args:
-        dataset: a prepared dataset folder (``audio2lp prepare``).
+        dataset: a prepared dataset folder (``audio2lp-train prepare``).
         run_dir: the run folder (created). Must not hold checkpoints unless ``resume``.
         config: the training config (default :class:`MotionTrainConfig`). On resume it must equal the one the
             checkpoint was made with, except that ``schedule.steps`` may be raised (and the keys in

@@ -1,4 +1,4 @@
-"""`audio2lp prepare`: shards, manifest, resampling to 25 fps, resumability, speakers, bad input.
+"""`audio2lp-train prepare`: shards, manifest, resampling to 25 fps, resumability, speakers, bad input.
 
 Tiny random renderer weights make the motion values meaningless, but every step of the pipeline runs.
 """

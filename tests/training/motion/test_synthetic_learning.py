@@ -1,7 +1,7 @@
 """Learning must be shown: a short CPU run learns a known function of real speech.
 
 Targets are computed from the audio of the real speech clips in ``$AUDIO2LP_TEST_DATA/speech``; inputs are real
-Whisper tiny.en features (middle layer, what ``audio2lp prepare`` stores by default):
+Whisper tiny.en features (middle layer, what ``audio2lp-train prepare`` stores by default):
 
 * lip opening (the 18 lip-keypoint dims along a fixed random direction) = the loudness (RMS dB) of each 40 ms
   frame, smoothed over 3 frames and standardised;
