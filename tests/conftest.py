@@ -20,24 +20,8 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("AUDIO2LP_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
-STRICT_ENV = "AUDIO2LP_STRICT_SKIPS"
-OPTIONAL_PREFIX = "optional:"
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """With ``AUDIO2LP_STRICT_SKIPS=1`` (set by ``.ci/run``) a skipped test fails instead, unless its reason
-    starts with ``optional:``: in CI the shared data, the conformance cases, Whisper, espeak-ng and Chromium are
-    all present, so a skip there means a test silently stopped testing."""
-    outcome = yield
-    report = outcome.get_result()
-    if os.environ.get(STRICT_ENV) != "1" or not report.skipped or hasattr(report, "wasxfail"):
-        return
-    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    if reason.removeprefix("Skipped: ").startswith(OPTIONAL_PREFIX):
-        return
-    report.outcome = "failed"
-    report.longrepr = f"skipped in a strict run ({STRICT_ENV}=1): {reason}"
+# strict skips (AUDIO2LP_STRICT_SKIPS=1): tests/strict_skips.py
+pytest_plugins = ("tests.strict_skips",)
 
 
 @pytest.fixture(scope="session")
