@@ -24,6 +24,27 @@ def shared_data_dir() -> Path:
 pytest_plugins = ("tests.strict_skips",)
 
 
+MIN_PORTRAITS = 30  # the data folder has 39 portraits; fewer means it was emptied or moved
+
+
+def manifest_files(data: Path, folder: str, minimum: int = 1) -> list[Path]:
+    """The files MANIFEST.tsv lists in ``data/folder``, sorted. Skips (a failure in a strict run) when the data
+    folder is absent; fails when a listed file is missing or fewer than ``minimum`` are listed, so that a test
+    looping over them cannot pass on an empty folder."""
+    import csv
+
+    manifest = data / "MANIFEST.tsv"
+    if not manifest.is_file():
+        pytest.skip(f"real test data not found at {data} (set AUDIO2LP_TEST_DATA)")
+    with open(manifest, newline="", encoding="utf-8") as f:
+        listed = [row["file"] for row in csv.DictReader(f, delimiter="\t") if row["file"].startswith(folder + "/")]
+    files = [data / name for name in sorted(listed)]
+    missing = [str(p) for p in files if not p.is_file()]
+    assert not missing, f"files listed in {manifest} are missing: {missing[:5]}"
+    assert len(files) >= minimum, f"{manifest} lists {len(files)} files in {folder}/, expected at least {minimum}"
+    return files
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real test material ($AUDIO2LP_TEST_DATA, default ../shared/data); skips when absent."""

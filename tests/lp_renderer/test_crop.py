@@ -27,6 +27,7 @@ from lp_renderer.crop import (
 from lp_renderer.errors import InputError, NoFaceError
 from lp_renderer.faces import DlibBackend, Face
 from lp_renderer.image_io import load_image
+from tests.conftest import MIN_PORTRAITS, manifest_files
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("AUDIO2LP_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -513,7 +514,7 @@ def test_paste_back_full_resolution_speed():
 @pytest.mark.realdata
 def test_every_portrait_crop_contains_eyes_and_mouth():
     backend = DlibBackend()
-    for path in sorted(_data("portraits").iterdir()):
+    for path in manifest_files(DATA, "portraits", MIN_PORTRAITS):
         img = load_image(path)
         faces = backend.detect(img)
         assert faces, path.name

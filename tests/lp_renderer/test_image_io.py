@@ -12,6 +12,7 @@ from PIL import Image, ImageOps
 
 from lp_renderer.errors import InputError
 from lp_renderer.image_io import _apply_orientation, load_image, resize_to_limit, to_rgb_uint8
+from tests.conftest import MIN_PORTRAITS, manifest_files
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("AUDIO2LP_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -230,10 +231,7 @@ def test_resize_to_limit_matches_official_rules():
 
 @pytest.mark.realdata
 def test_real_portraits_load():
-    folder = DATA / "portraits"
-    if not folder.is_dir():
-        pytest.skip(f"real test data not found at {folder} (set AUDIO2LP_TEST_DATA)")
-    for path in sorted(folder.iterdir()):
+    for path in manifest_files(DATA, "portraits", MIN_PORTRAITS):
         a = load_image(path)
         assert a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8, path
 

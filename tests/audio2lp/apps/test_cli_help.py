@@ -78,14 +78,73 @@ def test_help(path, parser):
             assert (action.metavar or action.dest) in text
 
 
-def test_every_command_is_reached():
-    paths = {p[1:] for p, _ in PARSERS if p[0] == "audio2lp"}
-    for expected in [("speak",), ("drive",), ("weights",), ("weights", "convert"), ("doctor",), ("serve",), ("app",),
-                     ("weights", "download"), ("weights", "import")]:
-        assert expected in paths
-    assert ("prepare",) not in paths and ("train",) not in paths  # training is audio2lp-train's
-    train_paths = {p[1:] for p, _ in PARSERS if p[0] == "audio2lp-train"}
-    assert {("prepare",), ("train",), ("lipsync",), ("lipsync-data",)} <= train_paths
+EXPECTED = {
+    "audio2lp": [("speak",), ("drive",), ("weights", "convert"), ("weights", "download"), ("weights", "import"),
+                 ("doctor",), ("serve",), ("app",)],
+    "audio2lp-train": [("prepare",), ("train",), ("lipsync",), ("lipsync-data",)],
+}
+
+
+def _argv(path: tuple[str, ...], parser: argparse.ArgumentParser) -> list[str]:
+    """A command line that selects ``path``: its required positionals and options filled with placeholders."""
+    argv = list(path)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) or action.help == argparse.SUPPRESS:
+            continue
+        n = 2 if action.nargs in ("+", 2) else 1
+        if not action.option_strings:
+            argv += ["x"] * n
+        elif action.required:
+            argv += [action.option_strings[0]] + ["x"] * n
+    return argv
+
+
+def unreached(build, expected: list[tuple[str, ...]]) -> list[str]:
+    """The problems that keep a command from running: an expected command the parser of ``build()`` lacks, or a
+    command (every leaf of the tree) whose command line does not select a run function of its own."""
+    found = dict(walk(build()))
+    problems = [f"`{' '.join(path)}` is not a command" for path in expected if path not in found]
+    for path, parser in found.items():
+        if not path or any(True for _ in _subparsers(parser)):
+            continue
+        run = parser.get_default("run")
+        if not callable(run):
+            problems.append(f"`{' '.join(path)}` has no run function")
+            continue
+        args = build().parse_args(_argv(path, parser))
+        if args.run is not run:
+            problems.append(f"`{' '.join(path)}` runs {args.run!r}, not its own {run!r}")
+    return problems
+
+
+@pytest.mark.parametrize("program", sorted(EXPECTED))
+def test_every_command_is_reached(program):
+    """Each command of both programs is registered, and its command line selects its own run function."""
+    from training.cli import build_parser as training_parser
+
+    build = cli.build_parser if program == "audio2lp" else training_parser
+    assert unreached(build, EXPECTED[program]) == []
+    if program == "audio2lp":
+        paths = {p[1:] for p, _ in PARSERS if p[0] == "audio2lp"}
+        assert ("prepare",) not in paths and ("train",) not in paths  # training is audio2lp-train's
+
+
+def test_the_reach_check_fails_on_an_unregistered_or_unwired_command(monkeypatch):
+    """`test_every_command_is_reached` can fail: a command left out of cli.PARSERS, or one that sets no run
+    function, is reported."""
+    from audio2lp.apps import doctor, server
+
+    without_doctor = [p for p in cli.PARSERS if p is not doctor.add_doctor_parser]
+    monkeypatch.setattr(cli, "PARSERS", without_doctor)
+    assert unreached(cli.build_parser, EXPECTED["audio2lp"]) == ["`doctor` is not a command"]
+    monkeypatch.undo()
+
+    def serve_without_run(sub):
+        sub.add_parser("serve", help="serve", description="serve")
+
+    monkeypatch.setattr(cli, "PARSERS", [serve_without_run if p is server.add_serve_parser else p
+                                         for p in cli.PARSERS])
+    assert unreached(cli.build_parser, EXPECTED["audio2lp"]) == ["`serve` has no run function"]
 
 
 def test_console_help_runs():

@@ -28,6 +28,7 @@ from lp_renderer.faces import (
 )
 from lp_renderer.faces.base import _MAP_106_TO_68
 from lp_renderer.image_io import load_image
+from tests.conftest import MIN_PORTRAITS, manifest_files
 
 REPO = Path(__file__).resolve().parents[3]
 DATA = Path(os.environ.get("AUDIO2LP_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -379,9 +380,8 @@ def test_dlib_grayscale_and_non_contiguous_input(dlib_backend):
 
 @pytest.mark.realdata
 def test_every_portrait_yields_a_face(dlib_backend):
-    folder = _data("portraits")
     timings = []
-    for path in sorted(folder.iterdir()):
+    for path in manifest_files(DATA, "portraits", MIN_PORTRAITS):
         img = load_image(path)
         t = time.perf_counter()
         faces = dlib_backend.detect(img)
