@@ -11,6 +11,7 @@ writer); the work is done by :mod:`audio2lp.portrait`, :mod:`audio2lp.driving`, 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from audio2lp import options
 from audio2lp.driving import DrivingFrame, info_to_motion, iter_driving_frames, motion_to_info, open_driving
@@ -26,13 +28,13 @@ from audio2lp.media.atomic import atomic_output, check_output_path
 from audio2lp.media.queue import Prefetcher
 from audio2lp.media.writer import VideoWriter
 from audio2lp.models.motion import MotionTemplate, save_motion_template
-from audio2lp.options import OptionError
+from audio2lp.options import OptionError, literal
 from audio2lp.portrait import IMAGE_SUFFIXES, Portrait, prepare_portrait
 from audio2lp.weights_store import resolve_insightface_dir, resolve_weights_dir, weights_hint
 from lp_renderer.animation import AnimationOptions, driving_keypoints
 from lp_renderer.errors import InputError
 from lp_renderer.faces import FaceBackend, get_face_backend
-from lp_renderer.renderer import Renderer
+from lp_renderer.renderer import DeviceUnavailable, Renderer, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,39 @@ class _Progress:
         self.bar.close()
 
 
+def _device_error(e: DeviceUnavailable, device: str | None) -> OptionError:
+    """A missing GPU in the terms of the option that asked for it."""
+    if e.option == "half":
+        if torch.cuda.is_available():
+            return OptionError("half", "{half} runs on CUDA only, but the CPU was chosen; drop {half} or use {device} "
+                               "cuda.")
+        return OptionError("half", "{half} (float16) needs a CUDA GPU, and none is available here; drop {half} (on "
+                           "the CPU the networks run in float32).")
+    if not torch.cuda.is_available():
+        return OptionError("device", "{device} cuda needs a CUDA GPU, and none is available here (or PyTorch was "
+                           "installed without CUDA support); use {device} cpu, or {device} auto to use a GPU only "
+                           "when there is one.")
+    return OptionError("device", "{device} " + literal(f"{device}: {e}"))
+
+
+def _gpu_memory_guard(method):
+    """Running out of GPU memory inside ``method`` becomes an :class:`OptionError` saying what to do (a smaller
+    batch size, freeing the GPU, or the CPU) instead of PyTorch's traceback."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except torch.cuda.OutOfMemoryError as e:
+            log.debug("out of GPU memory: %s", e)
+        # outside the except block: the failed frames and their GPU tensors can be freed before the cache is emptied
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise self._out_of_memory()
+
+    return guarded
+
+
 class Animator:
     """Loads the renderer (once, lazily) and animates portraits.
 
@@ -110,6 +145,11 @@ class Animator:
                  insightface_dir: str | os.PathLike | None = None, renderer: Renderer | None = None,
                  batch_size: int | None = None, progress: bool = True):
         batch_size = options.check_value("batch_size", batch_size)
+        if renderer is None:
+            try:
+                resolve_device(device, half)  # a missing GPU is reported now, before anything loads
+            except DeviceUnavailable as e:
+                raise _device_error(e, device) from None
         self.weights = weights
         self.device, self.half, self.compile = device, half, compile
         self.face_backend_name = face_backend
@@ -129,6 +169,20 @@ class Animator:
     @batch_size.setter
     def batch_size(self, value: int | None) -> None:
         self._batch_size = options.check_value("batch_size", value)
+
+    def _out_of_memory(self) -> OptionError:
+        n = self._batch_size
+        if n is None and self._renderer is not None:
+            n = self.batch_size
+        if n is None:
+            return OptionError("batch_size", "the GPU ran out of memory; use a smaller {batch_size}, free the GPU's "
+                               "memory (close other programs that use it), or use {device} cpu.")
+        if n > 1:
+            return OptionError("batch_size", f"the GPU ran out of memory rendering {n} frames at a time; use a smaller "
+                               f"{{batch_size}} (e.g. {n // 2}) or free the GPU's memory (close other programs that "
+                               f"use it).")
+        return OptionError("device", "the GPU ran out of memory even rendering one frame at a time; free the GPU's "
+                           "memory (close other programs that use it) or use {device} cpu.")
 
     @property
     def renderer(self) -> Renderer:
@@ -155,6 +209,7 @@ class Animator:
         return prepare_portrait(self.renderer, self.faces, image, face, pasteback=pasteback)
 
     # ------------------------------------------------------------------------------------ drive
+    @_gpu_memory_guard
     def drive(self, portrait, driving: str | os.PathLike, output: str | os.PathLike, *,
               face: str | int = "largest", region: str = "all", multiplier: float = 1.0,
               stitching: bool = True, retarget_eyes: bool = False, retarget_lip: bool = False,
@@ -296,6 +351,7 @@ class Animator:
 
 
     # ------------------------------------------------------------------------------------ speak
+    @_gpu_memory_guard
     def speak(self, portrait, audio: str | os.PathLike, output: str | os.PathLike, *,
               motion_model: str | os.PathLike | None = None, face: str | int = "largest", fps: float = 25.0,
               expression_scale: float = 1.0, pose_scale: float = 1.0, seed: int = 0, style: int = 0,

@@ -30,6 +30,36 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+class DeviceUnavailable(InputError):
+    """``device`` or ``half`` asks for hardware this machine does not have; ``option`` says which
+    (``"device"`` or ``"half"``)."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
+def resolve_device(device: str | torch.device | None = None, half: bool | None = None) -> tuple[torch.device, bool]:
+    """The device and precision a :class:`Renderer` runs with: ``device`` (None: CUDA when available, else the CPU)
+    and ``half`` (None: on CUDA). The one place where they are checked; raises :class:`DeviceUnavailable` when CUDA
+    is asked for (as the device, or by ``half``) and there is none."""
+    dev = torch.device(device) if device is not None else default_device()
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable("device", "CUDA was requested, but no CUDA GPU is available (or this PyTorch build "
+                                              "has no CUDA support); run on the CPU.")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceUnavailable("device", f"CUDA device {dev.index} was requested, but this machine has {count} "
+                                              f"GPU(s) (0..{count - 1}); pick one of them.")
+    if half is None:
+        half = dev.type == "cuda"
+    if half and dev.type != "cuda":
+        raise DeviceUnavailable("half", "half precision (float16) runs on CUDA only; on the CPU the networks run in "
+                                        "float32, so leave half precision off.")
+    return dev, bool(half)
+
+
 @dataclass
 class PreparedSource:
     """Everything that depends only on the source image, computed once and reused for every frame.
@@ -64,12 +94,7 @@ class Renderer:
     def __init__(self, networks: RendererNetworks, device: str | torch.device | None = None,
                  half: bool | None = None, fold: bool = True, compile: bool = False,
                  neutral_exp: torch.Tensor | None = None, _owned: bool = False):
-        self.device = torch.device(device) if device is not None else default_device()
-        if half is None:
-            half = self.device.type == "cuda"
-        if half and self.device.type != "cuda":
-            raise ValueError("half precision is only supported on CUDA")
-        self.half = half
+        self.device, self.half = resolve_device(device, half)
         self.config: RendererConfig = networks.config
         networks = networks.eval()
         if fold:

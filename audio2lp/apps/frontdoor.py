@@ -54,8 +54,9 @@ def animator(args):
 
 def run(command: Callable[[], int | None], *, interrupted: str = "interrupted; no partial output was kept",
         interrupt_code: int = EXIT_INTERRUPTED) -> int:
-    """Run ``command`` as a command line does: user-fixable problems print ``error: ...`` and return 2, Ctrl-C
-    returns ``interrupt_code``, running out of memory 1. Anything else is a bug and keeps its traceback."""
+    """Run ``command`` as a command line does: user-fixable problems (a missing GPU, running out of GPU memory
+    included) print ``error: ...`` and return 2, Ctrl-C returns ``interrupt_code``, running out of memory 1. Anything
+    else is a bug and keeps its traceback."""
     try:
         return int(command() or 0)
     except InputError as e:
@@ -68,6 +69,19 @@ def run(command: Callable[[], int | None], *, interrupted: str = "interrupted; n
     except MemoryError:
         print("error: out of memory; try a smaller --batch-size", file=sys.stderr)
         return 1
+    except Exception as e:
+        if not _gpu_out_of_memory(e):
+            raise
+        print("error: the GPU ran out of memory; use a smaller --batch-size, free the GPU's memory (close other "
+              "programs that use it), or use --device cpu", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+
+def _gpu_out_of_memory(error: BaseException) -> bool:
+    """PyTorch's CUDA out-of-memory error (checked without importing torch: it is only raised once torch runs)."""
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    return oom is not None and isinstance(error, oom)
 
 
 def add_arguments(parser, command: str, *, skip: tuple[str, ...] = (), group_titles: Mapping[str, str] | None = None,
