@@ -204,9 +204,13 @@ class Animator:
                                            weights_dir=weights_dir)
         return self._faces
 
-    def portrait(self, image, face: str | int = "largest", pasteback: bool = True) -> Portrait:
-        """Detect, crop and prepare the portrait's face(s) (done once per portrait)."""
-        return prepare_portrait(self.renderer, self.faces, image, face, pasteback=pasteback)
+    def portrait(self, image, face: str | int = "largest", pasteback: bool = True,
+                 max_portrait_size: int = 1280) -> Portrait:
+        """Load the portrait (longer side scaled down to ``max_portrait_size`` pixels, sides rounded down to even),
+        detect, crop and prepare its face(s) (done once per portrait)."""
+        max_portrait_size = options.check_value("max_portrait_size", max_portrait_size)
+        return prepare_portrait(self.renderer, self.faces, image, face, pasteback=pasteback,
+                                max_size=max_portrait_size)
 
     # ------------------------------------------------------------------------------------ drive
     @_gpu_memory_guard
@@ -214,7 +218,7 @@ class Animator:
               face: str | int = "largest", region: str = "all", multiplier: float = 1.0,
               stitching: bool = True, retarget_eyes: bool = False, retarget_lip: bool = False,
               pasteback: bool = True, concat: bool = False, save_template: str | os.PathLike | None = None,
-              crf: int = 18, max_frames: int | None = None,
+              crf: int = 18, max_frames: int | None = None, max_portrait_size: int = 1280,
               progress_callback: ProgressCallback | None = None) -> RenderResult:
         """Animate ``portrait`` with the motion of ``driving`` (a video, an image, or a motion template).
 
@@ -224,11 +228,14 @@ class Animator:
         ``face`` picks the portrait's face(s); the driving video always uses its largest face.
         ``save_template`` writes the extracted motion as an ``.npz`` template for later use (committed
         together with the output: if either fails, neither is left). ``crf``: H.264 quality, 0-51.
+        ``max_portrait_size``: a larger portrait is scaled down to this longer side first (as the official
+        pipeline; 0: no cap), so the pasted-back output has that size.
         ``progress_callback(done_frames, total_frames)`` is called after every rendered batch.
         """
         from contextlib import ExitStack
 
-        v = options.check(dict(face=face, region=region, multiplier=multiplier, crf=crf, max_frames=max_frames))
+        v = options.check(dict(face=face, region=region, multiplier=multiplier, crf=crf, max_frames=max_frames,
+                               max_portrait_size=max_portrait_size))
         face, region, multiplier, crf, max_frames = v["face"], v["region"], v["multiplier"], v["crf"], v["max_frames"]
         anim_options = AnimationOptions(region=region, stitching=stitching, retarget_eyes=retarget_eyes,
                                         retarget_lip=retarget_lip, multiplier=multiplier)
@@ -259,7 +266,8 @@ class Animator:
             pasteback = False
         renderer = self.renderer
         backend = self.faces if src.kind != "template" else None
-        pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback)
+        pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback,
+                              max_size=v["max_portrait_size"])
         n_total = src.n_frames if max_frames is None else min(src.n_frames, max_frames)
         # the portrait's --face does not apply to the driving video: it is driven by its largest face
         frames = iter_driving_frames(src, backend, keep_frames=concat, max_frames=max_frames,
@@ -357,7 +365,7 @@ class Animator:
               expression_scale: float = 1.0, pose_scale: float = 1.0, seed: int = 0, style: int = 0,
               blink: bool = True, blink_rate: float | None = None, pose_from: str | os.PathLike | None = None,
               pasteback: bool = True, whisper_checkpoint: str | os.PathLike | None = None,
-              crf: int = 18, motion_noise: float = 0.0,
+              crf: int = 18, motion_noise: float = 0.0, max_portrait_size: int = 1280,
               progress_callback: ProgressCallback | None = None) -> RenderResult:
         """Make ``portrait`` say ``audio``.
 
@@ -370,13 +378,15 @@ class Animator:
         ``blink_rate`` per minute) and subtle idle head motion (``pose_scale`` x a few degrees; or the head
         motion of the template ``pose_from``); the mouth closes in silences longer than 200 ms.
         The mp4 lasts as long as the audio (to the nearest frame) and carries the original audio as AAC.
+        ``max_portrait_size``: as for :meth:`drive`.
         ``progress_callback(done_frames, total_frames)`` is called after every rendered batch.
         """
         from audio2lp.media.audio import load_audio
         from audio2lp.speech import speech_plan
 
         v = options.check(dict(face=face, fps=fps, expression_scale=expression_scale, pose_scale=pose_scale,
-                               seed=seed, style=style, blink_rate=blink_rate, crf=crf, motion_noise=motion_noise))
+                               seed=seed, style=style, blink_rate=blink_rate, crf=crf, motion_noise=motion_noise,
+                               max_portrait_size=max_portrait_size))
         face, fps, expression_scale, pose_scale = v["face"], v["fps"], v["expression_scale"], v["pose_scale"]
         seed, style, blink_rate, crf, motion_noise = v["seed"], v["style"], v["blink_rate"], v["crf"], v["motion_noise"]
         if motion_model is not None and pose_from is not None:
@@ -404,7 +414,8 @@ class Animator:
         duration = len(wav) / 16000
         n_frames = max(1, int(round(duration * fps)))
         renderer = self.renderer
-        pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback)
+        pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback,
+                              max_size=v["max_portrait_size"])
         plan = speech_plan(wav, n_frames, fps, device=renderer.device, motion_model=motion_model, seed=seed,
                            style=style, blink=blink, blink_rate=blink_rate, pose_scale=pose_scale, template=template,
                            portrait=pt, whisper_checkpoint=whisper_checkpoint, motion_noise=motion_noise,

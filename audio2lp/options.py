@@ -151,6 +151,10 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("max_frames", "int", None, "render only the first N driving frames (the audio is cut to match)", _DRIVE,
            minimum=1, nullable=True, metavar="N", label="Max frames", service=True),
     # ---------------------------------------------------------------------------------- both
+    Option("max_portrait_size", "int", 1280, "larger portraits are scaled down (bilinear) so that their longer side "
+           "is this many pixels, and both sides are rounded down to even, as in LivePortrait; the pasted-back video "
+           "has that size (default 1280; 0: no cap)", ("speak", "drive"), minimum=0, metavar="PIXELS",
+           label="Largest portrait side"),
     Option("pasteback", "bool", True, "write the 512x512 face crop instead of the full photo", ("speak", "drive"),
            label="Paste back", ui_info="off: the 512x512 face crop", service=True),
     Option("crf", "int", 18, "H.264 quality from 0 (best) to 51 (worst); 18 is visually lossless",

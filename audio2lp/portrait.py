@@ -13,7 +13,7 @@ from audio2lp.options import OptionError, literal
 from lp_renderer.crop import SOURCE_CROP, Crop, PasteMask, crop_face, paste_back, shared_paste_masks
 from lp_renderer.errors import NoFaceError
 from lp_renderer.faces import Face, FaceBackend, FaceNumberError, eye_open_ratios, lip_open_ratio, select_faces
-from lp_renderer.image_io import load_image
+from lp_renderer.image_io import load_image, resize_to_limit
 from lp_renderer.renderer import PreparedSource, Renderer
 
 log = logging.getLogger(__name__)
@@ -54,12 +54,22 @@ class Portrait:
         return out
 
 
+MAX_SIZE = 1280
+"""The official ``--source-max-dim``: the portrait's longer side is scaled down to this many pixels."""
+
+
 def prepare_portrait(renderer: Renderer, backend: FaceBackend, image: str | os.PathLike | np.ndarray,
-                     which: str | int = "largest", pasteback: bool = True) -> Portrait:
-    """Load ``image``, detect faces, pick them (``"largest"``, an index, or ``"all"``), crop each with
-    LivePortrait's source geometry and prepare it (F, M, x_s, W's per-source work; eye/lip ratios)."""
+                     which: str | int = "largest", pasteback: bool = True, max_size: int = MAX_SIZE) -> Portrait:
+    """Load ``image``, cap its size as the official pipeline does (longer side scaled down to ``max_size`` pixels,
+    bilinear, then both sides rounded down to a multiple of 2; ``max_size`` 0: no scaling), detect faces, pick them
+    (``"largest"``, an index, or ``"all"``), crop each with LivePortrait's source geometry and prepare it (F, M, x_s,
+    W's per-source work; eye/lip ratios). The pasted-back frames have the capped size."""
     name = str(image) if not isinstance(image, np.ndarray) else "the portrait"
-    rgb = load_image(image)
+    loaded = load_image(image)
+    rgb = resize_to_limit(loaded, max_size, 2)
+    if rgb.shape[:2] != loaded.shape[:2]:
+        log.info("%s: %dx%d scaled to %dx%d (longest side at most %d pixels)", name, loaded.shape[1], loaded.shape[0],
+                 rgb.shape[1], rgb.shape[0], max_size)
     faces = backend.detect(rgb)
     if not faces:
         raise NoFaceError(f"No face was found in {name}; use a photo with a clearly visible, roughly frontal "

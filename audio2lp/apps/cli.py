@@ -37,7 +37,8 @@ def run_drive(args) -> int:
                                multiplier=args.multiplier, stitching=args.stitching,
                                retarget_eyes=args.retarget_eyes, retarget_lip=args.retarget_lip,
                                pasteback=args.pasteback, concat=args.concat, save_template=args.save_template,
-                               crf=args.crf, max_frames=args.max_frames)
+                               crf=args.crf, max_frames=args.max_frames,
+                               max_portrait_size=args.max_portrait_size)
     print(f"wrote {res.output} ({res.n_frames} frames, {res.fps:.3g} fps{', with audio' if res.has_audio else ''})")
     if res.template:
         print(f"wrote motion template {res.template}")
@@ -65,7 +66,7 @@ def run_speak(args) -> int:
                                pose_scale=args.pose_scale, seed=args.seed, style=args.style, blink=args.blink,
                                blink_rate=args.blink_rate, pose_from=args.pose_from, pasteback=args.pasteback,
                                whisper_checkpoint=args.whisper_checkpoint, crf=args.crf,
-                               motion_noise=args.motion_noise)
+                               motion_noise=args.motion_noise, max_portrait_size=args.max_portrait_size)
     print(f"wrote {res.output} ({res.n_frames} frames, {res.fps:.3g} fps, {res.extra['duration']:.2f} s, with audio)")
     return 0
 
