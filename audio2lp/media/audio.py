@@ -17,8 +17,8 @@ import logging
 import math
 import os
 import re
-import subprocess
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,8 @@ import soxr
 from audio2lp.errors import AudioError
 
 from .atomic import atomic_output
-from .ffmpeg import ffmpeg_exe
+from .ffmpeg import LimitExceeded, ffmpeg_exe, input_args, run_bounded
+from .probe import probe_media
 
 __all__ = [
     "SAMPLE_RATE",
@@ -52,6 +53,10 @@ _FFMPEG_FIRST = {
     ".wma", ".3gp", ".3g2", ".ts", ".mts", ".flv", ".amr", ".ac3", ".opus",
 }
 _BLOCK_FRAMES = 1 << 18  # frames decoded per block (~5 s at 48 kHz)
+DECODE_TIMEOUT = 3600.0
+"""Default time limit of one decode in seconds (a pathological file or a hung disk); ``timeout=`` lowers it."""
+_HEADER_TIMEOUT = 30.0  # seconds to read a header for max_duration
+_SLACK = 0.05  # seconds a duration may exceed max_duration (container rounding, AAC priming)
 # ffmpeg's name for single-image inputs ("png_pipe", "jpeg_pipe", "image2", ...).
 _IMAGE_DEMUXER = re.compile(r"Input #0, ([\w,]*_pipe|image2)\b")
 
@@ -61,6 +66,8 @@ def load_audio(
     sr: int = SAMPLE_RATE,
     *,
     min_duration: float = DEFAULT_MIN_DURATION,
+    max_duration: float | None = None,
+    timeout: float | None = None,
 ) -> np.ndarray:
     """Load an audio (or video) file as mono float32 samples at ``sr`` Hz.
 
@@ -70,6 +77,9 @@ def load_audio(
         sr: output sample rate in Hz.
         min_duration: shortest accepted duration in seconds (default one 25 fps frame).
             Digital silence is accepted; zero samples never are.
+        max_duration: longest accepted duration in seconds (None: any). The header's duration is checked before
+            anything is decoded, and decoding stops once the audio is longer, whatever the header says.
+        timeout: seconds the decoding may take (default :data:`DECODE_TIMEOUT`).
 
     Returns:
         ``np.ndarray`` of shape ``(n,)``, dtype float32, values in [-1, 1]. Channels are
@@ -77,12 +87,15 @@ def load_audio(
 
     Raises:
         AudioError: the file is missing, not decodable audio, a video without an audio
-            stream, empty, or shorter than ``min_duration``.
+            stream, empty, shorter than ``min_duration``, longer than ``max_duration``, or takes longer than
+            ``timeout`` to decode.
     """
     path = _check_path(path)
     if sr <= 0:
         raise ValueError(f"sr must be positive, got {sr}")
-    audio = _decode_mono(path, sr)
+    audio = _decode_mono(path, sr, max_duration, DECODE_TIMEOUT if timeout is None else float(timeout))
+    if max_duration is not None and audio.size > (max_duration + _SLACK) * sr:
+        raise _too_long(path, max_duration)
     if audio.size == 0:
         raise AudioError(f"{path} contains no audio samples; pass a file with recorded speech.")
     if not np.all(np.isfinite(audio)):
@@ -157,22 +170,58 @@ def _check_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def _decode_mono(path: Path, sr: int) -> np.ndarray:
-    """Decode ``path`` to mono float32 at ``sr`` (no validation of the result)."""
+def _too_long(path: Path, max_duration: float, seconds: float | None = None) -> AudioError:
+    if seconds is not None:
+        return AudioError(f"{path} lasts {seconds:.1f} s; at most {max_duration:g} s is accepted here; use a shorter "
+                          f"recording.")
+    return AudioError(f"{path} is longer than {max_duration:g} s; at most {max_duration:g} s is accepted here; use a "
+                      f"shorter recording.")
+
+
+def _bounded(blocks: Iterable[np.ndarray], path: Path, rate: int, max_duration: float | None,
+             deadline: float, timeout: float) -> Iterator[np.ndarray]:
+    """``blocks`` of ``(frames, channels)``, stopped with AudioError past ``max_duration`` or the deadline."""
+    limit = None if max_duration is None else (max_duration + _SLACK) * rate
+    frames = 0
+    for block in blocks:
+        frames += len(block)
+        if limit is not None and frames > limit:
+            raise _too_long(path, max_duration)
+        if time.monotonic() > deadline:
+            raise AudioError(f"decoding {path} took more than {timeout:g} s; convert it to WAV and try again.")
+        yield block
+
+
+def _decode_mono(path: Path, sr: int, max_duration: float | None = None,
+                 timeout: float = DECODE_TIMEOUT) -> np.ndarray:
+    """Decode ``path`` to mono float32 at ``sr`` within ``timeout`` seconds, refusing more than ``max_duration``
+    seconds (from the header first); no validation of the result."""
+    deadline = time.monotonic() + timeout
     if path.suffix.lower() not in _FFMPEG_FIRST:
         try:
             with sf.SoundFile(str(path)) as f:
                 logger.debug("reading %s with libsndfile (%s, %d Hz, %d ch)",
                              path, f.format, f.samplerate, f.channels)
-                audio = _mono_resampled(
-                    f.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True),
-                    f.samplerate, sr)
+                if max_duration is not None and f.frames > (max_duration + _SLACK) * f.samplerate:
+                    raise _too_long(path, max_duration, f.frames / f.samplerate)
+                blocks = f.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                audio = _mono_resampled(_bounded(blocks, path, f.samplerate, max_duration, deadline, timeout),
+                                        f.samplerate, sr)
             if audio.size:
                 return audio
             logger.debug("libsndfile read no samples from %s; trying ffmpeg", path)
         except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
             logger.debug("libsndfile cannot read %s (%s); trying ffmpeg", path, exc)
-    data = _ffmpeg_decode(path)
+    max_bytes = None
+    if max_duration is not None:
+        head = probe_media(path, AudioError, "audio", timeout=min(timeout, _HEADER_TIMEOUT))
+        if head.duration is not None and head.duration > max_duration + _SLACK:
+            raise _too_long(path, max_duration, head.duration)
+        # float32 samples of max_duration (+1 s) at the header's rate and channel count (+1 MiB of WAV header)
+        max_bytes = int((max_duration + 1) * (head.audio_sample_rate or 48000) * (head.audio_channels or 2) * 4) \
+            + (1 << 20)
+    data = _ffmpeg_decode(path, timeout=timeout, deadline=deadline,
+                          max_seconds=None if max_duration is None else max_duration + 1, max_bytes=max_bytes)
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             return _mono_resampled(
@@ -199,22 +248,33 @@ def _mono_resampled(blocks: Iterable[np.ndarray], in_sr: int, sr: int) -> np.nda
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
-def _ffmpeg_decode(path: Path) -> bytes:
-    """Decode the first audio stream of ``path`` to a float32 WAV byte string (native rate)."""
+def _ffmpeg_decode(path: Path, *, timeout: float = DECODE_TIMEOUT, deadline: float | None = None,
+                   max_seconds: float | None = None, max_bytes: int | None = None) -> bytes:
+    """Decode the first audio stream of ``path`` to a float32 WAV byte string (native rate): at most
+    ``max_seconds`` of it, within ``timeout`` seconds (or by ``deadline``, ``time.monotonic()``, when the time
+    started earlier); more than ``max_bytes`` of output is an AudioError."""
     cmd = [
         ffmpeg_exe(AudioError), "-nostdin", "-hide_banner", "-loglevel", "info",
-        "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
-        "-c:a", "pcm_f32le", "-f", "wav", "pipe:1",
+        *input_args(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
     ]
+    if max_seconds is not None:
+        cmd += ["-t", f"{max_seconds:.3f}"]
+    cmd += ["-c:a", "pcm_f32le", "-f", "wav", "pipe:1"]
     logger.debug("decoding %s with ffmpeg", path)
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        left = timeout if deadline is None else max(0.0, deadline - time.monotonic())
+        returncode, stdout, err = run_bounded(cmd, timeout=left, capture=True, max_output=max_bytes)
+    except LimitExceeded as exc:
+        if exc.what == "time":
+            raise AudioError(f"decoding {path} took more than {timeout:g} s; convert it to WAV and try "
+                             f"again.") from None
+        raise AudioError(f"{path} decodes to more audio than its header announces; convert it to WAV and try "
+                         f"again.") from None
     except OSError as exc:
         raise AudioError(f"Cannot run ffmpeg to decode {path} ({exc}); reinstall imageio-ffmpeg.") from exc
-    err = proc.stderr.decode("utf-8", "replace")
-    if proc.returncode == 0 and len(proc.stdout) > 0:
-        return proc.stdout
-    logger.debug("ffmpeg failed on %s (code %d): %s", path, proc.returncode, err[-2000:])
+    if returncode == 0 and len(stdout) > 0:
+        return stdout
+    logger.debug("ffmpeg failed on %s (code %d): %s", path, returncode, err[-2000:])
     if "matches no streams" in err:
         if _IMAGE_DEMUXER.search(err):
             raise AudioError(f"{path} is an image, not an audio file; pass a speech recording.")

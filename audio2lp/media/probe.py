@@ -11,13 +11,12 @@ import dataclasses
 import logging
 import os
 import re
-import subprocess
 from fractions import Fraction
 from pathlib import Path
 
 from audio2lp.errors import VideoError
 
-from .ffmpeg import display, ffmpeg_exe, passthrough_args, reason
+from .ffmpeg import LimitExceeded, display, ffmpeg_exe, input_args, passthrough_args, reason, run_bounded
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +25,8 @@ COUNT_PIXEL_BUDGET = 1.5e9
 most this many pixels (about 3 s of decoding on 2 CPU cores, e.g. 700 frames of 1080p or 20 000
 frames of 256x256); above it the count is estimated from duration and frame rate."""
 
-_PROBE_TIMEOUT = 600.0  # seconds; only reached on a pathological file or a hung file system
+PROBE_TIMEOUT = 600.0
+"""Default time limit of one ffmpeg run of a probe, in seconds (a pathological file or a hung file system)."""
 _IMAGE_DEMUXERS = re.compile(r"^(image2|tty|[\w]+_pipe)$")
 
 
@@ -172,30 +172,31 @@ def _check_input_file(path: str | os.PathLike, error_cls: type[Exception], what:
 
 
 def _run_probe(cmd: list[str], path: str | os.PathLike, error_cls: type[Exception], what: str,
-               timeout: float = _PROBE_TIMEOUT) -> tuple[int, str]:
-    logger.debug("running %s", subprocess.list2cmdline(cmd))
+               timeout: float = PROBE_TIMEOUT) -> tuple[int, str]:
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, timeout=timeout, start_new_session=True)
-    except subprocess.TimeoutExpired as exc:
-        raise error_cls(f"ffmpeg took more than {timeout:.0f} s to read {display(path)}; "
+        rc, _, err = run_bounded(cmd, timeout=timeout)
+    except LimitExceeded as exc:
+        raise error_cls(f"ffmpeg took more than {timeout:g} s to read {display(path)}; "
                         f"check that the {what} file is complete and on a working disk.") from exc
     except OSError as exc:  # pragma: no cover - broken install
         raise VideoError(f"Cannot run ffmpeg ({exc}); reinstall imageio-ffmpeg.") from exc
-    return proc.returncode, proc.stderr.decode("utf-8", "replace")
+    return rc, err
 
 
-def probe_media(path: str | os.PathLike, error_cls: type[Exception], what: str) -> _Header:
-    """Header of any media file (no decoding); used for audio sources."""
+def probe_media(path: str | os.PathLike, error_cls: type[Exception], what: str, *,
+                timeout: float = PROBE_TIMEOUT) -> _Header:
+    """Header of any media file, read by ffmpeg within ``timeout`` seconds without decoding anything: container,
+    duration, streams (used for audio sources, and to check a duration before decoding)."""
     _check_input_file(path, error_cls, what)
     exe = ffmpeg_exe()
-    _, err = _run_probe([exe, "-hide_banner", "-nostdin", "-i", os.fspath(path)], path, error_cls, what)
+    _, err = _run_probe([exe, "-hide_banner", "-nostdin", *input_args(path)], path, error_cls, what, timeout)
     if "Input #0" not in err:
         raise _open_error(path, err, error_cls, what)
     return _parse_header(err)
 
 
-def probe_video(path: str | os.PathLike, *, count_frames: bool | None = None) -> VideoInfo:
+def probe_video(path: str | os.PathLike, *, count_frames: bool | None = None,
+                timeout: float = PROBE_TIMEOUT) -> VideoInfo:
     """Describe the video file at ``path`` (any container ffmpeg reads: mp4, mov, mkv, webm, avi,
     mpg, ...).
 
@@ -204,6 +205,7 @@ def probe_video(path: str | os.PathLike, *, count_frames: bool | None = None) ->
         count_frames: True counts the frames exactly by decoding the whole video stream (about
             500 Mpixel/s on 2 cores), False estimates them from duration and frame rate, None
             (default) counts when that is cheap (:data:`COUNT_PIXEL_BUDGET`).
+        timeout: seconds each ffmpeg run may take (VideoError after).
 
     Raises:
         VideoError: the file is missing, empty, a folder, not a video ffmpeg can read (corrupt,
@@ -214,9 +216,9 @@ def probe_video(path: str | os.PathLike, *, count_frames: bool | None = None) ->
     src = os.fspath(path)
     # Decode one frame: showinfo gives the exact (rational) frame rate and the size after the
     # rotation the container asks for.
-    base = [exe, "-hide_banner", "-nostdin", "-v", "verbose", "-i", src]
+    base = [exe, "-hide_banner", "-nostdin", "-v", "verbose", *input_args(src)]
     one = ["-map", "0:V:0", "-vf", "showinfo", "-frames:v", "1", "-f", "null", "-"]
-    rc, err = _run_probe(base + one, path, VideoError, "video")
+    rc, err = _run_probe(base + one, path, VideoError, "video", timeout)
     if "Input #0" not in err:
         raise _open_error(path, err, VideoError)
     head = _parse_header(err)
@@ -257,7 +259,7 @@ def probe_video(path: str | os.PathLike, *, count_frames: bool | None = None) ->
     n_frames: int | None = None
     if count_frames:
         cmd = base + ["-map", "0:V:0", *passthrough_args(exe), "-f", "null", "-"]
-        rc2, err2 = _run_probe(cmd, path, VideoError, "video")
+        rc2, err2 = _run_probe(cmd, path, VideoError, "video", timeout)
         m2 = re.search(r"Output stream #0:0 \(video\): (\d+) frames? encoded", err2)
         if m2 is None:
             m2 = list(re.finditer(r"frame=\s*(\d+)", err2))[-1] if "frame=" in err2 else None

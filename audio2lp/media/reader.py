@@ -22,7 +22,16 @@ import numpy as np
 
 from audio2lp.errors import VideoError
 
-from .ffmpeg import ffmpeg_exe, fps_fraction, passthrough_args, popen, reason, stderr_tail, stop_process
+from .ffmpeg import (
+    ffmpeg_exe,
+    fps_fraction,
+    input_args,
+    passthrough_args,
+    popen,
+    reason,
+    stderr_tail,
+    stop_process,
+)
 from .probe import VideoInfo, probe_video
 from .queue import Prefetcher
 
@@ -42,7 +51,7 @@ class _Decoder:
         self.frame_bytes = info.height * info.width * 3
         self.frames = 0
         self._stderr = tempfile.TemporaryFile()
-        cmd = [exe, "-hide_banner", "-nostdin", "-v", "error", "-i", info.path, "-map", "0:V:0"]
+        cmd = [exe, "-hide_banner", "-nostdin", "-v", "error", *input_args(info.path), "-map", "0:V:0"]
         if fps is not None:
             cmd += ["-vf", f"fps={fps_fraction(fps)}"]
         cmd += passthrough_args(exe)

@@ -29,7 +29,17 @@ import numpy as np
 from audio2lp.errors import AudioError, VideoError
 
 from .atomic import AtomicFile, check_output_path
-from .ffmpeg import ffmpeg_exe, fps_fraction, popen, reason, stderr_tail, stop_process
+from .ffmpeg import (
+    LimitExceeded,
+    ffmpeg_exe,
+    fps_fraction,
+    input_args,
+    popen,
+    reason,
+    run_bounded,
+    stderr_tail,
+    stop_process,
+)
 from .probe import probe_media
 from .queue import BackgroundQueue
 
@@ -254,7 +264,7 @@ class VideoWriter:
         exe = ffmpeg_exe()
         cmd = [exe, "-hide_banner", "-nostdin", "-y", "-v", "error",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{ow}x{oh}",
-               "-framerate", str(self._rate), "-i", "pipe:0",
+               "-framerate", str(self._rate), *input_args("pipe:0"),
                "-map", "0:v:0", "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
                "-pix_fmt", "yuv420p"]
         if self._video_tmp is None and self.path.suffix.lower() in _FASTSTART_SUFFIXES:
@@ -365,7 +375,7 @@ class VideoWriter:
         assert self._out is not None and self._video_tmp is not None
         exe = ffmpeg_exe()
         video_duration = self.frames_written / self._rate  # exact Fraction
-        cmd = [exe, "-hide_banner", "-nostdin", "-y", "-v", "error", "-i", os.fspath(self._video_tmp.tmp)]
+        cmd = [exe, "-hide_banner", "-nostdin", "-y", "-v", "error", *input_args(self._video_tmp.tmp)]
         feed: bytes | None = None
         sr = self._audio_sr
         if self._audio_array is not None:
@@ -382,13 +392,13 @@ class VideoWriter:
                 self._copy_video_only()
                 return
             feed = np.ascontiguousarray(arr, dtype="<f4").tobytes()
-            cmd += ["-f", "f32le", "-ar", str(sr), "-ac", str(arr.shape[1]), "-i", "pipe:0"]
+            cmd += ["-f", "f32le", "-ar", str(sr), "-ac", str(arr.shape[1]), *input_args("pipe:0")]
             filters: list[str] = []
         else:
             assert self._audio_path is not None
             if self.audio_start > 0:
                 cmd += ["-ss", f"{self.audio_start:.6f}"]
-            cmd += ["-i", self._audio_path]
+            cmd += input_args(self._audio_path)
             filters = ["asetpts=PTS-STARTPTS"]
             if self.audio_fit == "video":
                 n = int(round(video_duration * sr))
@@ -408,23 +418,18 @@ class VideoWriter:
     def _copy_video_only(self) -> None:
         assert self._out is not None and self._video_tmp is not None
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-v", "error",
-               "-i", os.fspath(self._video_tmp.tmp), "-map", "0:v:0", "-c", "copy"]
+               *input_args(self._video_tmp.tmp), "-map", "0:v:0", "-c", "copy"]
         if self.path.suffix.lower() in _FASTSTART_SUFFIXES:
             cmd += ["-movflags", "+faststart"]
         self._run_mux(cmd + [os.fspath(self._out.tmp)], None)
 
     def _run_mux(self, cmd: list[str], feed: bytes | None) -> None:
-        with tempfile.TemporaryFile() as stderr:
-            proc = popen(cmd, stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
-                          stdout=subprocess.DEVNULL, stderr=stderr)
-            try:
-                proc.communicate(feed, timeout=_MUX_TIMEOUT)
-            except BaseException:
-                stop_process(proc)
-                raise
-            stop_process(proc, kill=False)
-            if proc.returncode != 0:
-                err = stderr_tail(stderr)
-                logger.debug("ffmpeg mux output: %s", err)
-                raise VideoError(f"Adding the audio track to {self.path} failed ({reason(err)}); "
-                                 "check that the audio source is a complete, readable file.")
+        try:
+            rc, _, err = run_bounded(cmd, timeout=_MUX_TIMEOUT, feed=feed)
+        except LimitExceeded:
+            raise VideoError(f"Adding the audio track to {self.path} took more than {_MUX_TIMEOUT:g} s; check that "
+                             "the audio source is a complete, readable file.") from None
+        if rc != 0:
+            logger.debug("ffmpeg mux output: %s", err[-4000:])
+            raise VideoError(f"Adding the audio track to {self.path} failed ({reason(err)}); "
+                             "check that the audio source is a complete, readable file.")

@@ -307,3 +307,57 @@ def test_write_wav_round_trip_and_atomic(tmp_path):
     stereo = write_wav(tmp_path / "st.wav", np.zeros((800, 2), np.float32), sr=8000)
     assert sf.info(stereo).channels == 2
     assert audio_duration(stereo) == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------------------------------
+# bounds: duration from the header before decoding, at most max_duration decoded, a time limit
+
+
+def _encode(path: Path, seconds: float, *codec: str) -> Path:
+    _ffmpeg("-f", "lavfi", "-i", f"sine=frequency=330:sample_rate=48000:duration={seconds}", *codec, str(path))
+    return path
+
+
+@pytest.mark.parametrize("name, codec", [("long.wav", ()), ("long.m4a", ("-c:a", "aac"))])
+def test_max_duration_is_checked_from_the_header_before_decoding(tmp_path, monkeypatch, name, codec):
+    import audio2lp.media.audio as audio
+
+    path = _encode(tmp_path / name, 3.0, *codec)
+    decoded = []
+    original = audio._mono_resampled
+    monkeypatch.setattr(audio, "_mono_resampled", lambda *a, **k: decoded.append(1) or original(*a, **k))
+    with pytest.raises(AudioError, match=r"lasts 3\.0 s; .*at most 1 s"):
+        load_audio(path, max_duration=1.0)
+    assert decoded == []  # refused from the header: nothing was decoded
+    assert abs(len(load_audio(path, max_duration=5.0)) / SAMPLE_RATE - 3.0) < 0.05
+    assert decoded == [1]
+
+
+def test_a_header_that_understates_the_length_does_not_get_past_max_duration(tmp_path):
+    """Two Opus streams chained in one file: the header says 1 s (the last stream), decoding gives 21 s."""
+    first = _encode(tmp_path / "a.opus", 20.0, "-c:a", "libopus")
+    second = _encode(tmp_path / "b.opus", 1.0, "-c:a", "libopus")
+    chained = tmp_path / "chained.opus"
+    chained.write_bytes(first.read_bytes() + second.read_bytes())
+    assert len(load_audio(chained)) / SAMPLE_RATE > 20  # unbounded: all of it
+    with pytest.raises(AudioError, match="longer than 5 s"):
+        load_audio(chained, max_duration=5.0)
+
+
+def test_decoding_has_a_time_limit(tmp_path, monkeypatch):
+    """An ffmpeg that hangs is stopped after ``timeout`` seconds (here a stand-in that sleeps)."""
+    import time
+
+    import audio2lp.media.audio as audio
+    import audio2lp.media.probe as probe
+
+    path = _encode(tmp_path / "speech.m4a", 1.0, "-c:a", "aac")
+    hang = tmp_path / "ffmpeg"
+    hang.write_text("#!/bin/sh\nexec sleep 60\n")
+    hang.chmod(0o755)
+    monkeypatch.setattr(audio, "ffmpeg_exe", lambda *a, **k: str(hang))
+    monkeypatch.setattr(probe, "ffmpeg_exe", lambda *a, **k: str(hang))
+    t = time.monotonic()
+    with pytest.raises(AudioError, match=r"more than 0\.5 s"):
+        load_audio(path, timeout=0.5)
+    assert time.monotonic() - t < 30  # stopped long before the stand-in would have finished
