@@ -80,8 +80,11 @@ class DrivingSource:
     info: VideoInfo | None = None  # a video's probe result (probed once, reused by the frame reader)
 
 
-def open_driving(path: str | os.PathLike) -> DrivingSource:
-    """Classify and validate the driving input (video, image, ``.npz`` / ``.pkl`` template)."""
+def open_driving(path: str | os.PathLike, *, count_frames: bool | None = None,
+                 max_template_frames: int | None = None, probe_timeout: float | None = None) -> DrivingSource:
+    """Classify and validate the driving input (video, image, ``.npz`` / ``.pkl`` template). ``count_frames``: as
+    :func:`audio2lp.media.probe.probe_video` (None: when cheap); ``max_template_frames``: the most frames a template
+    may have (checked before it is loaded); ``probe_timeout``: seconds each ffmpeg run of the probe may take."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"driving input {p} does not exist; check the path.")
@@ -89,30 +92,36 @@ def open_driving(path: str | os.PathLike) -> DrivingSource:
         raise InputError(f"driving input {p} is a folder; give a video, an image or a motion template.")
     suffix = p.suffix.lower()
     if suffix == ".npz":
-        tp = load_motion_template(p)
+        tp = load_motion_template(p, max_frames=max_template_frames)
         return DrivingSource(p, "template", tp.fps, tp.n_frames, template=tp)
     if suffix == ".pkl":
-        tp = load_official_template(p)
+        tp = load_official_template(p, max_frames=max_template_frames)
         return DrivingSource(p, "template", tp.fps, tp.n_frames, template=tp)
     if is_image_path(p):
         return DrivingSource(p, "image", 25.0, 1)
-    from audio2lp.media.probe import probe_video
+    from audio2lp.media.probe import PROBE_TIMEOUT, probe_video
 
-    info = probe_video(p)
+    info = probe_video(p, count_frames=count_frames, timeout=probe_timeout or PROBE_TIMEOUT)
     if info.n_frames <= 0:
         raise InputError(f"driving video {p} has no frames; give a video with at least one frame.")
     return DrivingSource(p, "video", info.fps, info.n_frames, has_audio=info.has_audio, info=info)
 
 
-def load_official_template(path: str | os.PathLike) -> MotionTemplate:
+def load_official_template(path: str | os.PathLike, *, max_frames: int | None = None) -> MotionTemplate:
     """Import LivePortrait's ``.pkl`` motion template with a restricted unpickler (plain containers and
-    numpy arrays only). Rotation matrices are converted back to degrees."""
+    numpy arrays only), of at most ``max_frames`` frames (default
+    :data:`audio2lp.models.motion.DEFAULT_MAX_TEMPLATE_FRAMES`). Rotation matrices are converted back to degrees."""
+    from audio2lp.models.motion import DEFAULT_MAX_TEMPLATE_FRAMES
     from lp_renderer.safe_pickle import load_restricted_pickle
 
     data = load_restricted_pickle(path)
     if not isinstance(data, dict) or "motion" not in data or not isinstance(data["motion"], list) \
             or not data["motion"]:
         raise InputError(f"{path} is not a LivePortrait motion template (no 'motion' list of frames).")
+    limit = DEFAULT_MAX_TEMPLATE_FRAMES if max_frames is None else int(max_frames)
+    if len(data["motion"]) > limit:
+        raise InputError(f"{path} holds {len(data['motion'])} frames; at most {limit} are accepted here; use a "
+                         f"shorter template.")
     try:
         frames = data["motion"]
         rot = np.concatenate([np.asarray(f.get("R", f.get("R_d")), np.float32).reshape(1, 3, 3) for f in frames])

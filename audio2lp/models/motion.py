@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -276,8 +277,67 @@ def save_motion_template(path: str | os.PathLike, template: MotionTemplate) -> P
     return path
 
 
-def load_motion_template(path: str | os.PathLike) -> MotionTemplate:
-    """Read and validate a template written by :func:`save_motion_template` (never unpickles)."""
+DEFAULT_MAX_TEMPLATE_FRAMES = 1_000_000
+"""Frames a template may have unless the caller says otherwise (about 11 hours at 25 fps)."""
+_MAX_MEMBERS = 16  # arrays an .npz template may hold (it has at most six)
+_PER_FRAME_KEYS = ("motion", "eye_ratio", "lip_ratio")
+
+
+def _zip_member_count(path: Path) -> int:
+    """The member count an archive's end record announces (read before the directory itself is parsed; a zip64
+    count counts as too many)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - (1 << 16) - 22))
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) < at + 22:
+        raise InputError(f"{path} is not a complete .npz file; re-create the template.")
+    total = struct.unpack("<H", tail[at + 10: at + 12])[0]
+    return _MAX_MEMBERS + 1 if total == 0xFFFF else total
+
+
+def _check_archive(path: Path, max_frames: int) -> None:
+    """Refuse an .npz before anything is unpacked: too many members, a member that unpacks to more than a template
+    of ``max_frames`` frames holds (a zip bomb), an array whose header claims more than the member holds, holds
+    objects, or has more than ``max_frames`` frames."""
+    n = _zip_member_count(path)
+    if n > _MAX_MEMBERS:
+        raise InputError(f"{path} has {n} members; a motion template has at most six; give a motion template written "
+                         f"by audio2lp.")
+    limit = max_frames * MOTION_DIM * 8 + (1 << 16)  # float64 at worst, plus the headers
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if info.file_size > limit:
+                raise InputError(f"{path}: {info.filename} unpacks to {info.file_size / 1e6:.1f} MB, more than a "
+                                 f"template of {max_frames} frames holds; give a motion template written by audio2lp.")
+            if not info.filename.endswith(".npy"):
+                continue
+            with z.open(info) as f:
+                try:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                except ValueError as e:
+                    raise InputError(f"{path}: {info.filename} is not a numpy array ({e}); re-create the "
+                                     f"template.") from None
+            if dtype.hasobject:
+                raise InputError(f"{path} holds pickled objects, which are refused for safety; re-create the "
+                                 f"template with audio2lp.")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes > info.file_size:
+                raise InputError(f"{path}: {info.filename} claims {shape} ({nbytes / 1e6:.1f} MB) but holds "
+                                 f"{info.file_size} bytes; the file is damaged: re-create the template.")
+            if info.filename[:-4] in _PER_FRAME_KEYS and shape and shape[0] > max_frames:
+                raise InputError(f"{path} holds {shape[0]} frames; at most {max_frames} are accepted here; use a "
+                                 f"shorter template.")
+
+
+def load_motion_template(path: str | os.PathLike, *, max_frames: int | None = None) -> MotionTemplate:
+    """Read and validate a template written by :func:`save_motion_template` (never unpickles). The archive is
+    checked before anything is unpacked (member sizes and array headers; see :func:`_check_archive`): at most
+    ``max_frames`` frames (default :data:`DEFAULT_MAX_TEMPLATE_FRAMES`)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"motion template {path} does not exist; check the path.")
@@ -285,6 +345,7 @@ def load_motion_template(path: str | os.PathLike) -> MotionTemplate:
         if f.read(4) != b"PK\x03\x04":
             raise InputError(f"{path} is not an .npz file; give a motion template written by audio2lp.")
     try:
+        _check_archive(path, DEFAULT_MAX_TEMPLATE_FRAMES if max_frames is None else int(max_frames))
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     except ValueError as e:

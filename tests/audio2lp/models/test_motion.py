@@ -154,3 +154,71 @@ def test_template_errors(tmp_path, case, match):
         _npz(p, format=ok["format"], fps=ok["fps"])
     with pytest.raises(InputError, match=match):
         load_motion_template(p)
+
+
+# ---------------------------------------------------------------------------------------------- hostile templates
+def _npy_header(shape, dtype="<f4") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _bomb(path, frames: int, *, data_bytes: int | None = None):
+    """An .npz whose ``motion`` member claims ``frames`` x 70 float32 (zeros: it compresses ~1000:1); with
+    ``data_bytes`` the member holds only that much data behind the header."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, arr in (("format", np.array(TEMPLATE_FORMAT)), ("fps", np.array(25.0))):
+            with z.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array(f, arr)
+        with z.open("motion.npy", "w", force_zip64=True) as f:
+            f.write(_npy_header((frames, MOTION_DIM)))
+            left = frames * MOTION_DIM * 4 if data_bytes is None else data_bytes
+            zeros = bytes(1 << 20)
+            while left > 0:
+                f.write(zeros[:min(left, len(zeros))])
+                left -= len(zeros)
+    return path
+
+
+@pytest.fixture
+def no_np_load(monkeypatch):
+    """Fails the test if numpy starts loading the archive."""
+    def refuse(*a, **k):
+        raise AssertionError("np.load was called")
+
+    monkeypatch.setattr(np, "load", refuse)
+
+
+def test_a_zip_bomb_template_is_refused_before_loading(tmp_path, no_np_load):
+    bomb = _bomb(tmp_path / "bomb.npz", 200_000)  # 56 MB unpacked from a ~60 kB file
+    assert bomb.stat().st_size < 1_000_000
+    with pytest.raises(InputError, match="motion.npy unpacks to 56.0 MB"):
+        load_motion_template(bomb, max_frames=10_000)
+
+
+def test_a_member_whose_header_claims_more_than_it_holds_is_refused(tmp_path, no_np_load):
+    liar = _bomb(tmp_path / "liar.npz", 10**9, data_bytes=400)  # says 280 GB, holds 400 bytes
+    with pytest.raises(InputError, match="claims"):
+        load_motion_template(liar)
+
+
+def test_template_frame_limit(tmp_path):
+    path = save_motion_template(tmp_path / "t.npz", MotionTemplate(np.zeros((50, MOTION_DIM), np.float32)))
+    with pytest.raises(InputError, match="50 frames.*at most 10"):
+        load_motion_template(path, max_frames=10)
+    assert load_motion_template(path, max_frames=50).n_frames == 50
+    assert load_motion_template(path).n_frames == 50
+
+
+def test_an_archive_with_too_many_members_is_refused_before_reading_them(tmp_path, no_np_load):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "many.npz", "w") as z:
+        for i in range(5000):
+            z.writestr(f"x{i}.npy", b"")
+    with pytest.raises(InputError, match="5000 members"):
+        load_motion_template(tmp_path / "many.npz")
