@@ -30,6 +30,7 @@ from audio2lp.media.writer import VideoWriter
 from audio2lp.models.motion import MotionTemplate, save_motion_template
 from audio2lp.options import OptionError, literal
 from audio2lp.portrait import IMAGE_SUFFIXES, Portrait, prepare_portrait
+from audio2lp.speech import SpeechModels, speech_plan
 from audio2lp.weights_store import resolve_insightface_dir, resolve_weights_dir, weights_hint
 from lp_renderer.animation import AnimationOptions, driving_keypoints
 from lp_renderer.errors import InputError
@@ -158,6 +159,7 @@ class Animator:
         self._faces: FaceBackend | None = None
         self._batch_size = batch_size
         self.progress = progress
+        self.speech_models = SpeechModels()  # Whisper and the speech models, loaded once for every speak
 
     @property
     def batch_size(self) -> int:
@@ -382,7 +384,6 @@ class Animator:
         ``progress_callback(done_frames, total_frames)`` is called after every rendered batch.
         """
         from audio2lp.media.audio import load_audio
-        from audio2lp.speech import speech_plan
 
         v = options.check(dict(face=face, fps=fps, expression_scale=expression_scale, pose_scale=pose_scale,
                                seed=seed, style=style, blink_rate=blink_rate, crf=crf, motion_noise=motion_noise,
@@ -419,7 +420,7 @@ class Animator:
         plan = speech_plan(wav, n_frames, fps, device=renderer.device, motion_model=motion_model, seed=seed,
                            style=style, blink=blink, blink_rate=blink_rate, pose_scale=pose_scale, template=template,
                            portrait=pt, whisper_checkpoint=whisper_checkpoint, motion_noise=motion_noise,
-                           progress=self.progress)
+                           progress=self.progress, models=self.speech_models)
 
         bar = _Progress(self.progress, n_frames, "render", progress_callback)
         try:

@@ -3,6 +3,8 @@ keypoints it gives for each frame."""
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,20 +14,59 @@ from audio2lp.options import OptionError, literal
 from lp_renderer.renderer import Renderer
 
 
-def speech_plan(wav, n_frames, fps, *, device, motion_model, seed, style, blink, blink_rate, pose_scale, template,
-                portrait, whisper_checkpoint, motion_noise=0.0, progress=True) -> SpeechPlan:
-    """The per-frame motion of ``speak`` for 16 kHz ``wav``: full motion from ``motion_model`` (one sequence per face
-    of ``portrait`` for a source-conditioned model), or the built-in lip-sync model's mouth with blinks and idle
-    head motion (or the head motion of ``template``). Whisper and the models run on ``device``."""
-    from audio2lp.models.motion import resample_motion
+class SpeechModels:
+    """The models ``speak`` uses (Whisper encoders, the lip-sync model, motion models), each loaded once and kept:
+    an :class:`~audio2lp.api.Animator` holds one, so that a program (the HTTP service, the web app, a notebook)
+    does not reload them for every call. Thread-safe: a model is loaded by one thread while the others wait, then
+    shared (inference only; it changes no state of the model)."""
 
-    n25 = max(1, int(round(len(wav) / 16000 * 25)))
-    if motion_model is not None:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._models: dict[tuple, object] = {}
+        self.loads: dict[str, int] = {}  # how many times each kind of model was loaded (for tests and logs)
+
+    def _get(self, key: tuple, load):
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = load()
+                self.loads[key[0]] = self.loads.get(key[0], 0) + 1
+            return self._models[key]
+
+    def whisper(self, model_name: str, checkpoint, device):
+        """The Whisper encoder a model was trained with (see :func:`whisper_encoder`)."""
+        key = ("whisper", model_name, None if checkpoint is None else os.path.abspath(checkpoint), str(device))
+        return self._get(key, lambda: whisper_encoder(model_name, checkpoint, device))
+
+    def lipsync(self, device):
+        """The shipped lip-sync model."""
+        from audio2lp.models.lipsync import load_lipsync_model
+
+        return self._get(("lipsync", str(device)), lambda: load_lipsync_model(device=device))
+
+    def motion(self, path, device):
+        """A motion model checkpoint and its stats (loaded again when the file changes)."""
         from audio2lp.models.motion_model import load_motion_model
 
-        model, stats = load_motion_model(motion_model, device=device)
+        st = os.stat(path)
+        key = ("motion", os.path.abspath(path), st.st_mtime_ns, st.st_size, str(device))
+        return self._get(key, lambda: load_motion_model(path, device=device))
+
+
+def speech_plan(wav, n_frames, fps, *, device, motion_model, seed, style, blink, blink_rate, pose_scale, template,
+                portrait, whisper_checkpoint, motion_noise=0.0, progress=True,
+                models: SpeechModels | None = None) -> SpeechPlan:
+    """The per-frame motion of ``speak`` for 16 kHz ``wav``: full motion from ``motion_model`` (one sequence per face
+    of ``portrait`` for a source-conditioned model), or the built-in lip-sync model's mouth with blinks and idle
+    head motion (or the head motion of ``template``). Whisper and the models run on ``device``; they come from
+    ``models`` (loaded there once; default: loaded for this call)."""
+    from audio2lp.models.motion import resample_motion
+
+    models = models or SpeechModels()
+    n25 = max(1, int(round(len(wav) / 16000 * 25)))
+    if motion_model is not None:
+        model, stats = models.motion(motion_model, device)
         cfg = model.config
-        feats = whisper_encoder(cfg.whisper_model, whisper_checkpoint, device).encode(
+        feats = models.whisper(cfg.whisper_model, whisper_checkpoint, device).encode(
             wav, layers=cfg.whisper_layers, progress=progress)
         # a model conditioned on the portrait makes each face's own motion; otherwise the faces share it
         sources = [None]
@@ -41,12 +82,11 @@ def speech_plan(wav, n_frames, fps, *, device, motion_model, seed, style, blink,
         return SpeechPlan("motion-model", n_frames, motion=np.stack(motions),
                           reference=np.asarray(stats.mean, np.float32))
     from audio2lp.models.idle import blink_schedule, idle_head_motion, pose_from_template
-    from audio2lp.models.lipsync import load_lipsync_model
 
-    lips = load_lipsync_model(device=device)
+    lips = models.lipsync(device)
     lc = lips.config
-    feats = whisper_encoder(lc.whisper_model, whisper_checkpoint, device).encode(wav, layers=lc.whisper_layers,
-                                                                           progress=progress)
+    feats = models.whisper(lc.whisper_model, whisper_checkpoint, device).encode(wav, layers=lc.whisper_layers,
+                                                                              progress=progress)
     pred = lips.predict(feats, n25, audio_16k=wav)  # the mouth also closes in silences > 200 ms
     lip = np.asarray(pred.lip_open, np.float32)
     speaking = ~np.asarray(pred.closed, bool)

@@ -222,3 +222,34 @@ def test_speak_default_blinks_and_head_motion(animator, tmp_path, rendered_keypo
     # head motion: every keypoint moves, smoothly
     moves = _moves(head, list(range(21)))
     assert moves.max() > 1e-3 and np.abs(np.diff(moves)).max() < 0.2 * moves.max()
+
+
+def test_whisper_and_the_speech_models_are_loaded_once(tiny_weights, motion_ckpt, tmp_path, monkeypatch):
+    """One Animator (as the HTTP service and the web app hold) loads Whisper, the lip-sync model and a motion model
+    once, however many times it speaks."""
+    import audio2lp.models.lipsync as lipsync
+    import audio2lp.models.motion_model as motion_model
+    from audio2lp.whisper import features
+
+    loads = {"whisper": 0, "lipsync": 0, "motion": 0}
+
+    def counting(module, name, key):
+        original = getattr(module, name)
+
+        def wrapper(*a, **k):
+            loads[key] += 1
+            return original(*a, **k)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    counting(features, "_load_encoder", "whisper")
+    counting(lipsync, "load_lipsync_model", "lipsync")
+    counting(motion_model, "load_motion_model", "motion")
+    speech = write_wav(tmp_path / "s.wav", 0.1 * np.sin(np.arange(8000) / 5).astype(np.float32))
+    portrait = __import__("tests.conftest", fromlist=["REPO"]).REPO / "examples" / "portrait.jpg"
+    anim = Animator(tiny_weights, device="cpu", progress=False)
+    for i in range(3):
+        anim.speak(portrait, speech, tmp_path / f"lips{i}.mp4", blink=False, pose_scale=0)
+    for i in range(2):
+        anim.speak(portrait, speech, tmp_path / f"model{i}.mp4", motion_model=motion_ckpt)
+    assert loads == {"whisper": 1, "lipsync": 1, "motion": 1}
