@@ -199,6 +199,11 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            ("serve",), minimum=0, metavar="SECONDS", hint="it must be positive", label="Longest input"),
     Option("ttl", "float", 3600.0, "how long finished jobs and their videos are kept, in seconds (default 3600)",
            ("serve",), minimum=0, metavar="SECONDS", hint="it must be positive", label="Time to live"),
+    Option("job_timeout", "float", 3600.0, "longest a job may render, in seconds; a job that takes longer fails "
+           "(default 3600)", ("serve",), minimum=0, metavar="SECONDS", hint="it must be positive",
+           label="Job time limit"),
+    Option("threads", "int", None, "torch threads of each worker (default: the CPU cores divided by --workers)",
+           ("serve",), minimum=1, nullable=True, metavar="N", label="Threads per worker"),
     Option("jobs_dir", "path", None, "folder for job inputs and results (default: a temporary folder removed at "
            "exit)", ("serve",), metavar="DIR", label="Jobs folder"),
     Option("output_dir", "path", None, "keep every result in this folder (default: a temporary folder removed on "
@@ -208,7 +213,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
 ]}
 
 #: options whose value must be strictly above their minimum (sizes and durations)
-_POSITIVE = {"max_upload_mb", "max_duration", "ttl"}
+_POSITIVE = {"max_upload_mb", "max_duration", "ttl", "job_timeout"}
 
 
 def options_for(command: str) -> list[Option]:

@@ -4,14 +4,18 @@
     POST /drive            portrait + driving (video, image or template) and options -> 202
     GET  /jobs/{id}        state (queued, running, done, failed), frames done / total, error
     GET  /jobs/{id}/video  the result (when done)
-    DELETE /jobs/{id}      forget a finished or queued job and its files
+    DELETE /jobs/{id}      forget a finished or queued job and its files; cancel a running one (202)
     GET  /health           liveness, device, queue
 
 Jobs run in a bounded worker pool (default one worker: on a CPU one job already uses every core) behind a
 queue limit (429 when full). The whole request body is limited (413). Uploads are checked before a job is
-queued (the image decodes, the audio decodes, the driving video probes: 400 with the reason otherwise; bad
-form fields give 422). Each job has a folder under the jobs directory; finished jobs and their files are
-removed ``ttl`` seconds after they finish (404 afterwards).
+queued (the image decodes; the audio's duration is read from its header before anything is decoded, then it
+decodes within the time and byte bounds of that duration; the driving video's header is probed, a template's
+archive is checked before it is loaded: 400 with the reason otherwise; bad form fields give 422); ``max_frames``
+never gets past the duration limit. Every ffmpeg run reads local files only. A job runs at most ``job_timeout``
+seconds and ``DELETE`` cancels it while it runs (:mod:`audio2lp.apps.serve_limits`). Each job has a folder
+under the jobs directory; finished jobs and their files are removed ``ttl`` seconds after they finish (404
+afterwards).
 
 FastAPI, uvicorn and python-multipart are optional (``pip install "audio2lp[serve]"``); nothing here imports
 them until :func:`create_app` runs.
@@ -20,7 +24,6 @@ them until :func:`create_app` runs.
 import logging
 import os
 import queue
-import re
 import shutil
 import sys
 import tempfile
@@ -34,6 +37,7 @@ from typing import Any
 from audio2lp import options
 from audio2lp.apps.frontdoor import add_arguments
 from audio2lp.apps.frontdoor import animator as animator_from_args
+from audio2lp.apps.serve_limits import JobControl, JobStopped, Uploads, set_thread_count, threads_per_worker
 from audio2lp.options import API, OptionError
 from lp_renderer.errors import InputError
 
@@ -54,9 +58,11 @@ class ServeConfig:
     ttl: float = 3600.0  # seconds a finished job (and its video) is kept
     jobs_dir: Path | None = None  # where job folders live (default: a temporary folder, removed at shutdown)
     motion_model: Path | None = None  # audio-to-motion checkpoint used by every speak job
+    job_timeout: float = 3600.0  # longest a job may run, in seconds
+    threads: int | None = None  # torch threads of each worker (None: the cores divided among the workers)
 
     def __post_init__(self):
-        for name in ("workers", "queue_size", "max_upload_mb", "max_duration", "ttl"):
+        for name in ("workers", "queue_size", "max_upload_mb", "max_duration", "ttl", "job_timeout", "threads"):
             object.__setattr__(self, name, options.check_value(name, getattr(self, name)))
 
     @property
@@ -79,6 +85,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     result: dict[str, Any] = field(default_factory=dict)
+    control: JobControl = field(default_factory=JobControl)
 
     @property
     def output(self) -> Path:
@@ -119,6 +126,9 @@ class JobManager:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        import torch
+
+        self.threads = threads_per_worker(config.threads, config.workers, torch.get_num_threads())
 
     # -- lifecycle
     def start(self) -> None:
@@ -143,6 +153,7 @@ class JobManager:
         with self._lock:
             unfinished = [j for j in self._jobs.values() if j.finished is None]
         for j in unfinished:
+            j.control.cancelled.set()
             shutil.rmtree(j.folder, ignore_errors=True)
 
     def _worker(self) -> None:
@@ -150,6 +161,7 @@ class JobManager:
             job = self._queue.get()
             if job is None or self._stop.is_set():
                 return
+            set_thread_count(self.threads)  # this worker's own count, whatever another thread set meanwhile
             self._run(job)
 
     def _janitor_loop(self) -> None:
@@ -185,10 +197,13 @@ class JobManager:
             return {s: sum(1 for j in self._jobs.values() if j.state == s) for s in STATES}
 
     def delete(self, job_id: str) -> str | None:
-        """Forget a queued or finished job; returns its state (None: unknown), or 'running' (kept)."""
+        """Forget a queued or finished job; returns its state (None: unknown). A running job is cancelled
+        ('running' is returned): its worker stops it, removes its folder and forgets it."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None or job.state == "running":
+                if job is not None:
+                    job.control.cancelled.set()
                 return None if job is None else "running"
             del self._jobs[job_id]
         shutil.rmtree(job.folder, ignore_errors=True)
@@ -215,14 +230,23 @@ class JobManager:
             if job.id not in self._jobs:  # deleted while queued
                 return
             job.state, job.started = "running", time.time()
+            job.control.start(self.config.job_timeout)
         log.info("job %s (%s) running", job.id, job.kind)
         fn = getattr(self.animator, job.kind)
-        kwargs = dict(job.options, progress_callback=self._progress(job))
+        kwargs = dict(job.options, progress_callback=job.control.checked(self._progress(job)))
         try:
-            if job.kind == "speak":
-                res = fn(job.inputs["portrait"], job.inputs["audio"], job.output, **kwargs)
-            else:
-                res = fn(job.inputs["portrait"], job.inputs["driving"], job.output, **kwargs)
+            with job.control.bounded():
+                job.control.check()
+                second = job.inputs["audio" if job.kind == "speak" else "driving"]
+                res = fn(job.inputs["portrait"], second, job.output, **kwargs)
+            job.control.check()  # cancelled after its last batch: forgotten all the same
+        except JobStopped as e:
+            if e.cancelled:
+                self._forget(job)
+                log.info("job %s cancelled; its files were removed", job.id)
+                return
+            self._finish(job, "failed", error=str(e))
+            log.info("job %s stopped: %s", job.id, e)
         except InputError as e:
             self._finish(job, "failed", error=str(e))  # OptionErrors read in the service's terms: field names
             log.info("job %s failed: %s", job.id, e)
@@ -238,6 +262,15 @@ class JobManager:
         finally:
             for p in job.inputs.values():  # inputs are not needed any more; the result stays until expiry
                 Path(p).unlink(missing_ok=True)
+            if job.state == "failed":  # nothing of a failed job is kept (e.g. a stopped writer's leftovers)
+                for p in job.folder.iterdir() if job.folder.is_dir() else ():
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+    def _forget(self, job: Job) -> None:
+        """Remove a cancelled job's folder, then the job (404 from then on)."""
+        shutil.rmtree(job.folder, ignore_errors=True)
+        with self._lock:
+            self._jobs.pop(job.id, None)
 
     def _finish(self, job: Job, state: str, *, error: str | None = None, result: dict | None = None,
                 frames: int | None = None) -> None:
@@ -250,13 +283,6 @@ class JobManager:
 
 
 # ------------------------------------------------------------------------------------------ uploads
-_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
-
-
-def _suffix(filename: str | None, default: str) -> str:
-    s = Path(filename or "").suffix.lower()
-    return s if _SUFFIX.match(s) else default
-
 
 def _require_fastapi():
     """FastAPI's pieces, or InputError with how to install the serve extra."""
@@ -308,7 +334,7 @@ def create_app(animator=None, config: ServeConfig | None = None, **overrides):
     too_large = (f"the upload is larger than this server's limit of {config.max_upload_mb:g} MB; send smaller "
                  f"files (or start the server with a larger --max-upload-mb).")
     app.add_middleware(_body_limit(config.max_upload_bytes, too_large, fastapi, responses))
-    uploads = _Uploads(config, too_large, fastapi)
+    uploads = Uploads(config, too_large, fastapi)
     _add_job_routes(app, jobs, config, uploads, n_styles, fastapi, responses)
     _add_status_routes(app, animator, jobs, config, fastapi, responses)
     return app
@@ -346,63 +372,6 @@ def _body_limit(limit: int, too_large: str, fastapi, responses):
     return BodyLimit
 
 
-class _Uploads:
-    """Saving uploads into a job folder (size-limited) and checking them before a job is queued (400)."""
-
-    def __init__(self, config: ServeConfig, too_large: str, fastapi):
-        self.config, self.too_large, self.http = config, too_large, fastapi.HTTPException
-
-    def save(self, upload, folder: Path, stem: str, default_suffix: str) -> Path:
-        path = folder / (stem + _suffix(upload.filename, default_suffix))
-        size = 0
-        with open(path, "wb") as f:
-            while chunk := upload.file.read(1 << 20):
-                size += len(chunk)
-                if size > self.config.max_upload_bytes:
-                    raise self.http(413, self.too_large)
-                f.write(chunk)
-        if size == 0:
-            raise self.http(400, f"the {stem} upload is empty; send the file's contents.")
-        return path
-
-    def check_portrait(self, path: Path) -> None:
-        from lp_renderer.image_io import load_image
-
-        try:
-            load_image(path)
-        except InputError:
-            raise self.http(400, "the portrait is not an image this server can read; send a JPEG, PNG or WebP "
-                                 "photo.") from None
-
-    def check_audio(self, path: Path) -> float:
-        from audio2lp.media.audio import load_audio
-
-        try:
-            wav = load_audio(path)
-        except InputError as e:
-            reason = str(e).replace(str(path), "the audio upload")
-            raise self.http(400, f"the audio cannot be used: {reason}") from None
-        seconds = len(wav) / 16000
-        if seconds > self.config.max_duration:
-            raise self.http(400, f"the audio lasts {seconds:.1f} s; this server accepts at most "
-                                 f"{self.config.max_duration:g} s.")
-        return seconds
-
-    def check_driving(self, path: Path, max_frames: int | None) -> int:
-        from audio2lp.driving import open_driving
-
-        try:
-            src = open_driving(path)
-        except InputError as e:
-            reason = str(e).replace(str(path), "the driving upload")
-            raise self.http(400, f"the driving input cannot be used: {reason}") from None
-        limit = self.config.max_duration
-        if src.kind == "video" and src.n_frames / max(src.fps, 1e-6) > limit and max_frames is None:
-            raise self.http(400, f"the driving video lasts {src.n_frames / src.fps:.1f} s; this server accepts "
-                                 f"at most {limit:g} s (or send max_frames).")
-        return src.n_frames if max_frames is None else min(src.n_frames, max_frames)
-
-
 _UPLOADS = {"speak": (("portrait", "the photo (jpg/png/webp)", ".png"),
                       ("audio", "speech: wav, flac, ogg, mp3, m4a, ...", ".wav")),
             "drive": (("portrait", "the photo (jpg/png/webp)", ".png"),
@@ -431,7 +400,7 @@ def form_signature(kind: str, fastapi):
     return inspect.Signature(params)
 
 
-def _add_job_routes(app, jobs: JobManager, config: ServeConfig, uploads: _Uploads, n_styles, fastapi, responses):
+def _add_job_routes(app, jobs: JobManager, config: ServeConfig, uploads: Uploads, n_styles, fastapi, responses):
     """``POST /speak`` and ``POST /drive``: check the form, save and check the uploads, queue the job (202)."""
 
     def start(kind: str, folder: Path, job_id: str, inputs: dict, opts: dict, frames_total: int):
@@ -466,7 +435,7 @@ def _add_job_routes(app, jobs: JobManager, config: ServeConfig, uploads: _Upload
                     total = max(1, int(round(seconds * values["fps"])))
                     values["motion_model"] = config.motion_model
                 else:
-                    total = uploads.check_driving(inputs["driving"], values["max_frames"])
+                    total, values["max_frames"] = uploads.check_driving(inputs["driving"], values["max_frames"])
                 return start(kind, folder, job_id, inputs, values, total)
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -509,13 +478,15 @@ def _add_status_routes(app, animator, jobs: JobManager, config: ServeConfig, fas
         return responses.FileResponse(job.output, media_type="video/mp4",
                                       filename=f"audio2lp-{job.kind}-{job_id[:8]}.mp4")
 
-    @app.delete("/jobs/{job_id}", status_code=204, summary="Forget a queued or finished job and its files")
+    @app.delete("/jobs/{job_id}", status_code=204,
+                summary="Forget a queued or finished job and its files; cancel a running one (202)")
     def job_delete(job_id: str):
         state = jobs.delete(job_id)
         if state is None:
             raise http(404, f"no job {job_id}.")
-        if state == "running":
-            raise http(409, f"job {job_id} is running; delete it when it has finished.")
+        if state == "running":  # its worker stops it at its next check, removes its files, then forgets it
+            return responses.JSONResponse({"id": job_id, "state": "cancelling", "status_url": f"/jobs/{job_id}"},
+                                          status_code=202)
         return None
 
     @app.get("/health", summary="Liveness, device and queue")
@@ -552,7 +523,8 @@ def _run_serve(args) -> int:
     except ImportError:
         raise InputError(SERVE_EXTRA_HINT + ".") from None
     config = ServeConfig(workers=args.workers, queue_size=args.queue_size, max_upload_mb=args.max_upload_mb,
-                         max_duration=args.max_duration, ttl=args.ttl,
+                         max_duration=args.max_duration, ttl=args.ttl, job_timeout=args.job_timeout,
+                         threads=args.threads,
                          jobs_dir=Path(args.jobs_dir) if args.jobs_dir else None,
                          motion_model=Path(args.motion_model) if args.motion_model else None)
     port = options.check_value("port", args.port)
