@@ -296,8 +296,10 @@ within the training speakers. {cv_line}
 | loudness envelope baseline (ridge on RMS dB, +-{BASELINE_CONTEXT} frames) | {_fmt(h.get('mean_r_loudness'))} |
 
 - Mouth closed in silences > 200 ms (energy VAD: 30 dB under the clip's 95th percentile frame RMS or under
-  -60 dBFS), {h['silence_frames']} frames: {_fmt(h['closed_rate_in_silence_gated'])} as `speak` renders it;
-  {_fmt(h['closed_rate_in_silence'])} from the network's closed-mouth head alone.
+  -60 dBFS), {h['silence_frames']} frames: {_fmt(h['closed_rate_in_silence_gated'])} by construction as `speak`
+  renders it (it closes the mouth there); the network's own closed-mouth head alone:
+  {_fmt(h['closed_rate_in_silence'])} (measured mouths closed, ratio < 0.03:
+  {_fmt(h['measured_closed_rate_in_silence'])}).
 - Lag of peak correlation (search -5..5 frames): {h['best_lag_frames']:+d}.
 - Per-clip figures: `lipsync_metrics.json`.
 

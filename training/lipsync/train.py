@@ -62,6 +62,7 @@ __all__ = [
     "train_lipsync",
     "fit_linear_branch",
     "cross_validate",
+    "evaluate_shipped",
     "run",
 ]
 
@@ -353,25 +354,15 @@ def run(
     import torch
 
     from audio2lp.models.lipsync import save_lipsync_model
-    from training.lipsync.data import build_dataset
 
     t_start = time.time()
     mc = model_config or DEFAULT_MODEL_CONFIG
     tc = train_config or DEFAULT_TRAIN_CONFIG
-    clips = build_dataset(data_dir, whisper_model=mc.whisper_model, layers=mc.whisper_layers, cache_dir=cache_dir,
-                          padded=True, progress=progress)
-    train, test = split_by_speaker(clips, held_out)
-    if not train or not test:
-        raise InputError(f"the speaker split of {data_dir} left {len(train)} training and {len(test)} held-out "
-                         f"clips; pass the folder of talking videos the held-out speakers come from.")
-    offsets = estimate_offsets(train)
-    train_aligned = [shift_targets(c, offsets.get(c.name, 0)) for c in train]
+    clips, train, train_aligned, test, offsets = _split_and_align(data_dir, mc, cache_dir, held_out, progress)
     t0 = time.time()
     model, history = train_lipsync(train_aligned, mc, tc, progress=progress)
     train_seconds = time.time() - t0
-    baseline = LoudnessBaseline().fit(train_aligned)
-    probe = RidgeProbe().fit(train_aligned)
-    heldout = evaluate(model, test, baseline, probe)
+    heldout = _evaluate_with_baselines(model, train_aligned, test)
     cv = cross_validate(train_aligned, mc, tc, cv_folds, progress=progress) if cv_folds > 1 else None
     metrics = {
         "seed": tc.seed,
@@ -408,6 +399,43 @@ def run(
     logger.info("held-out mean r: model %.3f, probe %.3f, loudness %.3f", heldout["mean_r_model"],
                 heldout["mean_r_probe"], heldout["mean_r_loudness"])
     return metrics
+
+
+def _split_and_align(data_dir, mc, cache_dir, held_out, progress):
+    """``(all clips, train, train re-aligned by estimate_offsets, held-out, offsets)`` of the clips in
+    ``data_dir`` (the data cache built when empty), split by speaker."""
+    from training.lipsync.data import build_dataset
+
+    clips = build_dataset(data_dir, whisper_model=mc.whisper_model, layers=mc.whisper_layers, cache_dir=cache_dir,
+                          padded=True, progress=progress)
+    train, test = split_by_speaker(clips, held_out)
+    if not train or not test:
+        raise InputError(f"the speaker split of {data_dir} left {len(train)} training and {len(test)} held-out "
+                         f"clips; pass the folder of talking videos the held-out speakers come from.")
+    offsets = estimate_offsets(train)
+    train_aligned = [shift_targets(c, offsets.get(c.name, 0)) for c in train]
+    return clips, train, train_aligned, test, offsets
+
+
+def _evaluate_with_baselines(model, train_aligned, test) -> dict:
+    """:func:`evaluate` on ``test`` with the loudness baseline and the linear probe fitted on ``train_aligned``."""
+    return evaluate(model, test, LoudnessBaseline().fit(train_aligned), RidgeProbe().fit(train_aligned))
+
+
+def evaluate_shipped(data_dir: str | os.PathLike, model_path: str | os.PathLike | None = None, *,
+                     cache_dir: str | os.PathLike | None = None, held_out: Sequence[str] = HELD_OUT_SPEAKERS,
+                     progress: bool = False) -> dict:
+    """The held-out figures of a trained model (default: the shipped weights) recomputed from ``data_dir``,
+    exactly as :func:`run` measured them (same split, training targets re-aligned by :func:`estimate_offsets`,
+    baselines fitted on the training speakers), without training. Returns ``{"heldout": ..., "offsets": ...}``
+    to compare with ``lipsync_metrics.json``. Builds the data cache when it is empty (minutes)."""
+    from audio2lp.models.lipsync import load_lipsync_model
+
+    model = load_lipsync_model(model_path)
+    mc = model.config
+    _, _, train_aligned, test, offsets = _split_and_align(data_dir, mc, cache_dir, held_out, progress)
+    return {"heldout": _evaluate_with_baselines(model, train_aligned, test),
+            "offsets": {k: int(v) for k, v in sorted(offsets.items())}}
 
 
 def cross_validate(train_clips, model_config, train_config: LipSyncTrainConfig, folds: int = 4, *,

@@ -199,3 +199,57 @@ def test_the_documented_training_command_runs_end_to_end(data_dir, tmp_path, cap
     assert "audio2lp-train lipsync --data" in card
     text = results.read_text()
     assert "kept" in text and f"**{h['mean_r_model']:.3f}**" in text and "LipNet__sbia1a" in text
+
+
+R_TOLERANCE = 0.005  # Pearson r: the card rounds to 3 decimals; a re-run on another machine may differ in the 4th
+RATE_TOLERANCE = 0.01  # closed-mouth rates (195 silence frames: one frame is 0.005)
+
+
+def _card_figure(card: str, pattern: str) -> float:
+    import re
+
+    m = re.search(pattern, card)
+    assert m, f"the model card no longer says {pattern!r}"
+    return float(m.group(1))
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_shipped_model_card_figures_are_recomputed_from_the_weights_and_the_data(data_dir):
+    """The held-out figures of LIPSYNC_MODEL_CARD.md and lipsync_metrics.json, recomputed from the shipped weights
+    and the data folder (same split, alignment and baselines as the trainer; no training). Builds the lip-sync data
+    cache when it is empty (several minutes on 2 cores)."""
+    import json
+    from importlib.resources import files
+
+    from training.lipsync.train import evaluate_shipped
+
+    assets = files("audio2lp") / "assets"
+    metrics = json.loads((assets / "lipsync_metrics.json").read_text())
+    card = (assets / "LIPSYNC_MODEL_CARD.md").read_text()
+    want = metrics["heldout"]
+    got = evaluate_shipped(data_dir / "talking")
+    h = got["heldout"]
+    assert got["offsets"] == metrics["offsets"]
+    assert h["clips"] == want["clips"] and h["speakers"] == want["speakers"]
+    assert [r["clip"] for r in h["per_clip"]] == [r["clip"] for r in want["per_clip"]]
+    for key in ("mean_r_model", "mean_r_gated", "mean_r_probe", "mean_r_loudness"):
+        assert h[key] == pytest.approx(want[key], abs=R_TOLERANCE), key
+    for got_clip, want_clip in zip(h["per_clip"], want["per_clip"]):
+        assert got_clip["r_model"] == pytest.approx(want_clip["r_model"], abs=2 * R_TOLERANCE), got_clip["clip"]
+    assert h["silence_frames"] == want["silence_frames"] and h["best_lag_frames"] == want["best_lag_frames"]
+    for key in ("closed_rate_in_silence", "closed_rate_in_silence_gated", "measured_closed_rate_in_silence"):
+        assert h[key] == pytest.approx(want[key], abs=RATE_TOLERANCE), key
+    # the card says the same, the by-construction 1.000 with the network's own closed-mouth figure beside it
+    assert _card_figure(card, r"\| this model \| \*\*(\d\.\d{3})\*\* \|") == pytest.approx(h["mean_r_model"],
+                                                                                         abs=R_TOLERANCE)
+    assert _card_figure(card, r"what `speak` uses\) \| (\d\.\d{3}) \|") == pytest.approx(h["mean_r_gated"],
+                                                                                         abs=R_TOLERANCE)
+    assert _card_figure(card, r"linear probe[^|]*\| (\d\.\d{3}) \|") == pytest.approx(h["mean_r_probe"],
+                                                                                     abs=R_TOLERANCE)
+    assert _card_figure(card, r"loudness envelope[^|]*\| (\d\.\d{3}) \|") == pytest.approx(h["mean_r_loudness"],
+                                                                                          abs=R_TOLERANCE)
+    assert _card_figure(card, r"(\d\.\d{3}) by construction") == h["closed_rate_in_silence_gated"] == 1.0
+    assert _card_figure(card, r"network's own closed-mouth head[^\d]*(\d\.\d{3})") == pytest.approx(
+        h["closed_rate_in_silence"], abs=RATE_TOLERANCE)
+    assert 0.5 < h["closed_rate_in_silence"] < 1.0  # the network's own figure is a real measurement
