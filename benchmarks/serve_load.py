@@ -194,14 +194,8 @@ def _run(args, url: str, pid: int, inputs: dict[str, Path], jobs_dir: Path, serv
     plan = [kinds[i % len(kinds)] for i in range(args.requests)]
     rng.shuffle(plan)
     rss_before = _rss(pid)
-    rss_peak = [rss_before]
+    samples: list[tuple[float, int]] = []  # (seconds since the mix started, RSS)
     stop = threading.Event()
-
-    def sample():
-        while not stop.wait(0.1):
-            rss_peak[0] = max(rss_peak[0], _rss(pid))
-
-    threading.Thread(target=sample, daemon=True).start()
 
     def post(c, kind):
         endpoint, key, data = HOSTILE.get(kind) or VALID.get(kind) or ("speak", "speech", {"blink": "false"})
@@ -246,12 +240,23 @@ def _run(args, url: str, pid: int, inputs: dict[str, Path], jobs_dir: Path, serv
             out["deleted"] = c.delete(f"/jobs/{job}").status_code == 204
             return out
 
+    # warm-up (not counted): one job of each valid kind, so that every model is loaded once before the mix
+    warm = [one(kind) for kind in VALID]
+    assert all(r["ok"] for r in warm), warm
+    rss_warm = _rss(pid)
     t0 = time.monotonic()
+
+    def sample():
+        while not stop.wait(0.1):
+            samples.append((time.monotonic() - t0, _rss(pid)))
+
+    threading.Thread(target=sample, daemon=True).start()
     with ThreadPoolExecutor(args.clients) as pool:
         results = list(pool.map(one, plan))
     wall = time.monotonic() - t0
     time.sleep(0.5)
     stop.set()
+    quarters = [max((r for t, r in samples if q * wall / 4 <= t < (q + 1) * wall / 4), default=0) for q in range(4)]
     rss_after = _rss(pid)
     left = _files_under(jobs_dir)
     tmp_left = _files_under(server_tmp)
@@ -280,8 +285,9 @@ def _run(args, url: str, pid: int, inputs: dict[str, Path], jobs_dir: Path, serv
               f"max {max(jobs):.1f} s")
     if cancels:
         print(f"cancellations: {len(cancels)}, DELETE until the job is gone: max {max(cancels):.2f} s")
-    print(f"server RSS: {rss_before / mib:.0f} MiB before, peak {rss_peak[0] / mib:.0f} MiB, "
-          f"{rss_after / mib:.0f} MiB after")
+    print(f"server RSS: {rss_before / mib:.0f} MiB at start, {rss_warm / mib:.0f} MiB after the warm-up (one job "
+          f"of each valid kind), peak during the mix {max(r for _, r in samples) / mib:.0f} MiB (peak of each quarter "
+          f"of the run: {', '.join(f'{q / mib:.0f}' for q in quarters)} MiB), {rss_after / mib:.0f} MiB after")
     print(f"files left in the jobs folder: {len(left)}; in the server's TMPDIR: {len(tmp_left)}")
     for r in results:
         if not r["ok"] or (r["kind"] in HOSTILE and r["seconds"] >= 2.0):
