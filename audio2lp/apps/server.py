@@ -239,7 +239,6 @@ class JobManager:
                 job.control.check()
                 second = job.inputs["audio" if job.kind == "speak" else "driving"]
                 res = fn(job.inputs["portrait"], second, job.output, **kwargs)
-            job.control.check()  # cancelled after its last batch: forgotten all the same
         except JobStopped as e:
             if e.cancelled:
                 self._forget(job)
@@ -275,11 +274,16 @@ class JobManager:
     def _finish(self, job: Job, state: str, *, error: str | None = None, result: dict | None = None,
                 frames: int | None = None) -> None:
         with self._lock:
-            job.state, job.error, job.finished = state, error, time.time()
-            if result:
-                job.result = result
-            if frames is not None:
-                job.frames_done = job.frames_total = frames
+            # DELETE sets the flag under this lock while the job runs: a job cancelled as it ends is forgotten
+            cancelled = job.control.cancelled.is_set()
+            if not cancelled:
+                job.state, job.error, job.finished = state, error, time.time()
+                if result:
+                    job.result = result
+                if frames is not None:
+                    job.frames_done = job.frames_total = frames
+        if cancelled:
+            self._forget(job)
 
 
 # ------------------------------------------------------------------------------------------ uploads

@@ -247,3 +247,31 @@ def test_threads_option_sets_each_workers_count(media):
     finally:
         torch.set_num_threads(old)
     assert seen == [3, 3, 3]
+
+
+def test_a_job_cancelled_after_its_last_batch_is_forgotten_too(media, tmp_path):
+    """DELETE while the job writes its file after the last progress check: the job ends, then is forgotten with its
+    files (no 'done' job left behind a 202)."""
+    gate = threading.Event()
+
+    class Stub(StubAnimator):
+        def _work(self, kind, output, kw):
+            kw["progress_callback"](self.n_frames, self.n_frames)  # the last check
+            self.mid.set()
+            assert gate.wait(20)
+            Path(output).write_bytes(b"\x00\x00\x00\x18ftypmp42fake")
+            from audio2lp.api import RenderResult
+
+            return RenderResult(Path(output), self.n_frames, 25.0, True)
+
+    stub = Stub()
+    with running(create_app(stub, jobs_dir=tmp_path / "jobs")) as url, httpx.Client(base_url=url, timeout=30) as c:
+        job = _post(c, "speak", media / "one.wav").json()["id"]
+        assert stub.mid.wait(20)
+        assert c.delete(f"/jobs/{job}").status_code == 202
+        gate.set()
+        deadline = time.monotonic() + 10
+        while c.get(f"/jobs/{job}").status_code != 404:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert not (tmp_path / "jobs" / job).exists()
