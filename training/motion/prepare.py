@@ -14,7 +14,7 @@ thread; M, Whisper and the lip-sync model run on ``device``: CUDA when present w
    each side) are masked out of training by the dataset (:func:`training.motion.dataset.valid_frames`), not held;
 4. resample motion, ratios and the face flag to 25 fps by linear interpolation (when the video is not
    25 fps);
-5. measure the clip's audio/video offset (:func:`estimate_av_offset`): the lag between the mouth the built-in
+5. measure the clip's audio/video offset (:mod:`training.motion.av_offset`): the lag between the mouth the built-in
    lip-sync model predicts from the audio (its own lag is 0 frames on held-out speakers, see its model card) and
    the measured lip-open ratio, found by the lag search of the lip-sync trainer (:func:`training.common.best_lag`,
    -8..8 frames, shifts under 2 frames and unclear peaks (r < 0.3) count as 0). Shift video against audio by it
@@ -56,9 +56,10 @@ import numpy as np
 
 from audio2lp.models.motion import resample_motion
 from audio2lp.whisper.features import format_whisper_layers, parse_whisper_layers
-from lp_renderer.errors import InputError, NoFaceError, WeightsError
-from training.common import best_lag, write_text_atomic
+from lp_renderer.errors import InputError, NoFaceError
+from training.common import write_text_atomic
 
+from .av_offset import apply_av_offset, estimate_av_offset, offset_settings
 from .dataset import (
     FPS,
     SHARDS,
@@ -71,6 +72,7 @@ from .dataset import (
     write_manifest,
     write_shard,
 )
+from .extractor import MotionExtractorOnly, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +81,6 @@ __all__ = ["VIDEO_SUFFIXES", "PrepareOptions", "PrepareReport", "MotionExtractor
            "apply_av_offset"]
 
 FORMAT = 2  # settings["format"]: 2 = offsets applied, bilinear crops, face flags for masking (v1 shards are redone)
-AV_MAX_LAG = 8  # frames searched each way for the audio/video offset
-AV_MIN_SHIFT = 2  # smaller offsets are not corrected (as in the lip-sync trainer)
-AV_MIN_R = 0.3  # below this correlation at the best lag the clip's offset is not trusted (0)
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".ts"}
 
 
@@ -210,61 +209,6 @@ def _input_fingerprint(video: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _file_fingerprint(path: Path) -> str:
-    """Size plus a hash of the first and last MiB: cheap, and survives copying the weights elsewhere."""
-    h = hashlib.sha1()
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        if size > 2 << 20:
-            f.seek(size - (1 << 20))
-            h.update(f.read())
-    return f"{size}-{h.hexdigest()[:16]}"
-
-
-# -- the motion extractor alone ---------------------------------------------------------------------------
-
-
-class MotionExtractorOnly:
-    """LivePortrait's M loaded alone from a weights folder (the other networks are not needed to prepare data).
-
-    ``__call__(crops)``: uint8 RGB crops (B, 256, 256, 3) -> float32 motion (B, 70).
-    """
-
-    def __init__(self, weights_dir: str | os.PathLike | None = None, device: str = "cpu"):
-        import torch
-
-        from audio2lp.weights_store import missing_weights_message, resolve_weights_dir
-        from lp_renderer.config import RendererConfig
-        from lp_renderer.nets.motion_extractor import MotionExtractor
-        from lp_renderer.weights import OFFICIAL_FILES, load_state_dict_strict, read_weight_file, weight_file
-
-        wdir = resolve_weights_dir(weights_dir)
-        path = weight_file(wdir, "motion_extractor")
-        if path is None:
-            raise WeightsError(missing_weights_message(wdir, [OFFICIAL_FILES["motion_extractor"]]))
-        lf = read_weight_file(path, "motion_extractor")
-        cfg = RendererConfig.from_dict({"motion": lf.config}).motion if lf.config else RendererConfig().motion
-        net = MotionExtractor(cfg)
-        load_state_dict_strict(net, lf.state_dicts["motion_extractor"], str(path))
-        self.net = net.eval().to(device)
-        self.device = torch.device(device)
-        self.path = path
-        self.fingerprint = _file_fingerprint(path)
-
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
-        import torch
-
-        from audio2lp.driving import info_to_motion
-        from lp_renderer.keypoints import motion_from_raw
-
-        x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).float().div_(255.0).permute(0, 3, 1, 2)
-        with torch.inference_mode():
-            raw = self.net(x.contiguous())
-            info = motion_from_raw({k: v.float() for k, v in raw.items()})
-        return info_to_motion(info)
-
-
 # -- one clip -----------------------------------------------------------------------------------------------
 
 
@@ -288,17 +232,6 @@ class _Tools:
 
 
 _TOOLS: _Tools | None = None
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``; ``cuda`` without CUDA is an InputError."""
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"--device must be auto, cpu or cuda, got {device!r}.")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was given but no CUDA device is available here; use --device auto or cpu.")
-    return "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
 
 
 def _build_tools(opts: PrepareOptions) -> _Tools:
@@ -326,36 +259,6 @@ def _init_worker(opts_dict: dict) -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     _TOOLS = _build_tools(PrepareOptions(**opts_dict))
-
-
-def estimate_av_offset(pred: np.ndarray, measured: np.ndarray, valid: np.ndarray, *, max_lag: int = AV_MAX_LAG,
-                       min_shift: int = AV_MIN_SHIFT, min_r: float = AV_MIN_R) -> tuple[int, int, float]:
-    """``(offset, lag, r)``: how many frames the measured mouth runs behind the mouth predicted from the audio.
-
-    pred: (T,) lip opening predicted from the audio (a model whose own lag is 0); measured: (T,) the landmarks'
-    lip-open ratio; valid: (T,) bool frames to use. The lag maximising r(pred[t], measured[t + lag]) over
-    ``-max_lag..max_lag`` (:func:`training.common.best_lag`, the lip-sync trainer's search); 0 when it is under
-    ``min_shift`` frames or the correlation there is under ``min_r`` (no clear peak). ``lag`` is the best lag before
-    those rules, ``r`` the correlation there (NaN without enough valid frames).
-    """
-    lag, r = best_lag(pred, measured, valid, max_lag)
-    if not np.isfinite(r) or r < min_r or abs(lag) < min_shift:
-        return 0, lag, r
-    return lag, lag, r
-
-
-def apply_av_offset(frames: dict[str, np.ndarray], feats: np.ndarray, offset: int
-                    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Pair video frame ``i + offset`` with the audio of frame ``i`` (Whisper tokens ``2i, 2i+1``).
-
-    frames: per-frame arrays (T, ...) of the video (motion, ratios, face flags); feats: (2T', D) Whisper tokens.
-    A positive ``offset`` (the video runs behind the sound) drops the first ``offset`` video frames, a negative one
-    the first ``-offset`` frames of audio (``-2 * offset`` tokens). The ends are cut by the caller.
-    """
-    if offset == 0:
-        return frames, feats
-    v0, a0 = max(0, offset), max(0, -offset)
-    return {k: a[v0:] for k, a in frames.items()}, feats[2 * a0:]
 
 
 def process_video(video: Path, tools: _Tools, opts: PrepareOptions) -> tuple[ClipData, dict]:
@@ -492,18 +395,7 @@ def _settings(opts: PrepareOptions, tools: _Tools) -> dict:
     return {"format": FORMAT, "fps": FPS, "whisper_model": opts.whisper_model,
             "whisper_layers": format_whisper_layers(opts.whisper_layers), "audio_dim": int(tools.whisper.dim),
             "face_backend": getattr(tools.backend, "kind", type(tools.backend).__name__),
-            "motion_extractor": tools.motion.fingerprint,
-            "av_offset": {"method": "lipsync-model", "max_lag": AV_MAX_LAG, "min_shift": AV_MIN_SHIFT,
-                          "min_r": AV_MIN_R, "lipsync_model": _lipsync_fingerprint(tools.lipsync)}}
-
-
-def _lipsync_fingerprint(model) -> str:
-    """A short hash of the lip-sync model's weights (a new model may measure other offsets: clips are redone)."""
-    h = hashlib.sha1(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+            "motion_extractor": tools.motion.fingerprint, "av_offset": offset_settings(tools.lipsync)}
 
 
 def _is_done(shard: Path, skip: Path, fp: dict, key: str, retry_skipped: bool) -> str | None:
