@@ -372,13 +372,15 @@ class Animator:
         """Make ``portrait`` say ``audio``.
 
         With ``motion_model`` (a checkpoint from ``audio2lp-train train``) the model predicts the full motion
-        (expression, head pose, translation, scale) and drives the renderer relative to the source:
-        the dataset's mean motion maps to the portrait's own pose and expression; ``expression_scale`` and
-        ``pose_scale`` scale the deviations; ``motion_noise`` (normalised units, default 0 = deterministic)
-        perturbs the frames fed back during generation, seeded by ``seed``. Without it, the shipped
-        lip-sync model drives the mouth through lip retargeting, with natural blinks (``blink``,
-        ``blink_rate`` per minute) and subtle idle head motion (``pose_scale`` x a few degrees; or the head
-        motion of the template ``pose_from``); the mouth closes in silences longer than 200 ms.
+        (expression, head pose, translation, scale) as changes from a speaker's own resting pose and mouth, applied
+        around the portrait's own pose and expression (a portrait with an open mouth has it closed first, by lip
+        retargeting); ``expression_scale`` and ``pose_scale`` scale them; ``motion_noise`` (normalised units,
+        default 0 = deterministic) perturbs the frames fed back during generation, seeded by ``seed``. Without it,
+        the shipped lip-sync model drives the mouth through lip retargeting, with subtle idle head motion
+        (``pose_scale`` x a few degrees; or the head motion of the template ``pose_from``); the mouth closes in
+        silences longer than 200 ms. Both paths blink naturally (``blink``, ``blink_rate`` per minute; eye
+        retargeting). An option that would do nothing on the path taken is refused (OptionError, see
+        :func:`audio2lp.options.check_speak_mode`).
         The mp4 lasts as long as the audio (to the nearest frame) and carries the original audio as AAC.
         ``max_portrait_size``: as for :meth:`drive`.
         ``progress_callback(done_frames, total_frames)`` is called after every rendered batch.
@@ -390,10 +392,8 @@ class Animator:
                                max_portrait_size=max_portrait_size))
         face, fps, expression_scale, pose_scale = v["face"], v["fps"], v["expression_scale"], v["pose_scale"]
         seed, style, blink_rate, crf, motion_noise = v["seed"], v["style"], v["blink_rate"], v["crf"], v["motion_noise"]
-        if motion_model is not None and pose_from is not None:
-            raise OptionError("pose_from", "{pose_from} takes the head motion from a template for the built-in "
-                              "lip-sync model; it cannot be combined with {motion_model}, which predicts the head "
-                              "motion itself.")
+        options.check_speak_mode("lipsync" if motion_model is None else "motion-model",
+                                 dict(v, blink=blink, pose_from=pose_from, whisper_checkpoint=whisper_checkpoint))
         out = check_output_path(output, VIDEO_SUFFIXES)
         template = None
         if pose_from is not None:
@@ -419,8 +419,8 @@ class Animator:
                               max_size=v["max_portrait_size"])
         plan = speech_plan(wav, n_frames, fps, device=renderer.device, motion_model=motion_model, seed=seed,
                            style=style, blink=blink, blink_rate=blink_rate, pose_scale=pose_scale, template=template,
-                           portrait=pt, whisper_checkpoint=whisper_checkpoint, motion_noise=motion_noise,
-                           progress=self.progress, models=self.speech_models)
+                           whisper_checkpoint=whisper_checkpoint, motion_noise=motion_noise, progress=self.progress,
+                           models=self.speech_models)
 
         bar = _Progress(self.progress, n_frames, "render", progress_callback)
         try:

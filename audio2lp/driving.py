@@ -142,6 +142,13 @@ def load_official_template(path: str | os.PathLike, *, max_frames: int | None = 
     return MotionTemplate(motion, fps, eye, lip, kp)
 
 
+def driving_crop(crop, frame: np.ndarray) -> np.ndarray:
+    """The 256x256 crop the motion extractor sees for a driving frame (uint8 RGB (256, 256, 3)): the official
+    driving path, a warp to 512 then a bilinear resize. ``audio2lp-train prepare`` uses it too, so the motion a
+    model is trained on comes from the same pixels as the motion of ``drive``."""
+    return crop.warp(frame, 256, resize=cv2.INTER_LINEAR)
+
+
 def _face_ratios(face) -> tuple[np.ndarray, float]:
     return np.asarray(eye_open_ratios(face), np.float32), float(lip_open_ratio(face))
 
@@ -173,7 +180,7 @@ def iter_driving_frames(source: DrivingSource, backend: FaceBackend | None, *, w
         face = select_faces(faces, "largest" if which == "all" else which, source=str(source.path))[0]
         crop = crop_face(face, **DRIVING_CROP)
         eye, lip = _face_ratios(face)
-        yield DrivingFrame(0, crop.warp(rgb, 256, resize=cv2.INTER_LINEAR), eye, lip,
+        yield DrivingFrame(0, driving_crop(crop, rgb), eye, lip,
                            frame=rgb if keep_frames else None)
         return
     from tqdm import tqdm
@@ -197,7 +204,7 @@ def iter_driving_frames(source: DrivingSource, backend: FaceBackend | None, *, w
                 else:
                     yield DrivingFrame(i, *held)
                 continue
-            held = (crop.warp(frame, 256, resize=cv2.INTER_LINEAR), *_face_ratios(face))
+            held = (driving_crop(crop, frame), *_face_ratios(face))
             for j in leading:
                 yield DrivingFrame(j, *held)
             leading.clear()

@@ -9,7 +9,10 @@ Everything else is generated from it or checked by it:
 * the HTTP service (:mod:`audio2lp.apps.server`): the form fields of ``POST /speak`` and ``POST /drive``;
 * the web app (:mod:`audio2lp.apps.webapp`): each control's range, default and label;
 * :class:`audio2lp.Animator` and the service's limits: :func:`check` validates values (ranges, whole numbers,
-  choices) and raises :class:`OptionError`.
+  choices) and raises :class:`OptionError`;
+* which speak path an option acts on: ``speak_modes`` (:data:`SPEAK_MODES`); :func:`check_speak_mode` refuses an
+  option set on a path where it would do nothing (Animator.speak calls it), so changing what a path does or adding
+  one only edits these declarations.
 
 Adding an option is adding one :class:`Option` to :data:`OPTIONS` (and using the value where it matters).
 
@@ -28,11 +31,14 @@ from typing import Any
 
 from lp_renderer.errors import InputError
 
-__all__ = ["OPTIONS", "Option", "OptionError", "check", "check_value", "describe", "literal", "options_for",
-           "parse_face"]
+__all__ = ["OPTIONS", "SPEAK_MODES", "Option", "OptionError", "check", "check_speak_mode", "check_value", "describe",
+           "literal", "options_for", "parse_face"]
 
 #: how each front door names an option: the Python API and the HTTP service use the Python name
 API, CLI, WEB = "api", "cli", "web"
+#: the paths of ``speak``: the built-in lip-sync model, or a motion model (``motion_model``)
+SPEAK_MODES = ("lipsync", "motion-model")
+_MODE_NAMES = {"lipsync": "the built-in lip-sync model (without {motion_model})", "motion-model": "{motion_model}"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,9 @@ class Option:
     ``flag``: the command-line flag (default ``--name-with-dashes``; booleans that default to True get
     ``--no-...``). ``metavar``: the command line's placeholder. ``label``: the web app's control; ``ui_range``: the
     range its slider shows (within the valid range), ``ui_step`` its step, ``ui_info`` its hint. ``service``: a
-    field of the HTTP service's speak / drive forms.
+    field of the HTTP service's speak / drive forms. ``speak_modes``: the speak paths (:data:`SPEAK_MODES`) it acts
+    on (None: all); elsewhere a value other than its default is refused (:func:`check_speak_mode`).
+    ``requires``: a boolean option that must be on for this one to act (e.g. ``blink_rate`` needs ``blink``).
     """
 
     name: str
@@ -67,6 +75,8 @@ class Option:
     ui_step: float | None = None
     ui_info: str = ""
     service: bool = False
+    speak_modes: tuple[str, ...] | None = None
+    requires: str | None = None
 
     @property
     def cli_flag(self) -> str:
@@ -93,6 +103,7 @@ class Option:
 
 
 _SPEAK, _DRIVE = ("speak",), ("drive",)
+_MOTION_MODEL, _LIPSYNC = ("motion-model",), ("lipsync",)
 _RENDER = ("speak", "drive", "serve", "app")  # commands that build an Animator
 _LOGGING = ("speak", "drive", "serve", "app", "doctor", "weights")
 
@@ -108,23 +119,24 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            ui_step=1, service=True),
     Option("expression_scale", "float", 1.0, "scale of the predicted expression around the portrait's own "
            "(--motion-model)", _SPEAK, minimum=0, maximum=10, label="Expression scale", ui_range=(0, 2),
-           ui_step=0.05, ui_info="motion model only", service=True),
+           ui_step=0.05, ui_info="motion model only", service=True, speak_modes=_MOTION_MODEL),
     Option("pose_scale", "float", 1.0, "scale of the head motion (0 = still head)", _SPEAK, minimum=0, maximum=10,
            label="Head motion scale", ui_range=(0, 2), ui_step=0.05, ui_info="0 = still head", service=True),
     Option("pose_from", "path", None, "take the head motion from a motion template (.npz from `drive "
-           "--save-template`, or .pkl)", _SPEAK, metavar="TEMPLATE", label="Head motion template"),
+           "--save-template`, or .pkl); built-in lip-sync only (a motion model predicts the head motion)", _SPEAK,
+           metavar="TEMPLATE", label="Head motion template", speak_modes=_LIPSYNC),
     Option("blink_rate", "float", None, "average blinks per minute (default: natural, about 17)", _SPEAK, minimum=0,
            maximum=120, nullable=True, units="blinks per minute", metavar="PER_MIN", label="Blinks per minute",
-           ui_info="empty = natural (about 17)", service=True),
-    Option("blink", "bool", True, "keep the eyes as in the photo (no blinks)", _SPEAK, label="Blink",
-           ui_info="built-in lip-sync only", service=True),
+           ui_info="empty = natural (about 17)", service=True, requires="blink"),
+    Option("blink", "bool", True, "keep the eyes as in the photo (no blinks; with --motion-model: as the model moves "
+           "them)", _SPEAK, label="Blink", ui_info="natural blinks", service=True),
     Option("style", "int", 0, "speaker/style id of the motion model", _SPEAK, minimum=0, label="Style",
-           ui_info="speaker/style id of the motion model", service=True),
+           ui_info="speaker/style id of the motion model", service=True, speak_modes=_MOTION_MODEL),
     Option("seed", "int", 0, "random seed of the blinks and idle head motion, and of --motion-noise", _SPEAK,
            label="Seed", ui_info="blinks, head motion and sampling", service=True),
     Option("motion_noise", "float", 0.0, "with --motion-model: noise (normalised units) on the frames fed back "
            "while generating, for varied motion from the same audio (0: deterministic)", _SPEAK, minimum=0,
-           metavar="STD", label="Motion noise"),
+           metavar="STD", label="Motion noise", speak_modes=_MOTION_MODEL),
     Option("whisper_checkpoint", "path", None, "openai-whisper checkpoint to use instead of the cached/converted one",
            _SPEAK, metavar="FILE", label="Whisper checkpoint"),
     # ---------------------------------------------------------------------------------- drive
@@ -341,6 +353,24 @@ def check_value(name: str, value: Any) -> Any:
         raise OptionError(name, "{" + name + "} must be one of " + literal(", ".join(o.choices)) + ", not "
                           + literal(repr(value)) + ".")
     return value
+
+
+def check_speak_mode(mode: str, values: Mapping[str, Any]) -> None:
+    """Refuse the options of ``values`` that would do nothing on the speak path ``mode`` (:data:`SPEAK_MODES`): an
+    option whose ``speak_modes`` leave ``mode`` out, or whose ``requires`` option is off, set to anything but its
+    default. Raises :class:`OptionError` naming the option."""
+    if mode not in SPEAK_MODES:
+        raise ValueError(f"unknown speak mode {mode!r}; known: {SPEAK_MODES}")
+    for name, value in values.items():
+        o = OPTIONS.get(name)
+        if o is None or value is None or value == o.default:
+            continue
+        if o.speak_modes is not None and mode not in o.speak_modes:
+            where = " or ".join(_MODE_NAMES[m] for m in o.speak_modes)
+            raise OptionError(name, "{" + name + "} does nothing with " + _MODE_NAMES[mode] + "; it acts with "
+                              + where + " only: drop it" + ("." if mode != "lipsync" else ", or add {motion_model}."))
+        if o.requires is not None and values.get(o.requires, OPTIONS[o.requires].default) is False:
+            raise OptionError(name, "{" + name + "} does nothing with {not_" + o.requires + "}; drop one of them.")
 
 
 def check(values: Mapping[str, Any]) -> dict[str, Any]:

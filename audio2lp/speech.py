@@ -9,9 +9,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audio2lp.driving import info_to_motion, motion_to_info
+from audio2lp.driving import motion_to_info
 from audio2lp.options import OptionError, literal
 from lp_renderer.renderer import Renderer
+
+#: a portrait whose lip-open ratio is at least this has its mouth closed before the motion model's lip motion is
+#: applied (LivePortrait's ``lip_normalize_threshold``, used by its ``flag_normalize_lip``)
+LIP_NORMALIZE_THRESHOLD = 0.03
 
 
 class SpeechModels:
@@ -53,35 +57,36 @@ class SpeechModels:
 
 
 def speech_plan(wav, n_frames, fps, *, device, motion_model, seed, style, blink, blink_rate, pose_scale, template,
-                portrait, whisper_checkpoint, motion_noise=0.0, progress=True,
+                whisper_checkpoint, motion_noise=0.0, progress=True,
                 models: SpeechModels | None = None) -> SpeechPlan:
-    """The per-frame motion of ``speak`` for 16 kHz ``wav``: full motion from ``motion_model`` (one sequence per face
-    of ``portrait`` for a source-conditioned model), or the built-in lip-sync model's mouth with blinks and idle
-    head motion (or the head motion of ``template``). Whisper and the models run on ``device``; they come from
-    ``models`` (loaded there once; default: loaded for this call)."""
+    """The per-frame motion of ``speak`` for 16 kHz ``wav``: the relative motion of ``motion_model`` (one sequence
+    shared by the faces), or the built-in lip-sync model's mouth with idle head motion (or the head motion of
+    ``template``); natural blinks on both paths (``blink``, ``blink_rate``, seeded by ``seed``). Whisper and the
+    models run on ``device``; they come from ``models`` (loaded there once; default: loaded for this call)."""
+    from audio2lp.models.idle import blink_schedule
     from audio2lp.models.motion import resample_motion
 
     models = models or SpeechModels()
+    eye = None
+    if blink:
+        kwargs = {} if blink_rate is None else {"rate_per_min": blink_rate}
+        eye = blink_schedule(n_frames, fps=fps, seed=seed, **kwargs)
     n25 = max(1, int(round(len(wav) / 16000 * 25)))
     if motion_model is not None:
+        from audio2lp.models.motion import NEUTRAL, from_relative
+
         model, stats = models.motion(motion_model, device)
         cfg = model.config
         feats = models.whisper(cfg.whisper_model, whisper_checkpoint, device).encode(
             wav, layers=cfg.whisper_layers, progress=progress)
-        # a model conditioned on the portrait makes each face's own motion; otherwise the faces share it
-        sources = [None]
-        if cfg.source_cond:
-            sources = [stats.normalize(info_to_motion(pf.source.info.to("cpu"))[0]) for pf in portrait.faces]
-        motions = []
-        for source in sources:
-            motion = model.generate(feats, style=style, source=source, n_frames=n25, noise=motion_noise,
-                                    seed=seed, stats=stats, progress=progress)
-            if fps != 25:
-                motion = resample_motion(motion, 25, fps, n_frames)
-            motions.append(motion[:n_frames])
-        return SpeechPlan("motion-model", n_frames, motion=np.stack(motions),
-                          reference=np.asarray(stats.mean, np.float32))
-    from audio2lp.models.idle import blink_schedule, idle_head_motion, pose_from_template
+        # the call the trainer's validation scores (training.motion.trainer.Trainer.validate)
+        delta = model.rollout(feats, style=style, n_frames=n25, noise=motion_noise, seed=seed, stats=stats,
+                              progress=progress)
+        if fps != 25:
+            delta = resample_motion(delta, 25, fps, n_frames)
+        motion = from_relative(delta[:n_frames], NEUTRAL)  # the change around "no change"; see SpeechPlan
+        return SpeechPlan("motion-model", n_frames, motion=motion[None], reference=NEUTRAL.copy(), eye_open=eye)
+    from audio2lp.models.idle import idle_head_motion, pose_from_template
 
     lips = models.lipsync(device)
     lc = lips.config
@@ -94,10 +99,6 @@ def speech_plan(wav, n_frames, fps, *, device, motion_model, seed, style, blink,
         lip = resample_motion(lip[:, None], 25, fps, n_frames)[:, 0]
         speaking = resample_motion(speaking[:, None].astype(np.float32), 25, fps, n_frames)[:, 0] > 0.5
     lip, speaking = lip[:n_frames], speaking[:n_frames]
-    eye = None
-    if blink:
-        kwargs = {} if blink_rate is None else {"rate_per_min": blink_rate}
-        eye = blink_schedule(n_frames, fps=fps, seed=seed, **kwargs)
     if template is not None:
         pose = pose_from_template(template, n_frames, fps=fps) * pose_scale
     else:
@@ -120,10 +121,11 @@ def whisper_encoder(model_name: str, checkpoint, device):
 
 @dataclass
 class SpeechPlan:
-    """Per-frame motion for speak: either full motion from a motion model (``motion`` (F, T, 70): one
-    sequence per face, or F = 1 shared by all faces; and the ``reference`` motion that maps onto the
-    portrait's own), or lip-open ratios (T,), eye-open multipliers
-    of the portrait's own eye ratios (T,) (None: eyes as in the photo) and head-pose offsets (T, 3) degrees."""
+    """Per-frame motion for speak: either full motion from a motion model (``motion`` (F, T, 70): one sequence per
+    face, or F = 1 shared by all faces, and the ``reference`` motion that maps onto the portrait's own; the motion
+    model's plan is :data:`audio2lp.models.motion.NEUTRAL` changed by the model's relative motion, with ``NEUTRAL`` as
+    the reference), or lip-open ratios (T,) and head-pose offsets (T, 3) degrees; on both, eye-open multipliers of
+    the portrait's own eye ratios (T,) for blinks (None: no blinks)."""
 
     mode: str
     n_frames: int
@@ -136,7 +138,13 @@ class SpeechPlan:
     def keypoints(self, renderer: Renderer, pf, idx: np.ndarray, expression_scale: float = 1.0,
                   pose_scale: float = 1.0, face_index: int = 0):
         """Driving keypoints (B, 21, 3) of the frames ``idx`` for one portrait face ``pf`` (the
-        ``face_index``-th of the portrait), stitched."""
+        ``face_index``-th of the portrait), stitched.
+
+        Motion-model plans: the motion relative to ``reference`` (deviations scaled by ``expression_scale`` and
+        ``pose_scale``) applied around the portrait's own pose and expression, plus the blinks. Lip retargeting
+        closes a portrait's open mouth first (lip ratio >= :data:`LIP_NORMALIZE_THRESHOLD`, added after stitching as
+        LivePortrait's ``flag_normalize_lip`` does): the model's lip motion is relative to a closed mouth (see
+        :mod:`training.motion.dataset`)."""
         import torch
 
         from lp_renderer.keypoints import relative_motion, transform_keypoints
@@ -154,7 +162,10 @@ class SpeechPlan:
                 m[:, sl] = ref[sl] + pose_scale * (m[:, sl] - ref[sl])
             m[:, SCALE] = ref[SCALE] * (m[:, SCALE] / ref[SCALE]) ** pose_scale
             x_d = relative_motion(src.info, motion_to_info(m, device=dev), motion_to_info(ref[None], device=dev))
-            return renderer.stitch(src.x_s, x_d)
+            x_d = renderer.stitch(src.x_s, x_d + self._blinks(renderer, src, idx))
+            if src.lip_ratio is not None and src.lip_ratio >= LIP_NORMALIZE_THRESHOLD:
+                x_d = x_d + renderer.retarget_lip(src.x_s, np.array([[src.lip_ratio, 0.0]], np.float32))
+            return x_d
         info = src.info
         pose = torch.as_tensor(self.pose[idx], dtype=torch.float32, device=dev)
         posed = info.replace(kp=info.kp.expand(b, -1, -1), exp=info.exp.expand(b, -1, -1),
@@ -170,3 +181,17 @@ class SpeechPlan:
             eyes = np.column_stack([np.full(b, left), np.full(b, right), target]).astype(np.float32)
             x_d = x_d + renderer.retarget_eyes(src.x_s, eyes)
         return renderer.stitch(src.x_s, x_d)
+
+    def _blinks(self, renderer: Renderer, src, idx: np.ndarray):
+        """The blinks on top of a motion model's motion, (B, 21, 3) or 0: the eye retargeting delta towards the
+        portrait's eye ratio times the eye-open multiplier, minus the delta at the portrait's own ratio (so open
+        eyes leave the model's motion exactly as it is)."""
+        if self.eye_open is None:
+            return 0.0
+        mult = np.asarray(self.eye_open[idx], np.float32)
+        left, right = src.eye_ratios if src.eye_ratios is not None else (0.35, 0.35)
+        mean = 0.5 * (left + right)
+        rows = np.column_stack([np.full(len(idx) + 1, left), np.full(len(idx) + 1, right),
+                                np.r_[mean, mean * mult]]).astype(np.float32)
+        delta = renderer.retarget_eyes(src.x_s, rows)  # (B + 1, 21, 3); row 0: the portrait's own eyes
+        return delta[1:] - delta[:1]

@@ -57,8 +57,10 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
         "prepare", help="turn talking-head videos into a training dataset for the audio-to-motion model",
         description="Turn talking-head videos (one speaking, roughly frontal face with its own audio track) into a "
                     "training dataset: per 25 fps frame the LivePortrait motion (70 numbers, from the motion "
-                    "extractor M on the face crop), the eye and lip open ratios from the landmarks, and the Whisper "
-                    "encoder features of the audio (50 Hz, two per frame). Videos at other frame rates are "
+                    "extractor M on the face crop, as `audio2lp drive` crops it), the eye and lip open ratios from "
+                    "the landmarks, whether the face was found (frames without it are masked out of training), and "
+                    "the Whisper encoder features of the audio (50 Hz, two per frame). Each clip's audio/video offset "
+                    "is measured (with the built-in lip-sync model) and removed. Videos at other frame rates are "
                     "resampled to 25 fps. Writes one shard per clip (safetensors) and DATASET/manifest.json with "
                     "per-clip facts, the skipped inputs with their reasons and the motion statistics. Re-running "
                     "skips clips already done (a changed file is redone); an interrupted run loses at most the "
@@ -103,6 +105,9 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
                         f"with one thread (default {_default_workers()}: one per core up to 4; 0 = in this process)")
     g.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                    help="face crops per motion-extractor batch (default 16)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the motion extractor, Whisper and the lip-sync model run (default auto: CUDA when "
+                        "present); face detection and decoding stay on the CPU")
     _logging_args(p)
     p.set_defaults(run=run_prepare)
     return p
@@ -115,7 +120,7 @@ def run_prepare(args) -> int:
                           insightface_dir=args.insightface_dir, whisper_model=args.whisper,
                           whisper_layers=args.whisper_layers, whisper_checkpoint=args.whisper_checkpoint,
                           workers=args.workers, min_seconds=args.min_seconds,
-                          min_face_fraction=args.min_face_fraction, batch_size=args.batch_size,
+                          min_face_fraction=args.min_face_fraction, batch_size=args.batch_size, device=args.device,
                           speakers_csv=args.speakers, speaker_from_folder=args.speaker_from_folder,
                           retry_skipped=args.retry_skipped, progress=not args.quiet)
     rep = prepare_dataset(args.videos, args.output, opts)
@@ -140,16 +145,20 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="train the audio-to-motion model on a prepared dataset",
         description="Train the audio-to-motion model (FaceFormer-style, Whisper features -> 70-number LivePortrait "
-                    "motion) on a dataset made by `audio2lp-train prepare`. Windows of data.window frames are drawn "
-                    "from the training speakers' clips; the loss is a weighted MSE on all 70 numbers (lip keypoints "
-                    "weighted higher) plus a velocity loss, with scheduled sampling ramping towards autoregressive "
-                    "rollout. Writes RUN/config.yaml, RUN/checkpoints/step-*.pt (atomically, every "
+                    "motion) on a dataset made by `audio2lp-train prepare`. Windows of data.context + data.window "
+                    "frames (the longest sequence one generation window of `speak` decodes) are drawn from the "
+                    "training speakers' clips, as changes from each clip's own resting pose and mouth; frames without "
+                    "a face (and two neighbours each side) are masked out. The loss is a weighted MSE on all 70 "
+                    "numbers (lip keypoints weighted higher) plus a velocity loss, with scheduled sampling ramping "
+                    "towards autoregressive rollout; validation rolls the model out exactly as `speak` does. "
+                    "Writes RUN/config.yaml, RUN/checkpoints/step-*.pt (atomically, every "
                     "run.checkpoint_every steps and at the end), RUN/metrics.csv, TensorBoard events in "
                     "RUN/tensorboard, RUN/curves.png, and at the end RUN/motion_model.safetensors for "
                     "`audio2lp speak --motion-model`. Several processes: `torchrun --nproc-per-node N -m training "
                     "train ...` (DistributedDataParallel; NCCL on GPUs, gloo on CPU; data.batch_size is the total "
                     "over all processes; RUN and the config are read and written by rank 0 only, so they need to "
-                    "exist only on its machine, while every machine needs DATASET).",
+                    "exist only on its machine, while every machine needs the same DATASET (checked); an error in "
+                    "one process ends them all).",
         epilog="example: audio2lp-train train data/hdtf -o runs/a --config examples/train_config.yaml "
                "--set optim.lr=1e-4")
     p.add_argument("dataset", metavar="DATASET", help="dataset folder written by `audio2lp-train prepare`")

@@ -121,6 +121,9 @@ class AppHandlers:
                                         blink=blink, blink_rate=None if blink_rate in empty else blink_rate,
                                         pasteback=pasteback))
             kwargs.update(motion_model=motion_model, pose_from=pose_p if motion_model is None else None)
+            if motion_model is None:  # the form sends every control; the motion model's are not the user's choice here
+                kwargs.update(expression_scale=options.OPTIONS["expression_scale"].default,
+                              style=options.OPTIONS["style"].default)
             out = self._new_output(portrait_p, "speak", ".mp4")
             res = self._run(self.animator.speak, (portrait_p, audio_p, out), kwargs, progress)
             secs = res.extra.get("duration", res.n_frames / res.fps)

@@ -12,6 +12,12 @@ Layout of one frame (LivePortrait's motion extractor outputs, JoyVASA's order)::
 Motion is stored as float32 numpy arrays of shape ``(T, 70)``. Models work on normalised motion
 (:class:`MotionStats`, per dimension zero mean / unit std). A *motion template* is a clip of motion
 saved as ``.npz`` (:func:`save_motion_template` / :func:`load_motion_template`).
+
+*Relative* motion (:func:`to_relative`) is motion as a change from a reference frame, in the same layout:
+expression, angles and translation minus the reference's, scale as the ratio to the reference's minus 1. The
+audio-to-motion model predicts relative motion (training targets are relative to each clip's own resting pose and
+mouth); ``speak`` applies it to a portrait as :data:`NEUTRAL` + delta with :data:`NEUTRAL` as the reference of
+LivePortrait's relative mode, so the portrait keeps its own pose and expression and moves by the delta.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "MOTION_DIM", "N_KP", "EXP", "PITCH", "YAW", "ROLL", "POSE", "T", "SCALE",
     "LIP_ROWS", "EYE_ROWS", "LIP_DIMS", "EYE_DIMS", "TEMPLATE_FORMAT",
-    "pack_motion", "unpack_motion", "MotionStats", "resample_motion",
+    "NEUTRAL", "pack_motion", "unpack_motion", "to_relative", "from_relative", "MotionStats", "resample_motion",
     "MotionTemplate", "save_motion_template", "load_motion_template",
 ]
 
@@ -51,6 +57,10 @@ EYE_ROWS = (11, 13, 15, 16, 18)
 LIP_DIMS = tuple(3 * r + c for r in LIP_ROWS for c in range(3))
 EYE_DIMS = tuple(3 * r + c for r in EYE_ROWS for c in range(3))
 TEMPLATE_FORMAT = "audio2lp-motion-v1"
+#: "no change": zero expression, angles and translation, scale 1 (read-only float32 (70,))
+NEUTRAL = np.zeros(MOTION_DIM, np.float32)
+NEUTRAL[SCALE] = 1.0
+NEUTRAL.flags.writeable = False
 
 
 def pack_motion(exp, pitch, yaw, roll, t, scale) -> np.ndarray:
@@ -88,6 +98,25 @@ def unpack_motion(m) -> dict:
     lead = tuple(m.shape[:-1])
     return {"exp": m[..., EXP].reshape(*lead, N_KP, 3), "pitch": m[..., PITCH], "yaw": m[..., YAW],
             "roll": m[..., ROLL], "t": m[..., T], "scale": m[..., SCALE]}
+
+
+def to_relative(motion, reference) -> np.ndarray:
+    """Motion ``(..., 70)`` as a change from ``reference`` ``(70,)`` (module docstring): float32 ``(..., 70)``.
+    The reference's scale must be positive."""
+    m = np.asarray(motion, np.float32)
+    ref = np.asarray(reference, np.float32).reshape(MOTION_DIM)
+    out = m - ref
+    out[..., SCALE] = m[..., SCALE] / ref[SCALE] - 1.0
+    return out
+
+
+def from_relative(delta, reference) -> np.ndarray:
+    """Inverse of :func:`to_relative`: ``reference`` changed by ``delta`` ``(..., 70)``, float32 ``(..., 70)``."""
+    d = np.asarray(delta, np.float32)
+    ref = np.asarray(reference, np.float32).reshape(MOTION_DIM)
+    out = d + ref
+    out[..., SCALE] = ref[SCALE] * (1.0 + d[..., SCALE])
+    return out
 
 
 @dataclass(frozen=True, eq=False)

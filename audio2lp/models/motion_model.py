@@ -2,8 +2,7 @@
 
 One decoder token per 25 fps video frame. The input of token ``i`` is the encoding of motion
 frame ``i-1`` (token 0: no motion, only the conditioning, as FaceFormer seeds its loop with the
-style embedding), plus the conditioning vector (style embedding, plus a projection of the source
-portrait's motion when ``config.source_cond``), plus a periodic positional encoding (PPE) of
+style embedding), plus the style embedding, plus a periodic positional encoding (PPE) of
 ``i mod period``. Each block has
 
 * causal self-attention with FaceFormer's periodic ALiBi bias ``-floor((i-j)/period) * slope_h``,
@@ -13,9 +12,15 @@ portrait's motion when ``config.source_cond``), plus a periodic positional encod
 * a feed-forward layer. Pre-LayerNorm residual blocks (as in Whisper) instead of FaceFormer's
   post-norm; the Whisper features go through a LayerNorm first so any encoder layer can be used.
 
-The output head is zero-initialised, so an untrained model predicts the mean motion. All motion
-the model sees or returns is normalised with :class:`audio2lp.models.motion.MotionStats` (saved with the
-weights).
+The output head is zero-initialised, so an untrained model predicts the mean motion. The motion is
+*relative* (:func:`audio2lp.models.motion.to_relative`): a change from the speaker's own resting pose and mouth
+(training targets are relative to each clip's reference, see :mod:`training.motion.dataset`), which ``speak``
+applies around the portrait's own pose and expression. All motion the model sees or returns is normalised with
+:class:`audio2lp.models.motion.MotionStats` (saved with the weights). Files of format version 1 held absolute
+motion around the dataset mean and are refused.
+
+There is no conditioning on the portrait: with relative targets the model does not need the portrait's absolute
+pose and expression, and feeding them in would let it recognise a training speaker again.
 
 Training (teacher forcing): ``model(audio_feats, motion_in, style)`` where ``motion_in`` is the
 ground truth; the model shifts it by one frame itself. Scheduled sampling is a second call with
@@ -29,8 +34,11 @@ mixed inputs::
 Inference: :meth:`MotionModel.generate` runs the decoder one frame at a time with a key/value
 cache, in windows (default 250 frames = 10 s) that are primed with the previous output (50 frames)
 and cross-faded over their overlap (25 frames), so each frame costs a bounded amount of work and
-memory for any length. :meth:`MotionModel.generate_uncached` is the FaceFormer loop (the whole
-prefix is recomputed for each frame), kept as the reference the cached path must reproduce.
+memory for any length. :meth:`MotionModel.rollout` is ``generate`` with the window, overlap and context
+stored in the model's config: the call ``speak`` makes and the trainer's validation scores (the trainer trains on
+sequences of ``context + window`` frames, the longest a window decodes). :meth:`MotionModel.generate_uncached` is
+the FaceFormer loop (the whole prefix is recomputed for each frame), kept as the reference the cached path must
+reproduce.
 """
 
 from __future__ import annotations
@@ -61,7 +69,8 @@ __all__ = [
     "save_motion_model", "load_motion_model", "read_motion_model_metadata",
 ]
 
-FORMAT = "audio2lp-motion-model-v1"
+FORMAT = "audio2lp-motion-model-v2"  # v2: relative motion, windows in the config, no source conditioning
+OLD_FORMATS = ("audio2lp-motion-model-v1",)
 TOKENS_PER_FRAME = 2  # Whisper tokens (50 Hz) per video frame (25 fps)
 
 
@@ -78,12 +87,18 @@ class MotionModelConfig:
     period: int = 25  # PPE period and bias step, in frames (one second at 25 fps)
     n_styles: int = 1
     motion_dim: int = MOTION_DIM
-    source_cond: bool = False  # condition on the source portrait's normalised motion (70)
+    window: int = 250  # generation (rollout): frames per window; training sequences are context + window frames
+    overlap: int = 25  # frames two neighbouring windows both make (cross-faded)
+    context: int = 50  # frames of earlier output that prime each window after the first
 
     def __post_init__(self):
-        for name in ("audio_dim", "d_model", "n_heads", "n_layers", "ff_mult", "period", "n_styles", "motion_dim"):
+        for name in ("audio_dim", "d_model", "n_heads", "n_layers", "ff_mult", "period", "n_styles", "motion_dim",
+                     "window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MotionModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.overlap < self.window or self.context < 0:
+            raise ValueError(f"need 0 <= overlap < window and context >= 0, got window {self.window}, overlap "
+                             f"{self.overlap}, context {self.context}")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2 or self.d_model % 2:
             raise ValueError(f"d_model ({self.d_model}) must be even and a multiple of n_heads ({self.n_heads})")
         if not 0 <= self.dropout < 1:
@@ -243,7 +258,6 @@ class MotionModel(nn.Module):
         self.motion_enc = nn.Linear(c.motion_dim, c.d_model)
         self.style = nn.Embedding(c.n_styles, c.d_model)
         nn.init.normal_(self.style.weight, std=0.02)
-        self.source_proj = nn.Linear(c.motion_dim, c.d_model) if c.source_cond else None
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.n_layers))
         self.ln_out = nn.LayerNorm(c.d_model)
@@ -265,8 +279,8 @@ class MotionModel(nn.Module):
             raise InputError("the audio has no Whisper tokens (it is empty); give a longer audio file.")
         return self.audio_proj(self.audio_norm(audio_feats))
 
-    def condition(self, style, source, batch: int) -> Tensor:
-        """Per-sequence conditioning (B, d_model): style embedding (+ source projection)."""
+    def condition(self, style, batch: int) -> Tensor:
+        """Per-sequence conditioning (B, d_model): the style embedding."""
         dev = self.head.weight.device
         style = torch.as_tensor(style, dtype=torch.long, device=dev).reshape(-1)
         if style.numel() == 1:
@@ -276,15 +290,7 @@ class MotionModel(nn.Module):
         if ((style < 0) | (style >= self.config.n_styles)).any():
             raise InputError(f"style id {style.tolist()} is out of range: this motion model has "
                              f"{self.config.n_styles} style(s), 0..{self.config.n_styles - 1}; pick one of those.")
-        cond = self.style(style)  # (B, D)
-        if self.source_proj is not None:
-            if source is None:
-                raise ValueError("this motion model is conditioned on the source portrait: pass source (B, 70)")
-            source = torch.as_tensor(source, dtype=cond.dtype, device=dev).reshape(-1, self.config.motion_dim)
-            cond = cond + self.source_proj(source.expand(batch, -1))
-        elif source is not None:
-            raise ValueError("this motion model has no source conditioning (source_cond=False); pass source=None")
-        return cond
+        return self.style(style)  # (B, D)
 
     def embed(self, prev: Tensor, cond: Tensor, start: int, with_start: bool) -> Tensor:
         """Decoder inputs (B, S, D) for previous frames ``prev`` (B, P, M); S = P + with_start.
@@ -312,7 +318,7 @@ class MotionModel(nn.Module):
 
     # -- training ---------------------------------------------------------------------------------
 
-    def forward(self, audio_feats: Tensor, motion_in: Tensor, style, source: Tensor | None = None) -> Tensor:
+    def forward(self, audio_feats: Tensor, motion_in: Tensor, style) -> Tensor:
         """Teacher-forced prediction of every frame.
 
         Args:
@@ -320,20 +326,29 @@ class MotionModel(nn.Module):
             motion_in: (B, T, M) normalised motion fed back as "previous frame": output ``i`` sees
                 ``motion_in[:, :i]`` (the last frame is unused). Ground truth, or
                 :func:`scheduled_sampling_inputs` for scheduled sampling.
-            style: int or (B,) long style ids. source: (B, M) normalised source motion iff ``source_cond``.
+            style: int or (B,) long style ids.
 
         Returns: (B, T, M) normalised motion. Sequences padded at the end (motion and audio) give the same
         outputs for their real frames (attention is causal and the audio alignment is local).
         """
         B, T, _ = motion_in.shape
         memory = self.encode_audio(audio_feats)  # (B, L, D)
-        x = self.embed(motion_in[:, :T - 1], self.condition(style, source, B), 0, True)  # (B, T, D)
+        x = self.embed(motion_in[:, :T - 1], self.condition(style, B), 0, True)  # (B, T, D)
         return self.decode(x, memory)
 
     # -- inference --------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(self, audio_feats, style=0, source=None, *, n_frames: int | None = None, window: int | None = 250,
+    def rollout(self, audio_feats, style=0, *, n_frames: int | None = None, noise: float = 0.0,
+                seed: int | None = None, stats: MotionStats | None = None, progress: bool = False) -> np.ndarray:
+        """The motion ``speak`` makes: :meth:`generate` with the window, overlap and context of the model's config
+        (the ones it was trained and validated for). Arguments and result as :meth:`generate`."""
+        c = self.config
+        return self.generate(audio_feats, style, n_frames=n_frames, window=c.window, overlap=c.overlap,
+                             context=c.context, noise=noise, seed=seed, stats=stats, progress=progress)
+
+    @torch.no_grad()
+    def generate(self, audio_feats, style=0, *, n_frames: int | None = None, window: int | None = 250,
                  overlap: int = 25, context: int = 50, noise: float = 0.0, seed: int | None = None,
                  stats: MotionStats | None = None, progress: bool = False) -> np.ndarray:
         """Autoregressive motion for Whisper features, with a key/value cache.
@@ -347,7 +362,7 @@ class MotionModel(nn.Module):
 
         Args:
             audio_feats: (L, audio_dim) or (B, L, audio_dim) Whisper features at 50 Hz (array or tensor).
-            style: int or (B,) style ids. source: (M,) or (B, M) normalised source motion iff ``source_cond``.
+            style: int or (B,) style ids.
             n_frames: frames to make; default ``ceil(L / 2)`` (the audio's duration at 25 fps). Frames past
                 the audio attend its last token.
             window: frames per window (None: a single window; the cache then grows with the length).
@@ -361,21 +376,21 @@ class MotionModel(nn.Module):
 
         Returns: float32 (n_frames, M), or (B, n_frames, M) for batched input.
         """
-        return self._generate(audio_feats, style, source, n_frames, window, overlap, context, noise, seed, stats,
-                              progress, cached=True)
+        return self._generate(audio_feats, style, n_frames, window, overlap, context, noise, seed, stats, progress,
+                              cached=True)
 
     @torch.no_grad()
-    def generate_uncached(self, audio_feats, style=0, source=None, *, n_frames: int | None = None,
+    def generate_uncached(self, audio_feats, style=0, *, n_frames: int | None = None,
                           window: int | None = None, overlap: int = 25, context: int = 50, noise: float = 0.0,
                           seed: int | None = None, stats: MotionStats | None = None,
                           progress: bool = False) -> np.ndarray:
         """:meth:`generate` without a cache, as FaceFormer does it: every frame re-runs the decoder over the
         whole prefix (O(T^2) work per window). By default in one window. A reference for tests."""
-        return self._generate(audio_feats, style, source, n_frames, window, overlap, context, noise, seed, stats,
-                              progress, cached=False)
+        return self._generate(audio_feats, style, n_frames, window, overlap, context, noise, seed, stats, progress,
+                              cached=False)
 
-    def _generate(self, audio_feats, style, source, n_frames, window, overlap, context, noise, seed, stats,
-                  progress, cached) -> np.ndarray:
+    def _generate(self, audio_feats, style, n_frames, window, overlap, context, noise, seed, stats, progress,
+                  cached) -> np.ndarray:
         dev = self.head.weight.device
         audio = torch.as_tensor(np.asarray(audio_feats) if not isinstance(audio_feats, Tensor) else audio_feats,
                                 dtype=torch.float32, device=dev)
@@ -393,7 +408,7 @@ class MotionModel(nn.Module):
         self.eval()
         try:
             memory = self.encode_audio(audio)  # (B, L, D)
-            cond = self.condition(style, source, B)  # (B, D)
+            cond = self.condition(style, B)  # (B, D)
             M = self.config.motion_dim
             if noise > 0:
                 gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -517,6 +532,10 @@ def _read(path: str | os.PathLike, with_tensors: bool) -> tuple[dict, dict[str, 
             raise WeightsError(f"{path} is a pickle / torch.save checkpoint; motion models are only loaded from "
                                f"safetensors files written by save_motion_model (pickle can run code).") from None
         raise WeightsError(f"{path} is not a readable safetensors file ({e}); save or download it again.") from None
+    if meta.get("format") in OLD_FORMATS:
+        raise WeightsError(f"{path} was made by an older version of audio2lp-train ({meta['format']}): it predicts "
+                           f"absolute motion around its dataset's mean, which would put a training speaker's pose and "
+                           f"mouth on every portrait; prepare the dataset and train it again with this version.")
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}; is it an audio2lp "
                            f"motion model?")

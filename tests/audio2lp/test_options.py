@@ -95,3 +95,31 @@ def test_animator_checks_with_the_schema():
         anim.speak("p.png", "a.wav", "o.mp4", fps=0)
     with pytest.raises(OptionError, match="^batch_size must be at least 1"):
         Animator(batch_size=0)
+
+
+def test_speak_options_declare_the_paths_they_act_on():
+    """Each speak option says on which speak path (mode) it does something; `check_speak_mode` refuses the others,
+    so a later change of the default path only edits these declarations."""
+    for o in options.options_for("speak"):
+        assert o.speak_modes is None or (o.speak_modes and set(o.speak_modes) <= set(options.SPEAK_MODES)), o.name
+    assert OPTIONS["style"].speak_modes == OPTIONS["motion_noise"].speak_modes == ("motion-model",)
+    assert OPTIONS["expression_scale"].speak_modes == ("motion-model",)
+    assert OPTIONS["pose_from"].speak_modes == ("lipsync",)
+    assert OPTIONS["blink"].speak_modes is None and OPTIONS["blink_rate"].speak_modes is None
+
+
+@pytest.mark.parametrize("mode, values, flag", [
+    ("lipsync", dict(style=1), "--style"),
+    ("lipsync", dict(motion_noise=0.2), "--motion-noise"),
+    ("lipsync", dict(expression_scale=1.5), "--expression-scale"),
+    ("motion-model", dict(pose_from="t.npz"), "--pose-from"),
+    ("motion-model", dict(blink=False, blink_rate=20.0), "--blink-rate"),
+])
+def test_options_that_do_nothing_on_the_path_are_refused(mode, values, flag):
+    with pytest.raises(OptionError) as e:
+        options.check_speak_mode(mode, values)
+    assert flag in e.value.describe(CLI) and "\n" not in str(e.value)
+    defaults = dict(style=0, motion_noise=0.0, expression_scale=1.0, pose_from=None, blink=True, blink_rate=None,
+                    pose_scale=1.0, seed=0)
+    for m in options.SPEAK_MODES:
+        options.check_speak_mode(m, defaults)  # the defaults are fine everywhere

@@ -31,8 +31,7 @@ def small_motion_model(seed: int = 0) -> MotionModel:
 @pytest.fixture(scope="module")
 def motion_ckpt(tmp_path_factory):
     model = small_motion_model()
-    mean = np.zeros(70, np.float32)
-    mean[69] = 1.5
+    mean = np.zeros(70, np.float32)  # relative motion: changes around the portrait's own pose and expression
     std = np.full(70, 0.01, np.float32)
     std[63:66] = 3.0
     path = tmp_path_factory.mktemp("mm") / "motion_model.safetensors"
@@ -74,7 +73,9 @@ def test_speak_with_motion_model(animator, motion_ckpt, data_dir, tmp_path, fps)
 
 
 def test_speak_keypoints_follow_the_motion(animator, motion_ckpt):
-    """The reference (dataset mean) motion reproduces the source keypoints; scales act on deviations."""
+    """The reference motion reproduces the source keypoints; scales act on deviations."""
+    import dataclasses
+
     from audio2lp.portrait import prepare_portrait
     from audio2lp.speech import SpeechPlan
 
@@ -99,6 +100,8 @@ def test_speak_keypoints_follow_the_motion(animator, motion_ckpt):
     plan = SpeechPlan("motion-model", 3, motion=motion[None], reference=ref)  # one sequence shared by the faces
     r = animator.renderer
     pf = pt.faces[0]
+    # a closed mouth (an open one is closed first by lip retargeting: test_motion_model_path_closes_an_open_...)
+    pf = dataclasses.replace(pf, source=dataclasses.replace(pf.source, lip_ratio=0.0))
     x = plan.keypoints(r, pf, np.arange(3))
     still = plan.keypoints(r, pf, np.arange(3), pose_scale=0.0)
     assert torch.allclose(x[0], r.stitch(pf.source.x_s, pf.source.x_s)[0], atol=1e-5)
@@ -253,3 +256,81 @@ def test_whisper_and_the_speech_models_are_loaded_once(tiny_weights, motion_ckpt
     for i in range(2):
         anim.speak(portrait, speech, tmp_path / f"model{i}.mp4", motion_model=motion_ckpt)
     assert loads == {"whisper": 1, "lipsync": 1, "motion": 1}
+
+
+# ------------------------------------------------------------------------------------------ issue 16.5
+def _zero_motion_model(folder) -> str:
+    """An untrained motion model: its zero head predicts no motion at all (delta 0 around the portrait)."""
+    path = folder / "zero_motion_model.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        save_motion_model(path, MotionModel(MotionModelConfig(d_model=32, n_layers=1, dropout=0.0)),
+                          MotionStats.identity())
+    return path
+
+
+def _blink_starts(kp: np.ndarray) -> int:
+    eyes = _moves(kp, EYE_KP)
+    closed = eyes > 0.5 * eyes.max()
+    return len(np.flatnonzero(np.diff(np.r_[0, closed.astype(int)]) == 1))
+
+
+def test_motion_model_path_blinks_and_honours_the_blink_rate(animator, tmp_path, rendered_keypoints):
+    """With --motion-model the eyes blink too (eye retargeting on top of the model's motion), --blink-rate sets how
+    often, and --no-blink keeps them as the model moves them."""
+    from tests.conftest import REPO
+
+    silent = write_wav(tmp_path / "silence.wav", np.zeros(6 * 16000, np.float32))
+    ckpt = _zero_motion_model(tmp_path)
+
+    def run(name, **kw):
+        rendered_keypoints.clear()
+        res = animator.speak(REPO / "examples" / "portrait.jpg", silent, tmp_path / f"{name}.mp4", pasteback=False,
+                             seed=3, motion_model=ckpt, **kw)
+        assert res.extra["mode"] == "motion-model"
+        return np.concatenate(rendered_keypoints)
+
+    still = run("still", blink=False)
+    assert np.abs(still - still[:1]).max() < 1e-5  # the zero model moves nothing
+    blinks = run("blinks")
+    assert np.abs(blinks[0] - still[0]).max() < 1e-5, "open eyes are the portrait's own: no offset between blinks"
+    n_default = _blink_starts(blinks)
+    assert _moves(blinks, EYE_KP).max() > 1e-5 and 1 <= n_default <= 3
+    assert _blink_starts(run("often", blink_rate=60)) >= n_default + 2
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--style", "1"], "--style"),
+    (["--motion-noise", "0.5"], "--motion-noise"),
+    (["--expression-scale", "2"], "--expression-scale"),
+    (["--no-blink", "--blink-rate", "30"], "--blink-rate"),
+])
+def test_speak_refuses_options_that_do_nothing(tiny_weights, tmp_path, capsys, args, flag):
+    """An option that would be silently ignored on the path `speak` takes is an error naming it."""
+    out = tmp_path / "o.mp4"
+    code, err = _cli(["speak", "portrait.png", "speech.wav", "-o", str(out), "--weights", str(tiny_weights), "-q",
+                      *args], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and flag in err[0], err
+    assert not out.exists()
+
+
+def test_motion_model_path_closes_an_open_mouthed_portrait_first(animator):
+    """Lip retargeting on the motion-model path: the model's lip motion is relative to a closed mouth, so a portrait
+    whose mouth is open (lip ratio >= 0.03, LivePortrait's lip-normalisation threshold) is closed first."""
+    import dataclasses
+
+    from audio2lp.models.motion import NEUTRAL
+    from audio2lp.portrait import prepare_portrait
+    from audio2lp.speech import SpeechPlan
+    from tests.conftest import REPO
+
+    r = animator.renderer
+    pf = prepare_portrait(r, animator.faces, REPO / "examples" / "portrait.jpg").faces[0]
+    plan = SpeechPlan("motion-model", 2, motion=np.repeat(NEUTRAL[None, None], 2, 1), reference=NEUTRAL)
+    x_s = pf.source.x_s
+    closed = dataclasses.replace(pf, source=dataclasses.replace(pf.source, lip_ratio=0.01))
+    opened = dataclasses.replace(pf, source=dataclasses.replace(pf.source, lip_ratio=0.2))
+    base = r.stitch(x_s, x_s)
+    torch.testing.assert_close(plan.keypoints(r, closed, np.arange(2)), base.expand(2, -1, -1))
+    want = base + r.retarget_lip(x_s, np.array([[0.2, 0.0]], np.float32))
+    torch.testing.assert_close(plan.keypoints(r, opened, np.arange(2)), want.expand(2, -1, -1))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from audio2lp.models.lipsync import silence_mask
-from training.common import pearson, write_text_atomic
+from training.common import lagged_r, pearson, write_text_atomic
 
 BASELINE_CONTEXT = 4  # +- frames of loudness context for the baseline
 PROBE_CONTEXT = 2
@@ -101,16 +101,6 @@ class RidgeProbe:
 # metrics
 
 
-def _lagged_r(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, lag: int) -> float:
-    """r(pred[t], gt[t + lag]) over valid frames."""
-    n = pred.shape[0]
-    if lag >= 0:
-        p, g, v = pred[:n - lag], gt[lag:], valid[lag:]
-    else:
-        p, g, v = pred[-lag:], gt[:n + lag], valid[:n + lag]
-    return pearson(p[v], g[v]) if v.sum() >= 3 else float("nan")
-
-
 def evaluate(model, test_clips, baseline: LoudnessBaseline | None = None, probe: RidgeProbe | None = None) -> dict:
     """Held-out metrics (see the module docstring). Returns a JSON-serialisable dict.
 
@@ -145,7 +135,7 @@ def evaluate(model, test_clips, baseline: LoudnessBaseline | None = None, probe:
                                      ).sum())
             sil_gt_closed += int((c.lip[sil & v] < 0.03).sum())
         for lag in lag_r:
-            lag_r[lag].append(_lagged_r(pred.lip_open, c.lip, v, lag))
+            lag_r[lag].append(lagged_r(pred.lip_open, c.lip, v, lag))
         per_clip.append(row)
     mean_lag = {lag: float(np.nanmean(rs)) for lag, rs in lag_r.items()}
     best_lag = max(mean_lag, key=lambda k: mean_lag[k])

@@ -39,12 +39,11 @@ import numpy as np
 
 from audio2lp.models.lipsync import silence_mask
 from lp_renderer.errors import InputError
-from training.common import split_by_speaker, write_text_atomic
+from training.common import best_lag, split_by_speaker, write_text_atomic
 from training.lipsync.evaluate import (
     LoudnessBaseline,
     RidgeProbe,
     _context,
-    _lagged_r,
     evaluate,
     model_card,
     results_markdown,
@@ -151,8 +150,7 @@ def estimate_offsets(clips, folds: int = 4, max_lag: int = 8, min_shift: int = 2
         for c in clips:
             if c.speaker in held and c.valid.sum() >= 3:
                 p = probe.predict(c)
-                rs = {lag: _lagged_r(p, c.lip, c.valid, lag) for lag in range(-max_lag, max_lag + 1)}
-                best[c.name] = max(rs, key=lambda lag: -1.0 if np.isnan(rs[lag]) else rs[lag])
+                best[c.name] = best_lag(p, c.lip, c.valid, max_lag)[0]
     if not best:
         return {}
     median = int(np.median(list(best.values())))

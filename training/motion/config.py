@@ -4,7 +4,7 @@ A config file holds any subset of the sections below; missing keys keep their de
 and values of the wrong type raise :class:`lp_renderer.errors.InputError` naming the key::
 
     model:     {d_model: 128, n_heads: 4, n_layers: 2, ff_mult: 2, dropout: 0.1, period: 25}
-    data:      {window: 100, batch_size: 16, val_fraction: 0.1, val_speakers: [], speaker_styles: true}
+    data:      {window: 250, context: 50, overlap: 25, batch_size: 16, val_fraction: 0.1, val_window: 500, ...}
     optim:     {lr: 3.0e-4, weight_decay: 0.01, betas: [0.9, 0.999], grad_clip: 1.0}
     schedule:  {steps: 20000, warmup_steps: 500, kind: cosine, min_lr_ratio: 0.05}
     loss:      {lip_weight: 4.0, eye_weight: 1.0, pose_weight: 1.0, velocity_weight: 0.5}
@@ -48,12 +48,16 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    window: int = 100  # frames per training window (25 fps); the audio slice is the matching 2*window tokens
+    window: int = 250  # frames per generation window of speak (MotionModel.rollout); stored in the model
+    context: int = 50  # frames of earlier output priming each generation window after the first
+    overlap: int = 25  # frames two generation windows share (cross-faded)
+    # training windows are context + window frames (the longest sequence a generation window decodes), each with
+    # the matching 2 * (context + window) Whisper tokens
     batch_size: int = 16  # windows per optimiser step, over all processes (must divide by the world size)
     val_fraction: float = 0.1  # share of speakers held out for validation (clips without speaker count alone)
     val_speakers: list[str] = field(default_factory=list)  # explicit validation speakers (overrides the fraction)
-    val_window: int = 250  # frames per validation window (autoregressive rollout)
-    val_max_windows: int = 64  # validation windows at most (deterministic choice)
+    val_window: int = 500  # frames per validation segment, rolled out as speak does (MotionModel.rollout)
+    val_max_windows: int = 64  # validation segments at most (deterministic choice)
     speaker_styles: bool = True  # one style embedding per training speaker (else a single style)
     preload: bool | None = None  # keep all shards in memory (None: when they take less than 1 GB)
 
@@ -115,6 +119,7 @@ class RunSection:
     val_every: int = 500  # steps between validations (also at the end); 0: only at the end
     num_threads: int = 1  # torch intra-op threads per process (1 is fastest for small models on a busy CPU)
     device: str = "auto"  # auto | cpu | cuda
+    ddp_timeout: float = 1800.0  # seconds a process waits in a collective before giving up (backstop)
     tensorboard: bool = True  # also write TensorBoard event files (metrics.csv is always written)
     progress: bool = True
 
@@ -153,6 +158,8 @@ class MotionTrainConfig:
              "must be a multiple of 2 * model.n_heads")
         need(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")
         need(d.window >= 2, "data.window", "must be >= 2 frames")
+        need(0 <= d.overlap < d.window, "data.overlap", "must be >= 0 and smaller than data.window")
+        need(d.context >= 0, "data.context", "must be >= 0")
         need(d.batch_size >= 1, "data.batch_size", "must be >= 1")
         need(0 <= d.val_fraction < 1, "data.val_fraction", "must be in [0, 1)")
         need(d.val_window >= 2, "data.val_window", "must be >= 2 frames")
@@ -176,6 +183,7 @@ class MotionTrainConfig:
         need(r.val_every >= 0, "run.val_every", "must be >= 0")
         need(r.num_threads >= 0, "run.num_threads", "must be >= 0 (0 keeps torch's default)")
         need(r.device in ("auto", "cpu", "cuda"), "run.device", "must be auto, cpu or cuda")
+        need(r.ddp_timeout > 0, "run.ddp_timeout", "must be > 0 seconds")
 
 
 def _get(obj, dotted: str):

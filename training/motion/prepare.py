@@ -1,22 +1,32 @@
 """``audio2lp-train prepare``: talking-head videos -> a training dataset (:mod:`training.motion.dataset`).
 
 For each video, in a worker process (spawn context; each worker builds its own face backend, loads
-LivePortrait's motion extractor M and the Whisper encoder once, and runs torch with one thread):
+LivePortrait's motion extractor M, the Whisper encoder and the built-in lip-sync model once, and runs torch with one
+thread; M, Whisper and the lip-sync model run on ``device``: CUDA when present with ``auto``):
 
 1. probe it; skip it without an audio track or when shorter than ``min_seconds``;
 2. Whisper encoder features of its audio track at 50 Hz (``whisper_model`` / ``whisper_layers``);
 3. decode the frames (variable-frame-rate files are first made constant-rate by ffmpeg), detect and follow
-   the face, crop it as the driving path of ``audio2lp drive`` does (official driving crop, smoothed over 5
-   frames), run M on the 256x256 crops in batches -> 70-number motion per frame; eye / lip open ratios from
-   the landmarks (held where the face is lost);
+   the face, crop it exactly as the driving path of ``audio2lp drive`` does (official driving crop, smoothed over 5
+   frames, warped to 512 and resized to 256 bilinearly: :func:`audio2lp.driving.driving_crop`), run M on the
+   256x256 crops in batches -> 70-number motion per frame; eye / lip open ratios from the landmarks; the face flag
+   per frame. Where the face is lost M still runs on whatever the crop shows: those frames (and two neighbours
+   each side) are masked out of training by the dataset (:func:`training.motion.dataset.valid_frames`), not held;
 4. resample motion, ratios and the face flag to 25 fps by linear interpolation (when the video is not
-   25 fps) and cut everything to ``T = min(video frames, audio tokens / 2)`` frames;
-5. write the shard under a temporary name and rename it (a crash never leaves half a shard).
+   25 fps);
+5. measure the clip's audio/video offset (:mod:`training.motion.av_offset`): the lag between the mouth the built-in
+   lip-sync model predicts from the audio (its own lag is 0 frames on held-out speakers, see its model card) and
+   the measured lip-open ratio, found by the lag search of the lip-sync trainer (:func:`training.common.best_lag`,
+   -8..8 frames, shifts under 2 frames and unclear peaks (r < 0.3) count as 0). Shift video against audio by it
+   (:func:`apply_av_offset`) so motion frame ``i`` is paired with the audio spoken at frame ``i``; store it as
+   ``av_offset`` in the shard (and the manifest); then cut everything to ``T = min(video frames, audio tokens / 2)``;
+6. write the shard under a temporary name and rename it (a crash never leaves half a shard).
 
 Inputs are skipped, with the reason in the report and in ``DATASET/skipped/``, when they are unreadable,
 have no audio, no face (or a face in fewer than ``min_face_fraction`` of the frames) or are too short.
 A re-run skips every input whose shard (or skip record) matches its size and modification time and the
-settings (Whisper model and layers, face backend, M weights); changed inputs are redone. The manifest is
+settings (format version, Whisper model and layers, face backend, M weights, the offset estimate and its lip-sync
+model); changed inputs and changed settings are redone. The manifest is
 rebuilt from the shards' own metadata during and at the end of each run, with the motion statistics.
 A shard that cannot be read (damaged on disk) is left out of the manifest with a warning, never aborting the
 run. Its clip is prepared again when its video is among the inputs.
@@ -46,9 +56,10 @@ import numpy as np
 
 from audio2lp.models.motion import resample_motion
 from audio2lp.whisper.features import format_whisper_layers, parse_whisper_layers
-from lp_renderer.errors import InputError, NoFaceError, WeightsError
+from lp_renderer.errors import InputError, NoFaceError
 from training.common import write_text_atomic
 
+from .av_offset import apply_av_offset, estimate_av_offset, offset_settings
 from .dataset import (
     FPS,
     SHARDS,
@@ -57,15 +68,19 @@ from .dataset import (
     build_manifest,
     read_shard_meta,
     settings_key,
+    valid_frames,
     write_manifest,
     write_shard,
 )
+from .extractor import MotionExtractorOnly, resolve_device
 
 log = logging.getLogger(__name__)
 
 __all__ = ["VIDEO_SUFFIXES", "PrepareOptions", "PrepareReport", "MotionExtractorOnly", "find_videos",
-           "read_speakers_csv", "clip_id", "prepare_dataset", "process_video"]
+           "read_speakers_csv", "clip_id", "prepare_dataset", "process_video", "resolve_device", "estimate_av_offset",
+           "apply_av_offset"]
 
+FORMAT = 2  # settings["format"]: 2 = offsets applied, bilinear crops, face flags for masking (v1 shards are redone)
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".ts"}
 
 
@@ -83,6 +98,7 @@ class PrepareOptions:
     min_seconds: float = 2.0  # shorter clips (after alignment) are skipped
     min_face_fraction: float = 0.5  # skip clips whose face is found in fewer frames than this
     batch_size: int = 16  # crops per M batch
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda: where M, Whisper and the lip-sync model run
     speakers_csv: str | None = None  # CSV with columns path (or file) and speaker
     speaker_from_folder: int = 0  # 1: the video's folder name is its speaker, 2: the folder above, ...
     retry_skipped: bool = False  # retry inputs skipped before even if they did not change
@@ -193,61 +209,6 @@ def _input_fingerprint(video: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _file_fingerprint(path: Path) -> str:
-    """Size plus a hash of the first and last MiB: cheap, and survives copying the weights elsewhere."""
-    h = hashlib.sha1()
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        if size > 2 << 20:
-            f.seek(size - (1 << 20))
-            h.update(f.read())
-    return f"{size}-{h.hexdigest()[:16]}"
-
-
-# -- the motion extractor alone ---------------------------------------------------------------------------
-
-
-class MotionExtractorOnly:
-    """LivePortrait's M loaded alone from a weights folder (the other networks are not needed to prepare data).
-
-    ``__call__(crops)``: uint8 RGB crops (B, 256, 256, 3) -> float32 motion (B, 70).
-    """
-
-    def __init__(self, weights_dir: str | os.PathLike | None = None, device: str = "cpu"):
-        import torch
-
-        from audio2lp.weights_store import missing_weights_message, resolve_weights_dir
-        from lp_renderer.config import RendererConfig
-        from lp_renderer.nets.motion_extractor import MotionExtractor
-        from lp_renderer.weights import OFFICIAL_FILES, load_state_dict_strict, read_weight_file, weight_file
-
-        wdir = resolve_weights_dir(weights_dir)
-        path = weight_file(wdir, "motion_extractor")
-        if path is None:
-            raise WeightsError(missing_weights_message(wdir, [OFFICIAL_FILES["motion_extractor"]]))
-        lf = read_weight_file(path, "motion_extractor")
-        cfg = RendererConfig.from_dict({"motion": lf.config}).motion if lf.config else RendererConfig().motion
-        net = MotionExtractor(cfg)
-        load_state_dict_strict(net, lf.state_dicts["motion_extractor"], str(path))
-        self.net = net.eval().to(device)
-        self.device = torch.device(device)
-        self.path = path
-        self.fingerprint = _file_fingerprint(path)
-
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
-        import torch
-
-        from audio2lp.driving import info_to_motion
-        from lp_renderer.keypoints import motion_from_raw
-
-        x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).float().div_(255.0).permute(0, 3, 1, 2)
-        with torch.inference_mode():
-            raw = self.net(x.contiguous())
-            info = motion_from_raw({k: v.float() for k, v in raw.items()})
-        return info_to_motion(info)
-
-
 # -- one clip -----------------------------------------------------------------------------------------------
 
 
@@ -266,21 +227,28 @@ class _Tools:
     motion: MotionExtractorOnly
     whisper: object
     layers: object
+    lipsync: object  # the built-in lip-sync model (audio2lp.models.lipsync.LipSync): the offset estimate
+    lipsync_whisper: object  # the Whisper encoder of its features (``whisper`` when it is the same model)
 
 
 _TOOLS: _Tools | None = None
 
 
 def _build_tools(opts: PrepareOptions) -> _Tools:
+    from audio2lp.models.lipsync import load_lipsync_model
     from audio2lp.weights_store import resolve_insightface_dir
     from audio2lp.whisper.features import WhisperEncoder
     from lp_renderer.faces import get_face_backend
 
+    device = resolve_device(opts.device)
     backend = get_face_backend(opts.face_backend, resolve_insightface_dir(opts.insightface_dir),
                                weights_dir=opts.weights_dir)
-    motion = MotionExtractorOnly(opts.weights_dir)
-    whisper = WhisperEncoder(opts.whisper_model, opts.whisper_checkpoint)
-    return _Tools(backend, motion, whisper, parse_whisper_layers(opts.whisper_layers))
+    motion = MotionExtractorOnly(opts.weights_dir, device=device)
+    whisper = WhisperEncoder(opts.whisper_model, opts.whisper_checkpoint, device=device)
+    lipsync = load_lipsync_model(device=device)
+    lip_model = lipsync.config.whisper_model
+    lip_whisper = whisper if whisper.model_name == lip_model else WhisperEncoder(lip_model, device=device)
+    return _Tools(backend, motion, whisper, parse_whisper_layers(opts.whisper_layers), lipsync, lip_whisper)
 
 
 def _init_worker(opts_dict: dict) -> None:
@@ -295,6 +263,7 @@ def _init_worker(opts_dict: dict) -> None:
 
 def process_video(video: Path, tools: _Tools, opts: PrepareOptions) -> tuple[ClipData, dict]:
     """Arrays and facts of one video (see the module docstring). Raises ``_Skip`` with the reason to skip it."""
+    from audio2lp.driving import driving_crop
     from audio2lp.errors import AudioError, VideoError
     from audio2lp.media.audio import load_audio
     from audio2lp.media.probe import probe_video
@@ -337,7 +306,7 @@ def process_video(video: Path, tools: _Tools, opts: PrepareOptions) -> tuple[Cli
                 eyes.append(last_ratio[0] if last_ratio else (np.nan, np.nan))
                 lips.append(last_ratio[1] if last_ratio else np.nan)
                 found.append(face is not None)
-                crops.append(crop.warp(frame, 256))
+                crops.append(driving_crop(crop, frame))
                 if len(crops) >= opts.batch_size:
                     flush()
             flush()
@@ -358,9 +327,6 @@ def process_video(video: Path, tools: _Tools, opts: PrepareOptions) -> tuple[Cli
         raise _Skip(f"face found in only {100 * face_frac:.0f}% of the frames (< {100 * opts.min_face_fraction:.0f}%)")
 
     n25 = max(1, round(n_src * FPS / src_fps))
-    T = min(n25, feats.shape[0] // 2)
-    if T < opts.min_seconds * FPS:
-        raise _Skip(f"too short after aligning video and audio ({T / FPS:.2f} s < {opts.min_seconds:g} s)")
     resampled = abs(src_fps - FPS) > 1e-3
     if resampled:
         motion = resample_motion(motion, src_fps, FPS, n25)
@@ -371,11 +337,25 @@ def process_video(video: Path, tools: _Tools, opts: PrepareOptions) -> tuple[Cli
         face_a = np.asarray(found)
     if not np.isfinite(motion).all():
         raise _Skip("the motion extractor returned NaN or infinite values", persistent=False)
-    clip = ClipData(motion[:T], feats[:2 * T], eyes_a[:T], lips_a[:T], face_a[:T].astype(np.uint8))
+    audio_minus_video = round(feats.shape[0] / 50.0 - n_src / src_fps, 3)
+    lc = tools.lipsync.config  # the offset: the lip-sync model's mouth from the audio against the measured one
+    same = tools.lipsync_whisper is tools.whisper and \
+        tools.whisper._layer_indices(tools.layers) == tools.whisper._layer_indices(lc.whisper_layers)
+    lip_feats = feats if same else tools.lipsync_whisper.encode(audio, layers=lc.whisper_layers, progress=False)
+    pred = tools.lipsync.predict(lip_feats, n25).lip_open
+    offset, lag, r = estimate_av_offset(pred, lips_a, valid_frames(face_a.astype(np.uint8)))
+    frames, feats = apply_av_offset({"motion": motion, "eye_ratio": eyes_a, "lip_ratio": lips_a,
+                                     "face": face_a.astype(np.uint8)}, feats, offset)
+    T = min(frames["motion"].shape[0], feats.shape[0] // 2)
+    if T < opts.min_seconds * FPS:
+        raise _Skip(f"too short after aligning video and audio ({T / FPS:.2f} s < {opts.min_seconds:g} s)")
+    clip = ClipData(frames["motion"][:T], feats[:2 * T], frames["eye_ratio"][:T], frames["lip_ratio"][:T],
+                    frames["face"][:T])
     flags = {"face_fraction": round(face_frac, 4), "resampled_from_fps": round(src_fps, 4) if resampled else None,
              "variable_frame_rate": not info.constant_frame_rate,
-             "audio_minus_video_s": round(feats.shape[0] / 50.0 - n_src / src_fps, 3)}
-    facts = {"frames": T, "duration": T / FPS, "src_fps": src_fps, "flags": flags,
+             "audio_minus_video_s": audio_minus_video,
+             "av_lag": int(lag), "av_offset_r": None if not np.isfinite(r) else round(r, 3)}
+    facts = {"frames": T, "duration": T / FPS, "src_fps": src_fps, "flags": flags, "av_offset": int(offset),
              "video": {"width": info.width, "height": info.height, "frames": n_src, "seconds": n_src / src_fps}}
     return clip, facts
 
@@ -412,10 +392,10 @@ def _run_task(task: dict) -> dict:
 
 
 def _settings(opts: PrepareOptions, tools: _Tools) -> dict:
-    return {"format": 1, "fps": FPS, "whisper_model": opts.whisper_model,
+    return {"format": FORMAT, "fps": FPS, "whisper_model": opts.whisper_model,
             "whisper_layers": format_whisper_layers(opts.whisper_layers), "audio_dim": int(tools.whisper.dim),
             "face_backend": getattr(tools.backend, "kind", type(tools.backend).__name__),
-            "motion_extractor": tools.motion.fingerprint}
+            "motion_extractor": tools.motion.fingerprint, "av_offset": offset_settings(tools.lipsync)}
 
 
 def _is_done(shard: Path, skip: Path, fp: dict, key: str, retry_skipped: bool) -> str | None:

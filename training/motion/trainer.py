@@ -5,13 +5,15 @@ checkpoints) whose parts share its state; the pure pieces (batch plan, schedule,
 
 One optimiser step:
 
-1. The global batch is a pure function of ``(seed, step)``: ``B`` windows of ``data.window`` frames drawn from
-   the training clips (clip chosen in proportion to its number of window positions, start uniform), each with
-   the matching ``2 * window`` Whisper tokens. Rank ``r`` of ``W`` processes takes the slice
+1. The global batch is a pure function of ``(seed, step)``: ``B`` windows of ``data.context + data.window`` frames
+   (the longest sequence one generation window of ``speak`` decodes: ``context`` primed frames, then ``window``
+   new ones) drawn from the training clips (clip chosen in proportion to its number of window positions, start
+   uniform), each with the matching Whisper tokens. Rank ``r`` of ``W`` processes takes the slice
    ``[r * B/W, (r+1) * B/W)``; this is the distributed sampler. Torch's RNG (dropout, scheduled sampling) is
    re-seeded from ``(seed, step, rank)`` every step. So a run killed at any moment and resumed from its last
    checkpoint repeats exactly the steps it lost: the final weights equal those of an uninterrupted run.
-2. Motion is normalised with the dataset's :class:`audio2lp.models.motion.MotionStats`. Scheduled sampling is the
+2. Motion is relative to each clip's reference and normalised with the dataset's
+   :class:`audio2lp.models.motion.MotionStats` (see :mod:`training.motion.dataset`). Scheduled sampling is the
    two-pass variant for parallel decoders (Mihaylova & Liu 2019, "Scheduled Sampling for Transformers"):
    with probability ``p`` (ramped over steps, see :class:`training.motion.config.SamplingSection`) each decoder input
    frame of the second, trained pass is the first pass's prediction instead of the ground truth. The first pass
@@ -20,9 +22,10 @@ One optimiser step:
    errors in its inputs, but it never sees errors that build up over a long rollout. Validation measures those
    with a real autoregressive rollout.
 3. Loss per window = weighted MSE over the 70 dims (lip-keypoint dims weighted ``loss.lip_weight``) +
-   ``loss.velocity_weight`` * the same on first differences, over its real (unpadded) frames; the batch
-   loss is the mean over windows, so ``W`` processes with ``B/W`` windows each average to the same
-   gradient as one process with ``B``.
+   ``loss.velocity_weight`` * the same on first differences, over its real (unpadded) valid frames (frames
+   without a face and their two neighbours each side are masked out, see
+   :func:`training.motion.dataset.valid_frames`); the batch loss is the mean over windows, so ``W`` processes with
+   ``B/W`` windows each average to the same gradient as one process with ``B``.
 4. AdamW, gradient clipping, linear warm-up then cosine / linear decay (per step).
 
 Every ``run.checkpoint_every`` steps (and at the end) rank 0 writes ``RUN/checkpoints/step-XXXXXXXX.pt``
@@ -35,12 +38,19 @@ writes ``RUN/metrics.csv``, TensorBoard events in ``RUN/tensorboard``, ``RUN/cur
 
 Several processes: ``RUN`` lives on rank 0's filesystem. Only rank 0 reads or writes it: on resume it loads
 the newest checkpoint and sends the state to the other ranks before the model is wrapped in
-DistributedDataParallel. Every rank uses rank 0's config. The other ranks (machines) need only the dataset.
+DistributedDataParallel. Every rank uses rank 0's config. The other ranks (machines) need only the dataset, which
+must be the same on every rank: its fingerprint (:meth:`training.motion.dataset.Dataset.fingerprint`) is compared
+at the start, and a mismatch ends every rank with an error. Wherever one rank can fail on its own (setting up,
+computing a step's loss, rank 0's validation, logs, checkpoints and final model), the ranks then exchange a status
+flag (:meth:`Trainer._together`), so an exception on one rank ends every rank at once with an error naming the rank
+and its problem, instead of leaving the others waiting in a collective; ``run.ddp_timeout`` is the backstop for
+anything else.
 
-Validation (rank 0, every ``run.val_every`` steps and at the end) rolls the model out autoregressively
-(:meth:`MotionModel.generate`) over windows of held-out speakers and reports, in ``metrics.csv``:
+Validation (rank 0, every ``run.val_every`` steps and at the end) scores exactly what ``speak`` runs: it rolls the
+model out with :meth:`MotionModel.rollout` (the model's own window, overlap and context, noise 0) over segments of
+``data.val_window`` frames of held-out speakers, and reports, in ``metrics.csv``, over the valid frames:
 
-* ``val_loss``: the training loss, teacher forced;
+* ``val_loss``: the training loss, teacher forced on the first ``context + window`` frames of each segment;
 * ``val_motion_l2``: mean per-frame L2 distance over the 70 normalised dims;
 * ``val_lip_l2``: mean per-frame L2 distance of the 18 lip-keypoint expression dims, in LivePortrait units;
 * ``val_velocity_err``: mean per-frame L2 distance of the first differences (normalised dims);
@@ -82,13 +92,17 @@ from .dataset import Dataset
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CKPT_FORMAT", "METRIC_COLUMNS", "Trainer", "TrainResult", "train", "split_train_val", "batch_plan",
-           "lr_factor", "ss_probability", "latest_checkpoint"]
+__all__ = ["CKPT_FORMAT", "METRIC_COLUMNS", "PeerFailed", "Trainer", "TrainResult", "train", "split_train_val",
+           "batch_plan", "lr_factor", "ss_probability", "latest_checkpoint"]
 
 CKPT_FORMAT = "audio2lp-train-checkpoint-v1"
 MODEL_FILE = "motion_model.safetensors"
 METRIC_COLUMNS = ["step", "time", "lr", "ss_prob", "loss", "loss_motion", "loss_velocity", "val_loss",
                   "val_motion_l2", "val_lip_l2", "val_velocity_err", "val_lip_corr"]
+
+
+class PeerFailed(InputError):
+    """Another process of a distributed run failed; this one stopped with it (see :meth:`Trainer._together`)."""
 
 
 @dataclass
@@ -278,18 +292,33 @@ class Trainer:
 
     def __init__(self, dataset: str | os.PathLike, run_dir: str | os.PathLike,
                  config: MotionTrainConfig | None = None, *, resume: bool = False, progress: bool = True):
+        import datetime
+
         import torch.distributed as dist
 
         self.cfg = cfg = config or MotionTrainConfig()
         self.run_dir = Path(run_dir)
         self._owns_group = False
+        self._writer = None
         world_env = int(os.environ.get("WORLD_SIZE", "1"))
         use_cuda = cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available())
         if cfg.run.device == "cuda" and not torch.cuda.is_available():
             raise InputError("run.device is cuda but no CUDA device is available; use device auto or cpu.")
         if world_env > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                    timeout=datetime.timedelta(seconds=cfg.run.ddp_timeout))
             self._owns_group = True
+        try:
+            self._start(dataset, resume, progress, use_cuda)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, dataset, resume: bool, progress: bool, use_cuda: bool) -> None:
+        """The rest of ``__init__`` (a failure closes the process group this trainer opened)."""
+        import torch.distributed as dist
+
+        cfg = self.cfg
         self.distributed = dist.is_initialized() and dist.get_world_size() > 1
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
@@ -304,15 +333,36 @@ class Trainer:
                 log.info("rank %d uses rank 0's config (its own differs: %s)", self.rank,
                          _diff_text(_config_diff(cfg.to_dict(), ref)))
                 self.cfg = cfg = MotionTrainConfig.from_dict(ref, source="rank 0's config")
+        self.is_main = self.rank == 0
+        self.progress = progress and cfg.run.progress and self.is_main
+        with self._together("while setting up"):
+            self._build(dataset, resume)
+        if self.distributed:  # every rank must read the same data (the batch plan indexes it)
+            prints = [None] * self.world
+            dist.all_gather_object(prints, self._fingerprint)
+            if len(set(prints)) > 1:
+                raise InputError(f"the dataset differs between the processes (fingerprints by rank: "
+                                 f"{', '.join(prints)}; this is rank {self.rank}, reading {self.ds.root}); give every "
+                                 f"process a copy of the same prepared dataset.")
+        self._setup_run_dir(resume)  # loads the checkpoint into model / optimiser before DDP wraps the model
+        self.net = self.model
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # no buffer broadcast: the only buffer is the constant PPE, and a forward pass without collectives can
+            # fail on one rank without leaving the others in a collective (see _together)
+            self.net = DDP(self.model, device_ids=[self.device.index] if use_cuda else None, broadcast_buffers=False)
+
+    def _build(self, dataset, resume: bool) -> None:
+        """Dataset, split, model, optimiser and counters (no collectives: may fail on one rank alone)."""
+        cfg = self.cfg
         if cfg.run.num_threads > 0:  # part of the run's config, settled by rank 0's copy under DDP (see above)
             torch.set_num_threads(cfg.run.num_threads)
         if cfg.data.batch_size % self.world:
             raise InputError(f"data.batch_size {cfg.data.batch_size} is not divisible by the {self.world} processes; "
                              f"use a multiple of {self.world}.")
-        self.is_main = self.rank == 0
-        self.progress = progress and cfg.run.progress and self.is_main
-
         self.ds = Dataset(dataset, preload=cfg.data.preload)
+        self._fingerprint = self.ds.fingerprint()
         self.stats = self.ds.stats
         self.train_idx, self.val_idx, self.style_map = split_train_val(self.ds, cfg)
         if not self.train_idx:
@@ -322,11 +372,13 @@ class Trainer:
             log.warning("no validation clips (the dataset has a single speaker/clip group, or val_fraction is 0); "
                         "validation metrics are skipped")
         self.lip_direction = self.ds.lip_direction(self.train_idx)
+        d = cfg.data
+        self.seq_len = d.context + d.window  # training windows: the longest sequence a generation window decodes
         self.model_config = MotionModelConfig(
             audio_dim=self.ds.audio_dim, whisper_model=self.ds.whisper_model, whisper_layers=self.ds.whisper_layers,
             d_model=cfg.model.d_model, n_heads=cfg.model.n_heads, n_layers=cfg.model.n_layers,
             ff_mult=cfg.model.ff_mult, dropout=cfg.model.dropout, period=cfg.model.period,
-            n_styles=max(1, len(self.style_map)))
+            n_styles=max(1, len(self.style_map)), window=d.window, overlap=d.overlap, context=d.context)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.run.seed)
             self.model = MotionModel(self.model_config).to(self.device)
@@ -339,34 +391,66 @@ class Trainer:
         self._acc = {"n": 0, "loss": 0.0, "loss_motion": 0.0, "loss_velocity": 0.0}
         self._t0 = time.time()
         self.last_val: dict = {}
-        self._writer = None
         self._resume = resume
         self.start_step = 0  # the step this process started from (the checkpoint's on resume)
         self._frames = [self.ds.frames(i) for i in self.train_idx]
         self._val_windows = self._plan_val_windows()
-        self._setup_run_dir(resume)  # loads the checkpoint into model / optimiser before DDP wraps the model
-        self.net = self.model
-        if self.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.net = DDP(self.model, device_ids=[self.device.index] if use_cuda else None)
+    # -- failing together -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _together(self, what: str):
+        """Run the block, then (under DDP) tell every rank whether it failed on any rank.
+
+        Every rank must enter the same blocks in the same order, and a block must hold no collective. A rank whose
+        block raised re-raises its own exception; the others raise :class:`PeerFailed` naming the failed rank, what
+        it was doing and its error. So one rank's exception ends every rank at once instead of leaving the others
+        waiting in the next collective.
+        """
+        error: Exception | None = None
+        try:
+            yield
+        except Exception as e:  # re-raised below, after the others know
+            error = e
+        if self.distributed:
+            import torch.distributed as dist
+
+            dev = self.device if self.device.type == "cuda" else torch.device("cpu")
+            flag = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=dev)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if int(flag.item()) and error is None:
+                texts: list = [None] * self.world
+                dist.all_gather_object(texts, None)
+                rank, text = next((r, t) for r, t in enumerate(texts) if t is not None)
+                raise PeerFailed(f"process {rank} failed {what} ({text}); this process (rank {self.rank}) stopped "
+                                 f"too. Fix that process's problem and start again (with --resume to continue).")
+            if error is not None:
+                texts = [None] * self.world
+                dist.all_gather_object(texts, f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
 
     # -- run folder, checkpoints ----------------------------------------------------------------------
 
     def _setup_run_dir(self, resume: bool) -> None:
         """Rank 0 checks ``run_dir`` and reads the checkpoint to resume from, then writes ``config.yaml`` and
         ``run.json``; every rank gets the verdict (an InputError message) and the checkpoint state from it."""
-        state, error = None, None
+        state, error, failure = None, None, None
         if self.is_main:
             try:
                 state = self._read_resume_state(resume)
                 self._write_run_files()
             except InputError as e:
                 error = str(e)
+            except Exception as e:  # e.g. the run folder cannot be written: the other ranks must not wait for it
+                failure = e
+                error = f"process 0 failed while preparing the run folder {self.run_dir} ({type(e).__name__}: {e})"
         if self.distributed:
-            error, state = _broadcast((error, state))
+            error, state = _broadcast((error, None if error else state))
+        if failure is not None:
+            raise failure
         if error is not None:
-            raise InputError(error)
+            raise (PeerFailed if error.startswith("process 0 failed") else InputError)(error)
         if state is not None:
             self._apply_checkpoint(state)
         if self.is_main:
@@ -468,21 +552,21 @@ class Trainer:
         return self.style_map.get(self.ds.speaker(i), 0)
 
     def _tensors(self, items: list[tuple[int, int]], n: int):
-        """Windows ``(clip index, start)`` -> audio (b, 2n, D), normalised motion (b, n, 70), mask (b, n),
-        style (b,)."""
+        """Windows ``(clip index, start)`` -> audio (b, 2n, D), normalised relative motion (b, n, 70), mask (b, n):
+        1 on valid frames, 0 on masked and padded ones, style (b,)."""
         D = self.ds.audio_dim
         audio = np.zeros((len(items), 2 * n, D), np.float32)
         motion = np.zeros((len(items), n, MOTION_DIM), np.float32)
         mask = np.zeros((len(items), n), np.float32)
         style = np.zeros(len(items), np.int64)
         for k, (i, start) in enumerate(items):
-            m, a = self.ds.window(i, start, n)
+            m, a, valid = self.ds.window(i, start, n)
             t = m.shape[0]
             motion[k, :t] = self.stats.normalize(m)
             audio[k, :a.shape[0]] = a
             if a.shape[0] < 2 * n:  # pad with the last token
                 audio[k, a.shape[0]:] = a[-1]
-            mask[k, :t] = 1
+            mask[k, :t] = valid
             style[k] = self.style_of(i)
         dev = self.device
         return (torch.from_numpy(audio).to(dev), torch.from_numpy(motion).to(dev), torch.from_numpy(mask).to(dev),
@@ -490,7 +574,7 @@ class Trainer:
 
     def rank_batch(self, step: int) -> list[tuple[int, int]]:
         """This rank's windows ``(dataset clip index, start)`` for ``step``."""
-        plan = batch_plan(step, self.cfg.run.seed, self.cfg.data.window, self._frames, self.cfg.data.batch_size)
+        plan = batch_plan(step, self.cfg.run.seed, self.seq_len, self._frames, self.cfg.data.batch_size)
         per = self.cfg.data.batch_size // self.world
         mine = plan[self.rank * per:(self.rank + 1) * per]
         return [(self.train_idx[p], s) for p, s in mine]
@@ -500,7 +584,7 @@ class Trainer:
     def compute_loss(self, step: int) -> tuple[torch.Tensor, dict]:
         """Seed the RNGs for ``step``, build this rank's batch and return its loss (with graph) and parts."""
         torch.manual_seed(_seed_for(self.cfg.run.seed, step, self.rank))
-        audio, gt, mask, style = self._tensors(self.rank_batch(step), self.cfg.data.window)
+        audio, gt, mask, style = self._tensors(self.rank_batch(step), self.seq_len)
         p = ss_probability(step, self.cfg)
         inputs = gt
         if p > 0:  # two-pass scheduled sampling (module docstring): pass 1 teacher forced, no gradient
@@ -517,9 +601,10 @@ class Trainer:
         """One optimiser step (all ranks); returns this rank's loss parts."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, parts = self.compute_loss(self.step)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"the training loss became {float(loss)} at step {self.step}; lower optim.lr")
+        with self._together(f"in training step {self.step + 1}"):  # the backward pass is a collective under DDP
+            loss, parts = self.compute_loss(self.step)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"the training loss became {float(loss)} at step {self.step + 1}; lower optim.lr")
         loss.backward()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
@@ -549,7 +634,10 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Validation metrics (see the module docstring); {} without validation clips. Rank 0 only."""
+        """Validation metrics (see the module docstring); {} without validation clips. Rank 0 only.
+
+        The predictions are :meth:`MotionModel.rollout`, the call ``speak`` makes (noise 0), on each segment's audio;
+        every metric counts the segment's valid frames only."""
         if not self._val_windows:
             return {}
         self.model.eval()
@@ -557,29 +645,34 @@ class Trainer:
         for i, s, n in self._val_windows:
             by_len.setdefault(n, []).append((i, s))
         w = self.weights
-        sq, lip, vel, losses, n_frames, n_win = 0.0, 0.0, 0.0, 0.0, 0, 0
+        sq, lip, vel, losses, n_frames, n_vel, n_win = 0.0, 0.0, 0.0, 0.0, 0, 0, 0
         open_pred, open_true = [], []
         d = torch.from_numpy(self.lip_direction).to(self.device)
         std = torch.from_numpy(self.stats.std.copy()).to(self.device)
         lip_dims = list(LIP_DIMS)
+        L = self.seq_len
         for n, items in sorted(by_len.items()):
             for b in range(0, len(items), 16):
                 chunk = items[b:b + 16]
                 audio, gt, mask, style = self._tensors(chunk, n)
-                tf = self.model(audio, gt, style)
-                losses += float(window_loss(tf, gt, mask, w, self.cfg.loss.velocity_weight)[0]) * len(chunk)
-                pred = torch.as_tensor(self.model.generate(audio, style, n_frames=n, window=None), device=self.device)
-                sq += float((pred - gt).norm(dim=-1).sum())
-                lip += float(((pred - gt)[..., lip_dims] * std[lip_dims]).norm(dim=-1).sum())
-                vel += float(((pred[:, 1:] - pred[:, :-1]) - (gt[:, 1:] - gt[:, :-1])).norm(dim=-1).sum())
-                open_pred.append((pred @ d).flatten().cpu().numpy())
-                open_true.append((gt @ d).flatten().cpu().numpy())
-                n_frames += pred.shape[0] * n
+                tf = self.model(audio[:, :2 * L], gt[:, :L], style)
+                losses += float(window_loss(tf, gt[:, :L], mask[:, :L], w, self.cfg.loss.velocity_weight)[0]) \
+                    * len(chunk)
+                pred = torch.as_tensor(self.model.rollout(audio, style, n_frames=n), device=self.device)
+                m = mask.bool()
+                sq += float((pred - gt).norm(dim=-1)[m].sum())
+                lip += float(((pred - gt)[..., lip_dims] * std[lip_dims]).norm(dim=-1)[m].sum())
+                vm = m[:, 1:] & m[:, :-1]
+                vel += float(((pred[:, 1:] - pred[:, :-1]) - (gt[:, 1:] - gt[:, :-1])).norm(dim=-1)[vm].sum())
+                open_pred.append((pred @ d)[m].cpu().numpy())
+                open_true.append((gt @ d)[m].cpu().numpy())
+                n_frames += int(m.sum())
+                n_vel += int(vm.sum())
                 n_win += len(chunk)
-        n_vel = max(1, n_frames - n_win)
         self.model.train()
+        n_frames = max(1, n_frames)
         return {"val_loss": losses / n_win, "val_motion_l2": sq / n_frames, "val_lip_l2": lip / n_frames,
-                "val_velocity_err": vel / n_vel,
+                "val_velocity_err": vel / max(1, n_vel),
                 "val_lip_corr": pearson(np.concatenate(open_pred), np.concatenate(open_true))}
 
     # -- logging ----------------------------------------------------------------------------------------
@@ -714,32 +807,37 @@ class Trainer:
                     self._acc = {"n": 0, "loss": 0.0, "loss_motion": 0.0, "loss_velocity": 0.0}
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
                 do_val = (cfg.run.val_every and s % cfg.run.val_every == 0) or is_last
-                if do_val and self.is_main and self._val_windows:
-                    self.last_val = self.validate()
-                    row = row or {"step": s, "time": round(time.time() - self._t0, 3), "lr": parts["lr"],
-                                  "ss_prob": parts["ss_prob"]}
-                    row.update(self.last_val)
-                    log.info("step %d: %s", s, ", ".join(f"{k} {v:.4g}" for k, v in self.last_val.items()))
-                if row is not None and self.is_main:
-                    self._log_row(row)
-                if do_val and self.is_main:
-                    self.plot_curves()
-                if s % cfg.run.checkpoint_every == 0 or is_last:
-                    self.save_checkpoint()
+                do_ckpt = s % cfg.run.checkpoint_every == 0 or is_last
+                if row is not None or do_val or do_ckpt:  # rank 0's work; every rank learns whether it failed
+                    with self._together(f"at step {s} (validation, logs or checkpoint)"):
+                        if self.is_main:
+                            self._main_work(s, parts, row, do_val, do_ckpt)
         finally:
             bar.close()
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
         model_path = self.run_dir / MODEL_FILE
-        if self.is_main:
-            save_motion_model(model_path, self.model, self.stats, self.extra())
-            self.plot_curves()
-        if self.distributed:
-            import torch.distributed as dist
-
-            dist.barrier()
+        with self._together("while writing the model"):
+            if self.is_main:
+                save_motion_model(model_path, self.model, self.stats, self.extra())
+                self.plot_curves()
         return TrainResult(model_path, self.step, dict(self.last_val))
+
+    def _main_work(self, s: int, parts: dict, row: dict | None, do_val: bool, do_ckpt: bool) -> None:
+        """Rank 0 after step ``s``: validation, the metrics row and curves, the checkpoint."""
+        if do_val and self._val_windows:
+            self.last_val = self.validate()
+            row = row or {"step": s, "time": round(time.time() - self._t0, 3), "lr": parts["lr"],
+                          "ss_prob": parts["ss_prob"]}
+            row.update(self.last_val)
+            log.info("step %d: %s", s, ", ".join(f"{k} {v:.4g}" for k, v in self.last_val.items()))
+        if row is not None:
+            self._log_row(row)
+        if do_val:
+            self.plot_curves()
+        if do_ckpt:
+            self.save_checkpoint()
 
     def close(self) -> None:
         if self._owns_group:

@@ -147,10 +147,12 @@ def test_speak_handler_passes_the_settings_and_reports_progress(tmp_path):
     assert "10 frames at 25 fps" in info
     assert prog.calls[0][0] == 0.0 and ((5, 10), "Rendering", "frames") in prog.calls
     # the built-in lip-sync model; a Gradio FileData-like dict for the upload; a head-motion template
-    h.speak({"path": "/up/q.png"}, "/up/s.wav", "Built-in lip-sync", "largest", 25, 1, 1, True, None, 0, 0,
+    # (the motion model's controls keep their values but do not reach the lip-sync path, which would refuse them)
+    h.speak({"path": "/up/q.png"}, "/up/s.wav", "Built-in lip-sync", "largest", 25, 0.5, 1, True, None, 0, 2,
             "/up/t.npz", True)
     _, portrait, _, out2, kw = anim.calls[1]
     assert portrait == "/up/q.png" and kw["motion_model"] is None and kw["blink_rate"] is None
+    assert kw["expression_scale"] == 1.0 and kw["style"] == 0
     assert kw["pose_from"] == "/up/t.npz" and out2.parent != out.parent
 
 

@@ -133,17 +133,17 @@ def test_teacher_forcing_shapes_and_start():
 
 
 def test_batch_equals_per_sample_and_padding():
-    model = tiny(source_cond=True)
+    model = tiny()
     B, T = 3, 17
     audio, motion = feats(2 * T, batch=B), torch.randn(B, T, 70)
-    style, source = torch.tensor([0, 1, 2]), torch.randn(B, 70)
-    batched = model(audio, motion, style, source)
+    style = torch.tensor([0, 1, 2])
+    batched = model(audio, motion, style)
     for b in range(B):
-        single = model(audio[b:b + 1], motion[b:b + 1], style[b:b + 1], source[b:b + 1])
+        single = model(audio[b:b + 1], motion[b:b + 1], style[b:b + 1])
         torch.testing.assert_close(batched[b:b + 1], single, rtol=0, atol=1e-5)
     # a sequence padded at the end (motion and audio) keeps the outputs of its real frames
-    padded = model(F.pad(audio[:1], (0, 0, 0, 10)), F.pad(motion[:1], (0, 0, 0, 5)), 0, source[:1])
-    torch.testing.assert_close(padded[:, :T], model(audio[:1], motion[:1], 0, source[:1]), rtol=0, atol=1e-5)
+    padded = model(F.pad(audio[:1], (0, 0, 0, 10)), F.pad(motion[:1], (0, 0, 0, 5)), 0)
+    torch.testing.assert_close(padded[:, :T], model(audio[:1], motion[:1], 0), rtol=0, atol=1e-5)
 
 
 def test_scheduled_sampling_inputs():
@@ -194,8 +194,8 @@ def test_cached_equals_uncached(n_tokens):
 
 
 def test_cached_equals_uncached_past_the_audio():
-    model = tiny(source_cond=True)
-    kw = dict(source=torch.randn(70), n_frames=60, window=20, overlap=5, context=8)  # last windows start past it
+    model = tiny()
+    kw = dict(style=2, n_frames=60, window=20, overlap=5, context=8)  # the last windows start past the audio
     a = feats(49)
     np.testing.assert_allclose(model.generate(a, **kw), model.generate_uncached(a, **kw), rtol=0, atol=1e-5)
 
@@ -286,7 +286,7 @@ def test_input_errors():
 
 
 def test_config_dict():
-    cfg = MotionModelConfig(audio_dim=512, whisper_model="base", n_styles=4, source_cond=True)
+    cfg = MotionModelConfig(audio_dim=512, whisper_model="base", n_styles=4)
     assert MotionModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown"):
         MotionModelConfig.from_dict({"d_modle": 3})
@@ -297,13 +297,13 @@ def test_config_dict():
 
 
 def test_save_load_round_trip(tmp_path):
-    model = tiny(source_cond=True, whisper_model="tiny.en")
+    model = tiny(whisper_model="tiny.en")
     stats = MotionStats.from_data(np.random.default_rng(0).normal(size=(50, 70)))
     path = save_motion_model(tmp_path / "m.safetensors", model, stats, extra={"epoch": 3})
     loaded, st = load_motion_model(path)
     assert st == stats and loaded.config == model.config and not loaded.training
-    a, src = feats(30), torch.randn(70)
-    np.testing.assert_array_equal(loaded.generate(a, source=src), model.generate(a, source=src))
+    a = feats(30)
+    np.testing.assert_array_equal(loaded.generate(a, style=1), model.generate(a, style=1))
     meta = read_motion_model_metadata(path)
     assert meta["extra"] == {"epoch": 3} and meta["config"].whisper_model == "tiny.en"
 
@@ -349,3 +349,43 @@ def test_bad_checkpoints(tmp_path):
     with pytest.raises(WeightsError, match="NaN"):
         load_motion_model(_rewrite(good, tmp_path / "nan.safetensors", tensors=sd))
     assert FORMAT in good.read_bytes()[:4000].decode("latin-1")
+
+
+# -- issue 16: the windows speak uses, relative motion, no source conditioning ---------------------------------
+
+
+def test_rollout_is_generate_with_the_windows_the_model_was_trained_for():
+    """`rollout` is what `speak` and the trainer's validation both run: `generate` with the model's own window,
+    overlap and context (stored in its config by the trainer)."""
+    model = tiny(window=20, overlap=5, context=8)
+    a = feats(130)
+    np.testing.assert_array_equal(model.rollout(a, style=1),
+                                  model.generate(a, style=1, window=20, overlap=5, context=8))
+    assert not np.array_equal(model.rollout(a, style=1), model.generate(a, style=1, window=None))
+    cfg = MotionModelConfig(window=300, overlap=30, context=60)
+    assert MotionModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="overlap"):
+        MotionModelConfig(window=20, overlap=20)
+
+
+def test_source_conditioning_is_gone():
+    """`source_cond` could never be trained; it is removed (a model conditioned on the portrait's absolute pose and
+    expression would reopen the identity channel that per-clip targets close)."""
+    with pytest.raises(ValueError, match="unknown config field 'source_cond'"):
+        MotionModelConfig.from_dict({"source_cond": True})
+    model = tiny()
+    assert not any("source" in k for k in model.state_dict())
+    with pytest.raises(TypeError):
+        model.generate(feats(10), 0, torch.zeros(70))
+
+
+def test_model_files_of_an_older_version_are_refused(tmp_path):
+    """Version 1 files predict absolute motion around the dataset mean; read as relative motion they would put a
+    training speaker's pose on every portrait, so they are refused with a clear message."""
+    good = save_motion_model(tmp_path / "good.safetensors", tiny(), MotionStats.identity())
+    assert FORMAT == "audio2lp-motion-model-v2"
+    old = _rewrite(good, tmp_path / "old.safetensors", format="audio2lp-motion-model-v1")
+    with pytest.raises(WeightsError, match=r"older version of audio2lp-train.*absolute.*train it again"):
+        load_motion_model(old)
+    with pytest.raises(WeightsError, match="older version"):
+        read_motion_model_metadata(old)

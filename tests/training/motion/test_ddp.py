@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import os
@@ -149,3 +150,95 @@ def test_batch_must_divide_by_world_size(tmp_path):
 
 
 
+
+
+# -- issue 16.7: a failing rank stops every rank; every rank reads the same dataset ------------------------------
+
+
+def _failing_worker(rank: int, world: int, init_file: str, datasets: list[str], run: str, where: str,
+                    result: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    from training.motion import trainer as tr
+
+    torch.set_num_threads(1)
+    # a long process-group timeout: ending in bounded time must not rely on it
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=900))
+    out = {"rank": rank}
+    try:
+        if where == "step" and rank == 1:
+            original = tr.Trainer.compute_loss
+
+            def broken(self, step):
+                if step == 2:
+                    raise RuntimeError("boom on rank 1")
+                return original(self, step)
+
+            tr.Trainer.compute_loss = broken
+        if where == "checkpoint" and rank == 0:
+            def disk_full(self):
+                raise OSError(28, "No space left on device")
+
+            tr.Trainer.save_checkpoint = disk_full
+        cfg = tiny_config("schedule.steps=6", "run.checkpoint_every=3", "run.val_every=0", "run.tensorboard=false")
+        t = tr.Trainer(datasets[rank], f"{run}-{rank}" if rank else run, cfg, progress=False)
+        try:
+            t.run()
+        finally:
+            t.close()
+        out["result"] = "finished"
+    except BaseException as e:  # noqa: BLE001 - the test reads what each rank ended with
+        out["error"] = f"{type(e).__name__}: {e}"
+    with open(result, "w") as f:
+        json.dump(out, f)
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("where", ["setup", "step", "checkpoint", "dataset"])
+def test_a_failing_rank_ends_every_rank_with_a_clear_error(tmp_path, where):
+    """One rank fails (its dataset is missing, an exception in a training step, rank 0's checkpoint write fails, or
+    the ranks read different datasets): every rank ends, in bounded time, with an error that says what happened."""
+    import json
+    import multiprocessing
+    import time
+
+    ds = str(make_dataset(tmp_path / "ds"))
+    datasets = [ds, ds]
+    if where == "setup":
+        datasets[1] = str(tmp_path / "missing")
+    if where == "dataset":
+        datasets[1] = str(make_dataset(tmp_path / "other", seed=1))
+    ctx = multiprocessing.get_context("spawn")
+    results = [tmp_path / f"rank{r}.json" for r in range(2)]
+    procs = [ctx.Process(target=_failing_worker, args=(r, 2, str(tmp_path / "init"), datasets, str(tmp_path / "run"),
+                                                        where, str(results[r]))) for r in range(2)]
+    t0 = time.time()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=max(1.0, 180 - (time.time() - t0)))
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert not hung, f"rank(s) {hung} still running after {time.time() - t0:.0f} s: a failing rank hangs the others"
+    out = [json.loads(r.read_text()) for r in results]
+    errors = [o.get("error", "") for o in out]
+    assert all(errors), out
+    if where == "setup":
+        assert "dataset folder" in errors[1] and "does not exist" in errors[1]
+        assert "process 1 failed" in errors[0] and "does not exist" in errors[0]
+    elif where == "step":
+        assert "boom on rank 1" in errors[1]
+        assert "process 1 failed" in errors[0] and "step 3" in errors[0] and "boom on rank 1" in errors[0]
+    elif where == "checkpoint":
+        assert "No space left" in errors[0]
+        assert "process 0 failed" in errors[1] and "No space left" in errors[1]
+    else:
+        for e in errors:
+            assert "InputError" in e and "dataset differs between the processes" in e, e

@@ -319,3 +319,92 @@ def test_smoke_prepare_train_speak(data_dir, tiny_weights, tmp_path):
     assert res.returncode == 0, res.stderr
     info = probe_video(video)
     assert info.has_audio and abs(info.n_frames - 1.5 * 25) <= 1
+
+
+# -- issue 16: audio/video offsets, crops as drive makes them, the device ----------------------------------
+
+
+@pytest.mark.realdata
+def test_prepare_measures_and_undoes_an_audio_video_offset(data_dir, tiny_weights, tmp_path):
+    """The same clip with its audio starting 3 frames late (so the video runs 3 frames behind the sound): prepare
+    finds the 3 frames, stores them in the shard and the manifest, and pairs each motion frame with the audio of its
+    own frame again."""
+    src = tmp_path / "videos"
+    src.mkdir()
+    (src / "orig.mpg").symlink_to(data_dir / CLIP)
+    _ffmpeg("-i", str(data_dir / CLIP), "-af", "atrim=start=0.12,asetpts=PTS-STARTPTS", "-c:v", "libx264", "-preset",
+            "ultrafast", "-crf", "12", "-c:a", "aac", str(src / "late.mp4"))
+    out = tmp_path / "ds"
+    rep = prepare_dataset([src], out, _opts(tiny_weights))
+    assert rep.n_clips == 2, rep.skipped
+    ds = Dataset(out)
+    by_name = {Path(c["source"]).name: c for c in ds.clips}
+    orig, meta_o = read_shard(out / by_name["orig.mpg"]["shard"])
+    late, meta_l = read_shard(out / by_name["late.mp4"]["shard"])
+    # the lags measured before the 2-frame rule: 3 frames apart (the original itself may be off by a frame or so)
+    lag_o, lag_l = meta_o["flags"]["av_lag"], meta_l["flags"]["av_lag"]
+    assert lag_l == lag_o + 3 and abs(lag_o) <= 1, (lag_o, lag_l)
+    assert meta_l["av_offset"] == lag_l and meta_o["av_offset"] == 0  # applied: 3-4 frames; under 2: not corrected
+    assert by_name["late.mp4"]["av_offset"] == meta_l["av_offset"]
+    assert ds.manifest["settings"]["av_offset"]["method"] == "lipsync-model"
+    # the late shard's frame i: the original's video frame i + k (k frames of video dropped) ...
+    k = meta_l["av_offset"]
+    n = min(late.n_frames, orig.n_frames - k)
+    r = pearson(late.lip_ratio[:n], orig.lip_ratio[k:k + n])
+    assert r > 0.95, r
+    # ... with the original's audio of frame i + 3 (the trimmed 0.12 s): so video and audio are paired as in the
+    # original again, up to its own sub-threshold lag (k - 3 == lag_o)
+    m = 2 * (late.n_frames - 8)
+
+    def similarity(shift):
+        a, b = late.audio[:m].astype(np.float32), orig.audio[2 * shift:2 * shift + m].astype(np.float32)
+        return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).mean())
+
+    assert max(range(7), key=similarity) == 3
+
+
+@pytest.mark.realdata
+def test_prepare_crops_as_drive_does(data_dir, tiny_weights, monkeypatch):
+    """M sees the same 256x256 crops in `prepare` as in `drive` (bilinear resize of the 512 crop)."""
+    from audio2lp.driving import iter_driving_frames, open_driving
+    from lp_renderer.faces import get_face_backend
+    from training.motion import prepare as prep
+
+    opts = _opts(tiny_weights)
+    tools = prep._build_tools(opts)
+    seen = []
+    original = tools.motion.__call__
+
+    class Recording:
+        fingerprint = tools.motion.fingerprint
+
+        def __call__(self, crops):
+            seen.append(np.array(crops))
+            return original(crops)
+
+    tools = prep._Tools(tools.backend, Recording(), tools.whisper, tools.layers, tools.lipsync, tools.lipsync_whisper)
+    prep.process_video(data_dir / CLIP, tools, opts)
+    crops = np.concatenate(seen)
+    # the whole clip: each crop box is smoothed over the frames around it, so a cut clip would crop its end otherwise
+    drive = np.stack([f.crop_rgb for f in iter_driving_frames(open_driving(data_dir / CLIP),
+                                                               get_face_backend("dlib"))])
+    assert crops.shape == drive.shape and crops.shape[1:] == (256, 256, 3)
+    np.testing.assert_array_equal(crops, drive)
+
+
+def test_prepare_device(tiny_weights, tmp_path):
+    import torch
+
+    v = _noise_video(tmp_path / "v.mp4", seconds=0.5)
+    with pytest.raises(InputError, match="device must be auto, cpu or cuda"):
+        prepare_dataset([v], tmp_path / "ds", _opts(tiny_weights, device="gpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="--device cuda.*no CUDA"):
+            prepare_dataset([v], tmp_path / "ds", _opts(tiny_weights, device="cuda"))
+    from training.motion.prepare import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    out = subprocess.run([sys.executable, "-m", "training", "prepare", "--help"], env=_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert "--device" in out.stdout

@@ -55,9 +55,9 @@ def make_dataset(root: Path, n_clips: int = 6, seed: int = 0, speakers: bool = T
 
 
 TINY = ["model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.ff_mult=2", "data.window=20",
-        "data.batch_size=4", "data.val_window=30", "data.val_max_windows=4", "schedule.warmup_steps=5",
-        "optim.lr=3e-3", "sampling.start_step=5", "sampling.ramp_steps=20", "run.progress=false",
-        "run.num_threads=1"]
+        "data.context=10", "data.overlap=5", "data.batch_size=4", "data.val_window=30", "data.val_max_windows=4",
+        "schedule.warmup_steps=5", "optim.lr=3e-3", "sampling.start_step=5", "sampling.ramp_steps=20",
+        "run.progress=false", "run.num_threads=1"]
 
 
 def tiny_config(*extra: str) -> MotionTrainConfig:
@@ -388,3 +388,73 @@ def test_cli_reports_bad_config_as_error_line(dataset, tmp_path):
     assert out.returncode == 2
     assert out.stderr.startswith("error: ") and "optim.learning_rate" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# -- issue 16: masks, the sequences speak generates, validation = speak's path ------------------------------
+
+
+def test_frames_without_a_face_are_out_of_the_loss(tmp_path):
+    """The loss mask of a window is 0 on the frames where the face was lost and their two neighbours each side,
+    so what M says about those crops never trains the model."""
+    rng = np.random.default_rng(5)
+    items = []
+    for k in range(3):
+        T = 60
+        audio = rng.normal(size=(2 * T, AUDIO_DIM)).astype(np.float32)
+        motion = 0.01 * rng.normal(size=(T, MOTION_DIM)).astype(np.float32)
+        face = np.ones(T, np.uint8)
+        if k == 0:
+            face[30:35] = 0
+            motion[30:35] = 100.0  # garbage: a crop without a face
+        items.append((f"c{k}", ClipData(motion, audio, face=face), f"s{k}"))
+    ds = write_dataset(tmp_path / "ds", items, SETTINGS).parent
+    t = Trainer(ds, tmp_path / "run", tiny_config("data.val_fraction=0", "run.tensorboard=false"), progress=False)
+    i = [c["id"] for c in t.ds.clips].index("c0")
+    audio, motion, mask, _ = t._tensors([(i, 20)], 30)
+    assert mask[0, :8].eq(1).all() and mask[0, 8:17].eq(0).all() and mask[0, 17:].eq(1).all()
+    assert motion.abs().max() < 50, "the decoder inputs hold no garbage either"
+    t.close()
+
+
+def test_training_sequences_and_validation_follow_speak(dataset, tmp_path, monkeypatch):
+    """Training windows are as long as the sequences `speak` decodes (context + window frames), and validation
+    rolls the model out with exactly the call `speak` makes: MotionModel.generate with the same window, overlap,
+    context and noise, stored in the model file."""
+    from audio2lp import speech
+    from audio2lp.models.motion_model import MotionModel
+
+    cfg = tiny_config("data.window=20", "data.context=10", "data.overlap=5", "data.val_window=45",
+                      "data.val_fraction=0.34", "schedule.steps=2", "run.tensorboard=false")
+    calls = []
+    original = MotionModel.generate
+
+    def spy(self, audio, *args, **kw):
+        calls.append(dict(kw))
+        return original(self, audio, *args, **kw)
+
+    monkeypatch.setattr(MotionModel, "generate", spy)
+    t = Trainer(dataset, tmp_path / "run", cfg, progress=False)
+    assert t.seq_len == 30 and t._tensors(t.rank_batch(0), t.seq_len)[1].shape[1] == 30
+    assert all(n == 45 or n < 45 for _, _, n in t._val_windows)
+    calls.clear()
+    t.validate()
+    assert calls, "validation rolls the model out"
+    val_kw = calls[-1]
+    res = t.run()
+    t.close()
+    meta = read_motion_model_metadata(res.model_path)["config"]
+    assert (meta.window, meta.overlap, meta.context) == (20, 5, 10)
+
+    class FakeWhisper:
+        def encode(self, wav, layers, progress):
+            return np.random.default_rng(0).normal(size=(len(wav) // 320, AUDIO_DIM)).astype(np.float32)
+
+    monkeypatch.setattr(speech, "whisper_encoder", lambda *a: FakeWhisper())
+    calls.clear()
+    speech.speech_plan(np.zeros(16000 * 3, np.float32), 75, 25.0, device="cpu", motion_model=res.model_path, seed=0,
+                       style=0, blink=False, blink_rate=None, pose_scale=1.0, template=None, whisper_checkpoint=None,
+                       progress=False)
+    speak_kw = calls[-1]
+    keys = ("window", "overlap", "context", "noise")
+    assert {k: val_kw[k] for k in keys} == {k: speak_kw[k] for k in keys} == \
+        {"window": 20, "overlap": 5, "context": 10, "noise": 0.0}
