@@ -292,6 +292,8 @@ within the training speakers. {cv_line}
   {_fmt(h['measured_closed_rate_in_silence'])}).
 - Lag of peak correlation (search -5..5 frames): {h['best_lag_frames']:+d}.
 - Per-clip figures: `lipsync_metrics.json`.
+- Checked: `pytest -m slow tests/training/lipsync/test_lipsync.py -k recomputed` recomputes these figures from
+  the shipped weights and the data folder (same split, training clips and baselines; no training).
 
 ## Training
 Seed {train_config.seed}: the linear read-out in closed form, then {train_config.steps} AdamW steps for the

@@ -399,14 +399,21 @@ def run(
     return metrics
 
 
-def _split_and_align(data_dir, mc, cache_dir, held_out, progress):
+def _split_and_align(data_dir, mc, cache_dir, held_out, progress, train_names=None):
     """``(all clips, train, train re-aligned by estimate_offsets, held-out, offsets)`` of the clips in
-    ``data_dir`` (the data cache built when empty), split by speaker."""
+    ``data_dir`` (the data cache built when empty), split by speaker; ``train_names``: only these training clips
+    (all must be there)."""
     from training.lipsync.data import build_dataset
 
     clips = build_dataset(data_dir, whisper_model=mc.whisper_model, layers=mc.whisper_layers, cache_dir=cache_dir,
                           padded=True, progress=progress)
     train, test = split_by_speaker(clips, held_out)
+    if train_names is not None:
+        missing = sorted(set(train_names) - {c.name for c in train})
+        if missing:
+            raise InputError(f"{data_dir} lacks the training clips {', '.join(missing)}; pass the folder the model "
+                             f"was trained on.")
+        train = [c for c in train if c.name in set(train_names)]
     if not train or not test:
         raise InputError(f"the speaker split of {data_dir} left {len(train)} training and {len(test)} held-out "
                          f"clips; pass the folder of talking videos the held-out speakers come from.")
@@ -422,16 +429,18 @@ def _evaluate_with_baselines(model, train_aligned, test) -> dict:
 
 def evaluate_shipped(data_dir: str | os.PathLike, model_path: str | os.PathLike | None = None, *,
                      cache_dir: str | os.PathLike | None = None, held_out: Sequence[str] = HELD_OUT_SPEAKERS,
-                     progress: bool = False) -> dict:
+                     train_names: Sequence[str] | None = None, progress: bool = False) -> dict:
     """The held-out figures of a trained model (default: the shipped weights) recomputed from ``data_dir``,
     exactly as :func:`run` measured them (same split, training targets re-aligned by :func:`estimate_offsets`,
-    baselines fitted on the training speakers), without training. Returns ``{"heldout": ..., "offsets": ...}``
-    to compare with ``lipsync_metrics.json``. Builds the data cache when it is empty (minutes)."""
+    baselines fitted on the training speakers; ``train_names``: only these training clips, e.g. the keys of the
+    metrics' ``offsets``, when the folder has grown since), without training. Returns
+    ``{"heldout": ..., "offsets": ...}`` to compare with ``lipsync_metrics.json``. Builds the data cache when it
+    is empty (minutes)."""
     from audio2lp.models.lipsync import load_lipsync_model
 
     model = load_lipsync_model(model_path)
     mc = model.config
-    _, _, train_aligned, test, offsets = _split_and_align(data_dir, mc, cache_dir, held_out, progress)
+    _, _, train_aligned, test, offsets = _split_and_align(data_dir, mc, cache_dir, held_out, progress, train_names)
     return {"heldout": _evaluate_with_baselines(model, train_aligned, test),
             "offsets": {k: int(v) for k, v in sorted(offsets.items())}}
 
