@@ -55,9 +55,11 @@ class Portrait:
 
 
 def prepare_portrait(renderer: Renderer, backend: FaceBackend, image: str | os.PathLike | np.ndarray,
-                     which: str | int = "largest", pasteback: bool = True) -> Portrait:
+                     which: str | int = "largest", pasteback: bool = True,
+                     crop_scale: float | None = None) -> Portrait:
     """Load ``image``, detect faces, pick them (``"largest"``, an index, or ``"all"``), crop each with
-    LivePortrait's source geometry and prepare it (F, M, x_s, W's per-source work; eye/lip ratios)."""
+    LivePortrait's source geometry (``crop_scale``: the crop's size relative to the face, default
+    :data:`~lp_renderer.crop.SOURCE_CROP`'s 2.3) and prepare it (F, M, x_s, W's per-source work; eye/lip ratios)."""
     name = str(image) if not isinstance(image, np.ndarray) else "the portrait"
     rgb = load_image(image)
     faces = backend.detect(rgb)
@@ -68,10 +70,9 @@ def prepare_portrait(renderer: Renderer, backend: FaceBackend, image: str | os.P
         chosen = select_faces(faces, which, source=name)
     except FaceNumberError as e:
         raise OptionError("face", e.describe("{face}").replace(e.source, literal(e.source))) from None
-    if not pasteback and len(chosen) > 1:
-        raise OptionError("pasteback", "{not_pasteback} outputs one face's 512x512 crop; pick one face with {face} N "
-                          "or {face} largest.")
-    crops = [crop_face(face, **SOURCE_CROP) for face in chosen]
+    check_crop_output(len(chosen), pasteback)
+    geometry = SOURCE_CROP if crop_scale is None else {**SOURCE_CROP, "scale": float(crop_scale)}
+    crops = [crop_face(face, **geometry) for face in chosen]
     masks = shared_paste_masks(crops, rgb.shape)
     out = []
     for face, crop, mask in zip(chosen, crops, masks):
@@ -80,6 +81,13 @@ def prepare_portrait(renderer: Renderer, backend: FaceBackend, image: str | os.P
         out.append(PortraitFace(face, crop, crop_rgb, src, mask))
     log.info("%s: %d face(s) found, animating %d", name, len(faces), len(out))
     return Portrait(rgb, out, name if not isinstance(image, np.ndarray) else "")
+
+
+def check_crop_output(n_faces: int, pasteback: bool) -> None:
+    """Without paste-back the output is one face's crop: refuse several faces."""
+    if not pasteback and n_faces > 1:
+        raise OptionError("pasteback", "{not_pasteback} outputs one face's 512x512 crop; pick one face with {face} N "
+                          "or {face} largest.")
 
 
 def is_image_path(path: str | os.PathLike) -> bool:

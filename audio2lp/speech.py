@@ -9,6 +9,7 @@ import numpy as np
 
 from audio2lp.driving import info_to_motion, motion_to_info
 from audio2lp.options import OptionError, literal
+from lp_renderer.editing import PortraitEdit, edited_info
 from lp_renderer.renderer import Renderer
 
 
@@ -94,9 +95,11 @@ class SpeechPlan:
     pose: np.ndarray | None = None
 
     def keypoints(self, renderer: Renderer, pf, idx: np.ndarray, expression_scale: float = 1.0,
-                  pose_scale: float = 1.0, face_index: int = 0):
+                  pose_scale: float = 1.0, face_index: int = 0, edit: PortraitEdit | None = None):
         """Driving keypoints (B, 21, 3) of the frames ``idx`` for one portrait face ``pf`` (the
-        ``face_index``-th of the portrait), stitched."""
+        ``face_index``-th of the portrait), stitched. ``edit``: constant slider offsets; the motion is applied
+        relative to the portrait edited by them (its expression + offsets, pose + angles, scale x mov_z; see
+        :func:`lp_renderer.editing.edited_info`), while stitching and retargeting see the real source."""
         import torch
 
         from lp_renderer.keypoints import relative_motion, transform_keypoints
@@ -104,6 +107,7 @@ class SpeechPlan:
         src = pf.source
         dev = renderer.device
         b = len(idx)
+        info = src.info if edit is None else edited_info(src.info, edit)
         if self.motion is not None:
             from audio2lp.models.motion import EXP, POSE, SCALE, T
 
@@ -113,9 +117,8 @@ class SpeechPlan:
             for sl in (POSE, T):
                 m[:, sl] = ref[sl] + pose_scale * (m[:, sl] - ref[sl])
             m[:, SCALE] = ref[SCALE] * (m[:, SCALE] / ref[SCALE]) ** pose_scale
-            x_d = relative_motion(src.info, motion_to_info(m, device=dev), motion_to_info(ref[None], device=dev))
+            x_d = relative_motion(info, motion_to_info(m, device=dev), motion_to_info(ref[None], device=dev))
             return renderer.stitch(src.x_s, x_d)
-        info = src.info
         pose = torch.as_tensor(self.pose[idx], dtype=torch.float32, device=dev)
         posed = info.replace(kp=info.kp.expand(b, -1, -1), exp=info.exp.expand(b, -1, -1),
                              pitch=info.pitch + pose[:, :1], yaw=info.yaw + pose[:, 1:2], roll=info.roll + pose[:, 2:3],
