@@ -208,16 +208,16 @@ class AppHandlers:
         except OSError:  # the Animator says what is wrong with the file
             stamp = None
         key = (os.path.abspath(path), stamp, face, crop_scale)
-        if key in self._prepared:
-            self._prepared.move_to_end(key)
-            return self._prepared[key]
-        with self._lock:
+        with self._lock:  # the upload's prepare and a slider's render may run at once
+            if key in self._prepared:
+                self._prepared.move_to_end(key)
+                return self._prepared[key]
             prepared = self.animator.portrait(path, face=face, crop_scale=crop_scale)
-        entry = (prepared, source_ratio_targets(prepared.faces[0].source))
-        self._prepared[key] = entry
-        while len(self._prepared) > PREPARED_PORTRAITS:
-            self._prepared.popitem(last=False)
-        return entry
+            entry = (prepared, source_ratio_targets(prepared.faces[0].source))
+            self._prepared[key] = entry
+            while len(self._prepared) > PREPARED_PORTRAITS:
+                self._prepared.popitem(last=False)
+            return entry
 
     # ------------------------------------------------------------------------------ helpers
     def _new_output(self, portrait: str, kind: str, suffix: str) -> Path:

@@ -28,20 +28,6 @@ def animator(tiny_weights):
 
 
 @pytest.fixture
-def rendered_keypoints(monkeypatch):
-    """Records the driving keypoints every render call gets: a list of (B, 21, 3) arrays."""
-    seen: list[np.ndarray] = []
-    original = Renderer.render
-
-    def spy(self, source, x_d, *args, **kwargs):
-        seen.append(x_d.detach().cpu().numpy().copy())
-        return original(self, source, x_d, *args, **kwargs)
-
-    monkeypatch.setattr(Renderer, "render", spy)
-    return seen
-
-
-@pytest.fixture
 def no_stitching_network(monkeypatch):
     """Stitching as the identity, so that keypoint differences are exactly what the sliders add."""
     monkeypatch.setattr(Renderer, "stitch", lambda self, x_s, x_d: x_d)
