@@ -225,7 +225,7 @@ def test_readme_edit_one_liner(tiny_weights, tmp_path, capsys):
     """The README's `audio2lp edit` command runs as written (with tiny weights added, and the output in tmp)."""
     lines = [ln for ln in (REPO / "README.md").read_text().splitlines() if "`audio2lp edit examples/" in ln]
     assert lines, "the README shows `audio2lp edit examples/...`"
-    cmd = shlex.split(lines[0].split("`audio2lp edit ", 1)[1].split("`", 1)[0])
+    cmd = shlex.split("examples/" + lines[0].split("`audio2lp edit examples/", 1)[1].split("`", 1)[0])
     i = cmd.index("-o")
     out = tmp_path / cmd[i + 1]
     cmd[i + 1] = str(out)
