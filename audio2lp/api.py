@@ -29,10 +29,11 @@ from audio2lp.media.queue import Prefetcher
 from audio2lp.media.writer import VideoWriter
 from audio2lp.models.motion import MotionTemplate, save_motion_template
 from audio2lp.options import OptionError, literal
-from audio2lp.portrait import IMAGE_SUFFIXES, Portrait, prepare_portrait
+from audio2lp.portrait import IMAGE_SUFFIXES, Portrait, check_crop_output, prepare_portrait
 from audio2lp.speech import SpeechModels, speech_plan
 from audio2lp.weights_store import resolve_insightface_dir, resolve_weights_dir, weights_hint
 from lp_renderer.animation import AnimationOptions, driving_keypoints
+from lp_renderer.editing import PortraitEdit
 from lp_renderer.errors import InputError
 from lp_renderer.faces import FaceBackend, get_face_backend
 from lp_renderer.renderer import DeviceUnavailable, Renderer, resolve_device
@@ -40,6 +41,8 @@ from lp_renderer.renderer import DeviceUnavailable, Renderer, resolve_device
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
+#: what ``edit`` writes (the formats OpenCV encodes)
+EDIT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -207,12 +210,16 @@ class Animator:
         return self._faces
 
     def portrait(self, image, face: str | int = "largest", pasteback: bool = True,
-                 max_portrait_size: int = 1280) -> Portrait:
+                 max_portrait_size: int = 1280, crop_scale: float | None = None) -> Portrait:
         """Load the portrait (longer side scaled down to ``max_portrait_size`` pixels, sides rounded down to even),
-        detect, crop and prepare its face(s) (done once per portrait)."""
+        detect, crop and prepare its face(s) (done once per portrait; :meth:`edit` takes the result, so that several
+        edits of one photo share it). ``crop_scale``: the crop's size relative to the face (default 2.3, as speak
+        and drive)."""
+        face = options.check_value("face", face)
         max_portrait_size = options.check_value("max_portrait_size", max_portrait_size)
+        crop_scale = None if crop_scale is None else options.check_value("crop_scale", crop_scale)
         return prepare_portrait(self.renderer, self.faces, image, face, pasteback=pasteback,
-                                max_size=max_portrait_size)
+                                max_size=max_portrait_size, crop_scale=crop_scale)
 
     # ------------------------------------------------------------------------------------ drive
     @_gpu_memory_guard
@@ -221,6 +228,10 @@ class Animator:
               stitching: bool = True, retarget_eyes: bool = False, retarget_lip: bool = False,
               pasteback: bool = True, concat: bool = False, save_template: str | os.PathLike | None = None,
               crf: int = 18, max_frames: int | None = None, max_portrait_size: int = 1280,
+              pitch: float = 0.0, yaw: float = 0.0, roll: float = 0.0, mov_x: float = 0.0, mov_y: float = 0.0,
+              mov_z: float = 1.0, pouting: float = 0.0, pursing: float = 0.0, grin: float = 0.0,
+              lip_open: float = 0.0, smile: float = 0.0, wink: float = 0.0, eyebrow: float = 0.0,
+              gaze_x: float = 0.0, gaze_y: float = 0.0,
               progress_callback: ProgressCallback | None = None) -> RenderResult:
         """Animate ``portrait`` with the motion of ``driving`` (a video, an image, or a motion template).
 
@@ -233,17 +244,19 @@ class Animator:
         ``max_portrait_size``: a larger portrait is scaled down to this longer side first (as the official
         pipeline; 0: no cap), so the pasted-back output has that size.
         ``progress_callback(done_frames, total_frames)`` is called after every rendered batch.
+        The editing sliders (``smile``, ``gaze_x``, ``pitch``, ... as :meth:`edit`, without the target ratios) are
+        constant offsets: the driving motion is applied relative to the portrait edited by them (see
+        :mod:`lp_renderer.animation`), so they add to the driven expression and pose in every frame.
         """
         from contextlib import ExitStack
 
+        edit = _sliders("drive", locals())
         v = options.check(dict(face=face, region=region, multiplier=multiplier, crf=crf, max_frames=max_frames,
                                max_portrait_size=max_portrait_size))
         face, region, multiplier, crf, max_frames = v["face"], v["region"], v["multiplier"], v["crf"], v["max_frames"]
         anim_options = AnimationOptions(region=region, stitching=stitching, retarget_eyes=retarget_eyes,
                                         retarget_lip=retarget_lip, multiplier=multiplier)
-        if not stitching and face == "all":
-            raise OptionError("face", "{face} all pastes every face back into the photo, which needs stitching; drop "
-                              "{not_stitching}, or pick one face with {face} N or {face} largest.")
+        _check_stitching(face, stitching)
         src = open_driving(driving)
         image_out = Path(output).suffix.lower() in IMAGE_SUFFIXES
         if image_out and src.kind != "image":
@@ -263,9 +276,7 @@ class Animator:
                 raise OptionError("retarget_eyes" if retarget_eyes else "retarget_lip",
                                   "this template has no eye/lip ratios, so {retarget_eyes}/{retarget_lip} cannot be "
                                   "used with it.")
-        if pasteback and not stitching:
-            log.warning("paste-back needs stitching (shoulders would not line up); writing the 512x512 crop")
-            pasteback = False
+        pasteback = _pasteback_needs_stitching(pasteback, stitching)
         renderer = self.renderer
         backend = self.faces if src.kind != "template" else None
         pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback,
@@ -294,7 +305,7 @@ class Animator:
             rendered = []
             for pf in pt.faces:
                 x_d = driving_keypoints(renderer, pf.source, info, state["reference"], anim_options,
-                                        driving_eye_ratio=eye[:, 0], driving_lip_ratio=lip)
+                                        driving_eye_ratio=eye[:, 0], driving_lip_ratio=lip, edit=edit)
                 rendered.append(renderer.render(pf.source, x_d, batch_size=len(batch)))
             outs = []
             for j, fr in enumerate(batch):
@@ -368,6 +379,10 @@ class Animator:
               blink: bool = True, blink_rate: float | None = None, pose_from: str | os.PathLike | None = None,
               pasteback: bool = True, whisper_checkpoint: str | os.PathLike | None = None,
               crf: int = 18, motion_noise: float = 0.0, max_portrait_size: int = 1280,
+              pitch: float = 0.0, yaw: float = 0.0, roll: float = 0.0, mov_x: float = 0.0, mov_y: float = 0.0,
+              mov_z: float = 1.0, pouting: float = 0.0, pursing: float = 0.0, grin: float = 0.0,
+              lip_open: float = 0.0, smile: float = 0.0, wink: float = 0.0, eyebrow: float = 0.0,
+              gaze_x: float = 0.0, gaze_y: float = 0.0,
               progress_callback: ProgressCallback | None = None) -> RenderResult:
         """Make ``portrait`` say ``audio``.
 
@@ -384,9 +399,13 @@ class Animator:
         The mp4 lasts as long as the audio (to the nearest frame) and carries the original audio as AAC.
         ``max_portrait_size``: as for :meth:`drive`.
         ``progress_callback(done_frames, total_frames)`` is called after every rendered batch.
+        The editing sliders (``smile``, ``gaze_x``, ``pitch``, ... as :meth:`edit`, without the target ratios) are
+        constant offsets: the generated motion is applied relative to the portrait edited by them (expression +
+        offsets, head pose + angles, scale x ``mov_z``), so a talking head can smile or look aside throughout.
         """
         from audio2lp.media.audio import load_audio
 
+        edit = _sliders("speak", locals())
         v = options.check(dict(face=face, fps=fps, expression_scale=expression_scale, pose_scale=pose_scale,
                                seed=seed, style=style, blink_rate=blink_rate, crf=crf, motion_noise=motion_noise,
                                max_portrait_size=max_portrait_size))
@@ -428,7 +447,7 @@ class Animator:
                 for start in range(0, n_frames, self.batch_size):
                     idx = np.arange(start, min(n_frames, start + self.batch_size))
                     rendered = [renderer.render(pf.source, plan.keypoints(renderer, pf, idx, expression_scale,
-                                                                          pose_scale, face_index=i),
+                                                                          pose_scale, face_index=i, edit=edit),
                                                 batch_size=len(idx))
                                 for i, pf in enumerate(pt.faces)]
                     for j in range(len(idx)):
@@ -441,6 +460,80 @@ class Animator:
             bar.close()
         log.info("wrote %s (%d frames at %g fps, %.2f s of audio)", out, n_frames, fps, duration)
         return RenderResult(out, n_frames, fps, True, extra={"duration": duration, "mode": plan.mode})
+
+    # ------------------------------------------------------------------------------------ edit
+    def edit(self, portrait, output: str | os.PathLike, *, face: str | int = "largest", crop_scale: float = 2.5,
+             stitching: bool = True, pasteback: bool = True, eye_ratio: float | None = None,
+             lip_ratio: float | None = None,
+             pitch: float = 0.0, yaw: float = 0.0, roll: float = 0.0, mov_x: float = 0.0, mov_y: float = 0.0,
+             mov_z: float = 1.0, pouting: float = 0.0, pursing: float = 0.0, grin: float = 0.0,
+             lip_open: float = 0.0, smile: float = 0.0, wink: float = 0.0, eyebrow: float = 0.0,
+             gaze_x: float = 0.0, gaze_y: float = 0.0,
+             progress_callback: ProgressCallback | None = None) -> RenderResult:
+        """Edit ``portrait``'s expression and head pose with the sliders of LivePortrait's image-retargeting tab
+        and write the image ``output`` (.png, .jpg, .webp, ...; written to a temporary file, then renamed).
+
+        The sliders have the official ranges (:data:`lp_renderer.editing.SLIDERS`; out of range:
+        :class:`~audio2lp.options.OptionError`): ``eye_ratio`` / ``lip_ratio`` target eyes-open / lip-open ratios
+        (0-0.8; None keeps the portrait's own; as in the tab, retargeting applies only when the value differs from
+        the portrait's ratio rounded to 2 decimals); ``pitch`` / ``yaw`` / ``roll`` degrees added to the head pose;
+        ``mov_x`` / ``mov_y`` movement and ``mov_z`` scale; ``pouting``, ``pursing``, ``grin``, ``lip_open``,
+        ``smile``, ``wink``, ``eyebrow``, ``gaze_x``, ``gaze_y``: the tab's per-keypoint expression offsets. The
+        keypoints are composed as the tab composes them (:func:`lp_renderer.editing.edited_keypoints`), stitched
+        (``stitching``), rendered, and the face is pasted back into the photo at its full resolution
+        (``pasteback=False``: the 512x512 crop). ``crop_scale``: 2.5, the tab's default (speak and drive use 2.3).
+        ``portrait`` may also be a :class:`~audio2lp.portrait.Portrait` from :meth:`portrait` (its faces and crop
+        were chosen when it was prepared; ``face`` and ``crop_scale`` are then not used): editing it again only
+        renders. The result's ``extra["source_ratios"]`` holds each face's own (eye, lip) ratios as the tab
+        rounds them.
+        """
+        from lp_renderer.editing import edited_keypoints, source_ratio_targets
+
+        edit = _sliders("edit", locals(), keep_neutral=True)
+        v = options.check(dict(face=face, crop_scale=crop_scale))
+        prepared = isinstance(portrait, Portrait)
+        _check_stitching("all" if prepared and len(portrait.faces) > 1 else v["face"], stitching)
+        out = check_output_path(output, EDIT_SUFFIXES)
+        pasteback = _pasteback_needs_stitching(pasteback, stitching)
+        renderer = self.renderer
+        pt = portrait if prepared else prepare_portrait(renderer, self.faces, portrait, v["face"], pasteback=pasteback,
+                                                        crop_scale=v["crop_scale"])
+        check_crop_output(len(pt.faces), pasteback)
+        bar = _Progress(self.progress, len(pt.faces), "render", progress_callback)
+        rendered = []
+        try:
+            for pf in pt.faces:
+                x_d = edited_keypoints(renderer, pf.source, edit, stitching=stitching)
+                rendered.append(renderer.render(pf.source, x_d, batch_size=1)[0])
+                bar.update(1)
+        finally:
+            bar.close()
+        img = pt.composite(rendered, pasteback=pasteback)
+        _write_image_atomic(out, img)
+        log.info("wrote %s (%dx%d)", out, img.shape[1], img.shape[0])
+        return RenderResult(out, 1, 0.0, False,
+                            extra={"source_ratios": [source_ratio_targets(pf.source) for pf in pt.faces]})
+
+
+def _sliders(command: str, values: dict, keep_neutral: bool = False) -> PortraitEdit | None:
+    """The editing sliders ``command`` takes, read from ``values`` (a method's ``locals()``) and checked against
+    the schema, as a :class:`~lp_renderer.editing.PortraitEdit` (None when all are neutral, unless
+    ``keep_neutral``)."""
+    edit = PortraitEdit(**options.check({k: values[k] for k in options.sliders_for(command)}))
+    return edit if keep_neutral or not edit.is_neutral else None
+
+
+def _check_stitching(face, stitching: bool) -> None:
+    if not stitching and face == "all":
+        raise OptionError("face", "{face} all pastes every face back into the photo, which needs stitching; drop "
+                          "{not_stitching}, or pick one face with {face} N or {face} largest.")
+
+
+def _pasteback_needs_stitching(pasteback: bool, stitching: bool) -> bool:
+    if pasteback and not stitching:
+        log.warning("paste-back needs stitching (shoulders would not line up); writing the 512x512 crop")
+        return False
+    return pasteback
 
 
 def _write_image_atomic(path: Path, rgb: np.ndarray) -> None:

@@ -29,10 +29,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lp_renderer.editing import SLIDERS
 from lp_renderer.errors import InputError
 
-__all__ = ["OPTIONS", "SPEAK_MODES", "Option", "OptionError", "check", "check_speak_mode", "check_value", "describe",
-           "literal", "options_for", "parse_face"]
+__all__ = ["OPTIONS", "SLIDER_NAMES", "SPEAK_MODES", "Option", "OptionError", "check", "check_speak_mode",
+           "check_value", "describe", "literal", "options_for", "parse_face", "sliders_for"]
 
 #: how each front door names an option: the Python API and the HTTP service use the Python name
 API, CLI, WEB = "api", "cli", "web"
@@ -52,9 +53,11 @@ class Option:
     ``flag``: the command-line flag (default ``--name-with-dashes``; booleans that default to True get
     ``--no-...``). ``metavar``: the command line's placeholder. ``label``: the web app's control; ``ui_range``: the
     range its slider shows (within the valid range), ``ui_step`` its step, ``ui_info`` its hint. ``service``: a
-    field of the HTTP service's speak / drive forms. ``speak_modes``: the speak paths (:data:`SPEAK_MODES`) it acts
-    on (None: all); elsewhere a value other than its default is refused (:func:`check_speak_mode`).
+    field of the HTTP service's speak / drive / edit forms. ``speak_modes``: the speak paths (:data:`SPEAK_MODES`)
+    it acts on (None: all); elsewhere a value other than its default is refused (:func:`check_speak_mode`).
     ``requires``: a boolean option that must be on for this one to act (e.g. ``blink_rate`` needs ``blink``).
+    ``refused_by``: commands whose command line accepts the flag only to refuse it with ``refusal`` (an
+    :class:`OptionError` template), for an option that cannot apply there although its siblings do.
     """
 
     name: str
@@ -77,6 +80,8 @@ class Option:
     service: bool = False
     speak_modes: tuple[str, ...] | None = None
     requires: str | None = None
+    refused_by: tuple[str, ...] = ()
+    refusal: str = ""
 
     @property
     def cli_flag(self) -> str:
@@ -106,6 +111,21 @@ _SPEAK, _DRIVE = ("speak",), ("drive",)
 _MOTION_MODEL, _LIPSYNC = ("motion-model",), ("lipsync",)
 _RENDER = ("speak", "drive", "serve", "app")  # commands that build an Animator
 _LOGGING = ("speak", "drive", "serve", "app", "doctor", "weights")
+_RENDER = ("speak", "drive", "edit", "serve", "app")  # commands that build an Animator
+_LOGGING = ("speak", "drive", "edit", "serve", "app", "doctor", "weights")
+_SLIDE = ("edit", "speak", "drive")  # the portrait-editing sliders: edit, and constant offsets on speak / drive
+_ANIMATED = "{%s} edits a still portrait (audio2lp edit); speak and drive move the eyes and lips themselves"
+
+
+def _slider(name: str, help: str, label: str, step: float, commands: tuple[str, ...] = _SLIDE, **kw) -> Option:
+    """A slider of the official image-retargeting tab: range and neutral value from
+    :data:`lp_renderer.editing.SLIDERS` (the official ones)."""
+    s = SLIDERS[name]
+    text = kw.pop("default_text", None)
+    help = f"{help}, {s.minimum:g} to {s.maximum:g} " + (f"(default: {text})" if text else f"(default {s.neutral:g})")
+    return Option(name, "float", s.neutral, help, commands, minimum=s.minimum, maximum=s.maximum,
+                  nullable=s.neutral is None, label=label, ui_step=step, service=True, **kw)
+
 
 OPTIONS: dict[str, Option] = {o.name: o for o in [
     # ---------------------------------------------------------------------------------- speak
@@ -113,7 +133,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            "train`) instead of the built-in lip-sync model", ("speak", "serve", "app"), metavar="CKPT",
            label="the motion model"),
     Option("face", "face", "largest", "which face of the portrait to animate: largest (default), a number "
-           "(0 = largest), or all (each face, stitched in place)", ("speak", "drive"), metavar="FACE",
+           "(0 = largest), or all (each face, stitched in place)", ("speak", "drive", "edit"), metavar="FACE",
            label="Face", ui_info="largest, all, or a face number (0 = largest)", service=True),
     Option("fps", "float", 25.0, "output frame rate", _SPEAK, minimum=1, maximum=120, label="Frames per second",
            ui_step=1, service=True),
@@ -154,7 +174,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            "the portrait's own pose and expression plus the lip (and eye) deltas", _DRIVE, label="Lip retargeting",
            ui_info="mouth opening follows the driving face", service=True),
     Option("stitching", "bool", True, "skip the stitching network (implies --no-pasteback: one face's 512x512 "
-           "crop)", _DRIVE, label="Stitching", ui_info="off implies no paste back", service=True),
+           "crop)", ("drive", "edit"), label="Stitching", ui_info="off implies no paste back", service=True),
     Option("concat", "bool", False, "put the driving face crop beside the result", _DRIVE,
            label="Show the driving face", ui_info="the driving crop beside the result", service=True),
     Option("save_template", "path", None, "also save the driving motion as a template, to drive other portraits "
@@ -167,11 +187,36 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            "is this many pixels, and both sides are rounded down to even, as in LivePortrait; the pasted-back video "
            "has that size (default 1280; 0: no cap)", ("speak", "drive"), minimum=0, metavar="PIXELS",
            label="Largest portrait side"),
-    Option("pasteback", "bool", True, "write the 512x512 face crop instead of the full photo", ("speak", "drive"),
+    Option("pasteback", "bool", True, "write the 512x512 face crop instead of the full photo", _SLIDE,
            label="Paste back", ui_info="off: the 512x512 face crop", service=True),
     Option("crf", "int", 18, "H.264 quality from 0 (best) to 51 (worst); 18 is visually lossless",
            ("speak", "drive"), minimum=0, maximum=51, hint="18 (the default) is visually lossless",
            label="Video quality (CRF)", service=True),
+    # ---------------------------------------------------------------------------------- edit (+ speak, drive)
+    Option("crop_scale", "float", 2.5, "size of the face crop relative to the face (default 2.5, as the official "
+           "editing tab; speak and drive use 2.3)", ("edit",), minimum=1.8, maximum=3.2, metavar="SCALE",
+           label="Crop scale", ui_step=0.05, service=True),
+    _slider("eye_ratio", "target eyes-open ratio (eye retargeting)", "Target eyes-open ratio", 0.01, ("edit",),
+            default_text="the portrait's own", metavar="RATIO", refused_by=("speak", "drive"),
+            refusal=_ANIMATED % "eye_ratio" + " (use {wink} or {gaze_y} there)."),
+    _slider("lip_ratio", "target lip-open ratio (lip retargeting)", "Target lip-open ratio", 0.01, ("edit",),
+            default_text="the portrait's own", metavar="RATIO", refused_by=("speak", "drive"),
+            refusal=_ANIMATED % "lip_ratio" + " (use {lip_open} there)."),
+    _slider("pitch", "degrees added to the head's pitch", "Relative pitch", 1, metavar="DEG"),
+    _slider("yaw", "degrees added to the head's yaw", "Relative yaw", 1, metavar="DEG"),
+    _slider("roll", "degrees added to the head's roll", "Relative roll", 1, metavar="DEG"),
+    _slider("mov_x", "horizontal movement", "X-axis movement", 0.01, metavar="V"),
+    _slider("mov_y", "vertical movement", "Y-axis movement", 0.01, metavar="V"),
+    _slider("mov_z", "z-axis movement: scale of the face", "Z-axis movement", 0.01, metavar="V"),
+    _slider("pouting", "pouting", "Pouting", 0.01, metavar="V"),
+    _slider("pursing", "pursing", "Pursing", 0.01, metavar="V"),
+    _slider("grin", "grin", "Grin", 0.01, metavar="V"),
+    _slider("lip_open", "lips close (< 0) or open (> 0)", "Lip close <-> open", 1, metavar="V"),
+    _slider("smile", "smile", "Smile", 0.01, metavar="V"),
+    _slider("wink", "wink", "Wink", 0.01, metavar="V"),
+    _slider("eyebrow", "eyebrows", "Eyebrow", 0.01, metavar="V"),
+    _slider("gaze_x", "eye gaze, horizontal", "Eye gaze (horizontal)", 0.01, metavar="V"),
+    _slider("gaze_y", "eye gaze, vertical", "Eye gaze (vertical)", 0.01, metavar="V"),
     # ---------------------------------------------------------------------------------- runtime
     Option("weights", "path", None, "LivePortrait weights folder (official pretrained_weights layout); default "
            "$AUDIO2LP_WEIGHTS or the cache folder (see `audio2lp weights`)", _RENDER + ("doctor", "weights"),
@@ -231,6 +276,16 @@ _POSITIVE = {"max_upload_mb", "max_duration", "ttl", "job_timeout"}
 def options_for(command: str) -> list[Option]:
     """The options of ``command``, in the schema's order."""
     return [o for o in OPTIONS.values() if command in o.commands]
+
+
+#: the names of the portrait-editing sliders (:data:`lp_renderer.editing.SLIDERS`), in the official tab's order
+SLIDER_NAMES = tuple(SLIDERS)
+
+
+def sliders_for(command: str) -> list[str]:
+    """The names of the editing sliders ``command`` takes (``edit``: all; ``speak`` / ``drive``: all but the target
+    ratios)."""
+    return [o.name for o in options_for(command) if o.name in SLIDERS]
 
 
 # ------------------------------------------------------------------------------------------ errors

@@ -59,11 +59,13 @@ MAX_SIZE = 1280
 
 
 def prepare_portrait(renderer: Renderer, backend: FaceBackend, image: str | os.PathLike | np.ndarray,
-                     which: str | int = "largest", pasteback: bool = True, max_size: int = MAX_SIZE) -> Portrait:
+                     which: str | int = "largest", pasteback: bool = True, max_size: int = MAX_SIZE,
+                     crop_scale: float | None = None) -> Portrait:
     """Load ``image``, cap its size as the official pipeline does (longer side scaled down to ``max_size`` pixels,
     bilinear, then both sides rounded down to a multiple of 2; ``max_size`` 0: no scaling), detect faces, pick them
-    (``"largest"``, an index, or ``"all"``), crop each with LivePortrait's source geometry and prepare it (F, M, x_s,
-    W's per-source work; eye/lip ratios). The pasted-back frames have the capped size."""
+    (``"largest"``, an index, or ``"all"``), crop each with LivePortrait's source geometry (``crop_scale``: the
+    crop's size relative to the face, default :data:`~lp_renderer.crop.SOURCE_CROP`'s 2.3) and prepare it (F, M,
+    x_s, W's per-source work; eye/lip ratios). The pasted-back frames have the capped size."""
     name = str(image) if not isinstance(image, np.ndarray) else "the portrait"
     loaded = load_image(image)
     rgb = resize_to_limit(loaded, max_size, 2)
@@ -78,10 +80,9 @@ def prepare_portrait(renderer: Renderer, backend: FaceBackend, image: str | os.P
         chosen = select_faces(faces, which, source=name)
     except FaceNumberError as e:
         raise OptionError("face", e.describe("{face}").replace(e.source, literal(e.source))) from None
-    if not pasteback and len(chosen) > 1:
-        raise OptionError("pasteback", "{not_pasteback} outputs one face's 512x512 crop; pick one face with {face} N "
-                          "or {face} largest.")
-    crops = [crop_face(face, **SOURCE_CROP) for face in chosen]
+    check_crop_output(len(chosen), pasteback)
+    geometry = SOURCE_CROP if crop_scale is None else {**SOURCE_CROP, "scale": float(crop_scale)}
+    crops = [crop_face(face, **geometry) for face in chosen]
     masks = shared_paste_masks(crops, rgb.shape)
     out = []
     for face, crop, mask in zip(chosen, crops, masks):
@@ -90,6 +91,13 @@ def prepare_portrait(renderer: Renderer, backend: FaceBackend, image: str | os.P
         out.append(PortraitFace(face, crop, crop_rgb, src, mask))
     log.info("%s: %d face(s) found, animating %d", name, len(faces), len(out))
     return Portrait(rgb, out, name if not isinstance(image, np.ndarray) else "")
+
+
+def check_crop_output(n_faces: int, pasteback: bool) -> None:
+    """Without paste-back the output is one face's crop: refuse several faces."""
+    if not pasteback and n_faces > 1:
+        raise OptionError("pasteback", "{not_pasteback} outputs one face's 512x512 crop; pick one face with {face} N "
+                          "or {face} largest.")
 
 
 def is_image_path(path: str | os.PathLike) -> bool:

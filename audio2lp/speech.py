@@ -11,6 +11,7 @@ import numpy as np
 
 from audio2lp.driving import motion_to_info
 from audio2lp.options import OptionError, literal
+from lp_renderer.editing import PortraitEdit, edited_info
 from lp_renderer.renderer import Renderer
 
 #: a portrait whose lip-open ratio is at least this has its mouth closed before the motion model's lip motion is
@@ -136,9 +137,11 @@ class SpeechPlan:
     pose: np.ndarray | None = None
 
     def keypoints(self, renderer: Renderer, pf, idx: np.ndarray, expression_scale: float = 1.0,
-                  pose_scale: float = 1.0, face_index: int = 0):
+                  pose_scale: float = 1.0, face_index: int = 0, edit: PortraitEdit | None = None):
         """Driving keypoints (B, 21, 3) of the frames ``idx`` for one portrait face ``pf`` (the
-        ``face_index``-th of the portrait), stitched.
+        ``face_index``-th of the portrait), stitched. ``edit``: constant slider offsets; the motion is applied
+        relative to the portrait edited by them (its expression + offsets, pose + angles, scale x mov_z; see
+        :func:`lp_renderer.editing.edited_info`), while stitching and retargeting see the real source.
 
         Motion-model plans: the motion relative to ``reference`` (deviations scaled by ``expression_scale`` and
         ``pose_scale``) applied around the portrait's own pose and expression, plus the blinks. Lip retargeting
@@ -152,6 +155,7 @@ class SpeechPlan:
         src = pf.source
         dev = renderer.device
         b = len(idx)
+        info = src.info if edit is None else edited_info(src.info, edit)
         if self.motion is not None:
             from audio2lp.models.motion import EXP, POSE, SCALE, T
 
@@ -161,12 +165,11 @@ class SpeechPlan:
             for sl in (POSE, T):
                 m[:, sl] = ref[sl] + pose_scale * (m[:, sl] - ref[sl])
             m[:, SCALE] = ref[SCALE] * (m[:, SCALE] / ref[SCALE]) ** pose_scale
-            x_d = relative_motion(src.info, motion_to_info(m, device=dev), motion_to_info(ref[None], device=dev))
+            x_d = relative_motion(info, motion_to_info(m, device=dev), motion_to_info(ref[None], device=dev))
             x_d = renderer.stitch(src.x_s, x_d + self._blinks(renderer, src, idx))
             if src.lip_ratio is not None and src.lip_ratio >= LIP_NORMALIZE_THRESHOLD:
                 x_d = x_d + renderer.retarget_lip(src.x_s, np.array([[src.lip_ratio, 0.0]], np.float32))
             return x_d
-        info = src.info
         pose = torch.as_tensor(self.pose[idx], dtype=torch.float32, device=dev)
         posed = info.replace(kp=info.kp.expand(b, -1, -1), exp=info.exp.expand(b, -1, -1),
                              pitch=info.pitch + pose[:, :1], yaw=info.yaw + pose[:, 1:2], roll=info.roll + pose[:, 2:3],

@@ -10,6 +10,12 @@ For each driving frame i (relative mode, image source)::
 
 With eye or lip retargeting on, the official relative mode discards the driving pose and
 expression (x_d starts again from x_s); we keep that behaviour.
+
+An optional :class:`~lp_renderer.editing.PortraitEdit` (the image-retargeting tab's sliders, without the target
+ratios) edits the source's motion first (:func:`~lp_renderer.editing.edited_info`): the driving motion is then
+applied relative to the edited portrait, which also takes the place of x_s as the centre of the
+expression-friendly and driving multipliers and as the start of retargeting; stitching and the retargeting deltas
+still see the real x_s. The offsets are thus constant on top of the driven expression and pose.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .editing import PortraitEdit, edited_info
 from .errors import InputError
 from .keypoints import (
     REGIONS,
@@ -27,6 +34,7 @@ from .keypoints import (
     expression_friendly,
     motion_multiplier,
     relative_motion,
+    transform_keypoints,
 )
 from .renderer import PreparedSource, Renderer
 
@@ -60,7 +68,8 @@ class AnimationOptions:
 def driving_keypoints(renderer: Renderer, source: PreparedSource, driving: KeypointInfo,
                       reference: KeypointInfo | None, options: AnimationOptions = AnimationOptions(),
                       driving_eye_ratio: np.ndarray | None = None,
-                      driving_lip_ratio: np.ndarray | None = None) -> torch.Tensor:
+                      driving_lip_ratio: np.ndarray | None = None,
+                      edit: PortraitEdit | None = None) -> torch.Tensor:
     """Driving keypoints x_d (B, 21, 3) for a batch of driving frames.
 
     driving: motion of B driving frames; reference: the first driving frame (batch 1), or None for a
@@ -68,18 +77,26 @@ def driving_keypoints(renderer: Renderer, source: PreparedSource, driving: Keypo
     ``lip_array.pkl``, when the weights folder has it; see :func:`relative_motion`).
     driving_eye_ratio (B,) / driving_lip_ratio (B,): landmark ratios of the driving frames, required when
     the matching retargeting option is on (and the source's own ratios must be set on ``source``).
+    edit: constant slider offsets (module docstring; its target ratios must be None).
     """
     device = source.x_s.device
     driving = driving.to(device)
     x_s = source.x_s
-    x_d = relative_motion(source.info, driving, reference.to(device) if reference is not None else None,
+    base, x_base = source.info, x_s
+    if edit is not None and not edit.is_neutral:
+        if edit.eye_ratio is not None or edit.lip_ratio is not None:
+            raise InputError("target eye / lip ratios edit a still portrait; an animation drives eyes and lips "
+                             "itself (use eye / lip retargeting instead).")
+        base = edited_info(source.info, edit)
+        x_base = transform_keypoints(base)
+    x_d = relative_motion(base, driving, reference.to(device) if reference is not None else None,
                           options.region, neutral_exp=renderer.neutral_exp)
     if options.expression_friendly and reference is not None:
-        x_d0 = relative_motion(source.info, reference.to(device), reference.to(device), options.region)
-        x_d = expression_friendly(x_d, x_d0, x_s, motion_multiplier(x_s, x_d0))
+        x_d0 = relative_motion(base, reference.to(device), reference.to(device), options.region)
+        x_d = expression_friendly(x_d, x_d0, x_base, motion_multiplier(x_base, x_d0))
     if options.retarget_eyes or options.retarget_lip:
         b = x_d.shape[0]
-        x_d = x_s.expand(b, *x_s.shape[1:]).clone()
+        x_d = x_base.expand(b, *x_base.shape[1:]).clone()
         if options.retarget_eyes:
             if source.eye_ratios is None or driving_eye_ratio is None:
                 raise InputError("eye retargeting needs eye-open ratios of the source and driving faces "
@@ -96,4 +113,4 @@ def driving_keypoints(renderer: Renderer, source: PreparedSource, driving: Keypo
             x_d = x_d + renderer.retarget_lip(x_s, ratios.astype(np.float32))
     if options.stitching:
         x_d = renderer.stitch(x_s, x_d)
-    return driving_multiplier(x_s, x_d, options.multiplier)
+    return driving_multiplier(x_base, x_d, options.multiplier)

@@ -12,7 +12,19 @@ import argparse
 import sys
 
 from audio2lp.apps import doctor, server, webapp, weights_cmd
-from audio2lp.apps.frontdoor import EXIT_USAGE, add_arguments, animator, prepare_process, run, setup_logging
+from audio2lp.apps.frontdoor import (
+    EXIT_USAGE,
+    add_arguments,
+    animator,
+    prepare_process,
+    refuse_options,
+    run,
+    setup_logging,
+    sliders,
+)
+
+SLIDERS_EPILOG = ("The portrait-editing sliders (--smile, --gaze-x, --pitch, ... as `audio2lp edit`, without the "
+                  "target eye/lip ratios) are constant offsets added in every frame, relative to the portrait.")
 
 
 # ------------------------------------------------------------------------------------------ drive
@@ -23,7 +35,7 @@ def add_drive_parser(sub) -> None:
                     "ffmpeg reads, a single image, or a motion template .npz/.pkl). The first driving frame is "
                     "the reference: motion is applied relative to it, as in LivePortrait. The result is an "
                     "H.264 mp4 at the driving fps with the driving video's audio, pasted back into the portrait. "
-                    "The driving video always uses its largest face.")
+                    "The driving video always uses its largest face.", epilog=SLIDERS_EPILOG)
     p.add_argument("portrait", help="the source photo (any size; jpg/png/webp/...)")
     p.add_argument("driving", help="driving video, image, or motion template (.npz from --save-template, or "
                                    "LivePortrait's .pkl)")
@@ -33,12 +45,13 @@ def add_drive_parser(sub) -> None:
 
 
 def run_drive(args) -> int:
+    refuse_options(args, "drive")
     res = animator(args).drive(args.portrait, args.driving, args.output, face=args.face, region=args.region,
                                multiplier=args.multiplier, stitching=args.stitching,
                                retarget_eyes=args.retarget_eyes, retarget_lip=args.retarget_lip,
                                pasteback=args.pasteback, concat=args.concat, save_template=args.save_template,
                                crf=args.crf, max_frames=args.max_frames,
-                               max_portrait_size=args.max_portrait_size)
+                               max_portrait_size=args.max_portrait_size, **sliders(args, "drive"))
     print(f"wrote {res.output} ({res.n_frames} frames, {res.fps:.3g} fps{', with audio' if res.has_audio else ''})")
     if res.template:
         print(f"wrote motion template {res.template}")
@@ -52,7 +65,8 @@ def add_speak_parser(sub) -> None:
         description="Make PORTRAIT say AUDIO. By default the built-in lip-sync model (trained on real talking "
                     "videos) opens and closes the mouth through LivePortrait's lip retargeting, with natural "
                     "blinks and subtle head motion; --motion-model uses a full audio-to-motion checkpoint from "
-                    "`audio2lp-train train` instead. The mp4 lasts as long as the audio and carries it as AAC.")
+                    "`audio2lp-train train` instead. The mp4 lasts as long as the audio and carries it as AAC.",
+        epilog=SLIDERS_EPILOG)
     p.add_argument("portrait", help="the source photo (any size; jpg/png/webp/...)")
     p.add_argument("audio", help="speech: wav, flac, ogg, mp3, m4a/aac, or the audio track of a video")
     p.add_argument("-o", "--output", required=True, help="output .mp4")
@@ -61,19 +75,43 @@ def add_speak_parser(sub) -> None:
 
 
 def run_speak(args) -> int:
+    refuse_options(args, "speak")
     res = animator(args).speak(args.portrait, args.audio, args.output, motion_model=args.motion_model,
                                face=args.face, fps=args.fps, expression_scale=args.expression_scale,
                                pose_scale=args.pose_scale, seed=args.seed, style=args.style, blink=args.blink,
                                blink_rate=args.blink_rate, pose_from=args.pose_from, pasteback=args.pasteback,
                                whisper_checkpoint=args.whisper_checkpoint, crf=args.crf,
-                               motion_noise=args.motion_noise, max_portrait_size=args.max_portrait_size)
+                               motion_noise=args.motion_noise, max_portrait_size=args.max_portrait_size,
+                               **sliders(args, "speak"))
     print(f"wrote {res.output} ({res.n_frames} frames, {res.fps:.3g} fps, {res.extra['duration']:.2f} s, with audio)")
     return 0
 
 
+# ------------------------------------------------------------------------------------------ edit
+def add_edit_parser(sub) -> None:
+    p = sub.add_parser(
+        "edit", help="edit a portrait's expression and head pose (smile, gaze, wink, pose, ...) into an image",
+        description="Edit PORTRAIT with the sliders of LivePortrait's image-retargeting tab (official ranges and "
+                    "per-keypoint offsets): target eye and lip ratios, relative pitch/yaw/roll, movement, pouting, "
+                    "pursing, grin, lip close/open, smile, wink, eyebrow and eye gaze. The edited face is stitched "
+                    "and pasted back into the photo at its full resolution. Example: audio2lp edit me.jpg -o "
+                    "smile.png --smile 0.6 --gaze-x 10")
+    p.add_argument("portrait", help="the photo (any size; jpg/png/webp/...)")
+    p.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, .webp, ...)")
+    add_arguments(p, "edit")
+    p.set_defaults(run=run_edit)
+
+
+def run_edit(args) -> int:
+    res = animator(args).edit(args.portrait, args.output, face=args.face, crop_scale=args.crop_scale,
+                              stitching=args.stitching, pasteback=args.pasteback, **sliders(args, "edit"))
+    print(f"wrote {res.output}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
-PARSERS = [add_speak_parser, add_drive_parser, weights_cmd.add_weights_parser, doctor.add_doctor_parser,
-           webapp.add_app_parser, server.add_serve_parser]
+PARSERS = [add_speak_parser, add_drive_parser, add_edit_parser, weights_cmd.add_weights_parser,
+           doctor.add_doctor_parser, webapp.add_app_parser, server.add_serve_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -113,6 +113,22 @@ def add_arguments(parser, command: str, *, skip: tuple[str, ...] = (), group_tit
             if o.choices is not None:
                 kw.update(choices=list(o.choices), metavar=None)
         target.add_argument(*flags, **kw)
+    for o in options.OPTIONS.values():
+        if command in o.refused_by and o.name not in skip:  # accepted by the parser, refused by refuse_options
+            parser.add_argument(o.cli_flag, dest=o.name, default=None, type=str, help=argparse.SUPPRESS)
+
+
+def sliders(args, command: str) -> dict[str, Any]:
+    """The editing sliders of ``command`` from parsed ``args`` (keywords of the Animator's method)."""
+    return {name: getattr(args, name) for name in options.sliders_for(command)}
+
+
+def refuse_options(args, command: str) -> None:
+    """Raise the :class:`OptionError` of the first option ``command`` refuses (``Option.refused_by``) that ``args``
+    sets."""
+    for o in options.OPTIONS.values():
+        if command in o.refused_by and getattr(args, o.name, None) is not None:
+            raise OptionError(o.name, o.refusal)
 
 
 def _cli_help(o: Option, default: Any) -> str:

@@ -2,6 +2,7 @@
 
     POST /speak            portrait + audio (multipart) and options  -> 202 {"id": ..., "status_url": ...}
     POST /drive            portrait + driving (video, image or template) and options -> 202
+    POST /edit             portrait (multipart) and editing sliders -> 200, the edited PNG (waits for it)
     GET  /jobs/{id}        state (queued, running, done, failed), frames done / total, error
     GET  /jobs/{id}/video  the result (when done)
     DELETE /jobs/{id}      forget a finished or queued job and its files; cancel a running one (202)
@@ -38,6 +39,7 @@ from audio2lp import options
 from audio2lp.apps.frontdoor import add_arguments
 from audio2lp.apps.frontdoor import animator as animator_from_args
 from audio2lp.apps.serve_limits import JobControl, JobStopped, Uploads, set_thread_count, threads_per_worker
+from audio2lp.apps.server_edit import edited_image
 from audio2lp.options import API, OptionError
 from lp_renderer.errors import InputError
 
@@ -73,7 +75,7 @@ class ServeConfig:
 @dataclass
 class Job:
     id: str
-    kind: str  # 'speak' | 'drive'
+    kind: str  # 'speak' | 'drive' | 'edit'
     folder: Path
     inputs: dict[str, Path]
     options: dict[str, Any]
@@ -86,10 +88,11 @@ class Job:
     finished: float | None = None
     result: dict[str, Any] = field(default_factory=dict)
     control: JobControl = field(default_factory=JobControl)
+    done: threading.Event = field(default_factory=threading.Event, repr=False)  # set when it has finished
 
     @property
     def output(self) -> Path:
-        return self.folder / "output.mp4"
+        return self.folder / ("output.png" if self.kind == "edit" else "output.mp4")
 
     def to_json(self, ttl: float) -> dict[str, Any]:
         d = {"id": self.id, "kind": self.kind, "state": self.state, "frames_done": self.frames_done,
@@ -141,6 +144,10 @@ class JobManager:
         t = threading.Thread(target=self._janitor_loop, name="audio2lp-janitor", daemon=True)
         t.start()
         self._threads.append(t)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     def close(self) -> None:
         """Stop taking jobs; remove the temporary jobs folder (or, in a given one, the unfinished jobs)."""
@@ -237,8 +244,11 @@ class JobManager:
         try:
             with job.control.bounded():
                 job.control.check()
-                second = job.inputs["audio" if job.kind == "speak" else "driving"]
-                res = fn(job.inputs["portrait"], second, job.output, **kwargs)
+                if job.kind == "edit":
+                    res = fn(job.inputs["portrait"], job.output, **kwargs)
+                else:
+                    second = job.inputs["audio" if job.kind == "speak" else "driving"]
+                    res = fn(job.inputs["portrait"], second, job.output, **kwargs)
         except JobStopped as e:
             if e.cancelled:
                 self._forget(job)
@@ -251,7 +261,8 @@ class JobManager:
             log.info("job %s failed: %s", job.id, e)
         except Exception as e:  # noqa: BLE001 - a bug must not kill the worker; it is logged with its traceback
             log.exception("job %s failed with an internal error", job.id)
-            self._finish(job, "failed", error=f"internal error ({type(e).__name__}: {e}); see the server log.")
+            self._finish(job, "failed", error=f"internal error ({type(e).__name__}: {e}); see the server log.",
+                         result={"internal_error": True})
         else:
             result = {"n_frames": res.n_frames, "fps": res.fps, "has_audio": res.has_audio}
             if "duration" in getattr(res, "extra", {}):
@@ -284,6 +295,7 @@ class JobManager:
                     job.frames_done = job.frames_total = frames
         if cancelled:
             self._forget(job)
+        job.done.set()
 
 
 # ------------------------------------------------------------------------------------------ uploads
@@ -379,7 +391,8 @@ def _body_limit(limit: int, too_large: str, fastapi, responses):
 _UPLOADS = {"speak": (("portrait", "the photo (jpg/png/webp)", ".png"),
                       ("audio", "speech: wav, flac, ogg, mp3, m4a, ...", ".wav")),
             "drive": (("portrait", "the photo (jpg/png/webp)", ".png"),
-                      ("driving", "driving video, image, or motion template (.npz/.pkl)", ".mp4"))}
+                      ("driving", "driving video, image, or motion template (.npz/.pkl)", ".mp4")),
+            "edit": (("portrait", "the photo (jpg/png/webp)", ".png"),)}
 
 
 def form_signature(kind: str, fastapi):
@@ -415,6 +428,8 @@ def _add_job_routes(app, jobs: JobManager, config: ServeConfig, uploads: Uploads
         except QueueFull:
             raise fastapi.HTTPException(429, f"the queue is full ({config.queue_size} jobs waiting); try again "
                                               f"later.", headers={"Retry-After": "30"}) from None
+        if kind == "edit":  # a still: wait for it and answer with the image
+            return edited_image(jobs, job, fastapi, responses)
         return responses.JSONResponse(accepted, status_code=202, headers={"Location": f"/jobs/{job.id}"})
 
     def checked(kind: str, fields: dict) -> dict:
@@ -438,8 +453,10 @@ def _add_job_routes(app, jobs: JobManager, config: ServeConfig, uploads: Uploads
                     seconds = uploads.check_audio(inputs["audio"])
                     total = max(1, int(round(seconds * values["fps"])))
                     values["motion_model"] = config.motion_model
-                else:
+                elif kind == "drive":
                     total, values["max_frames"] = uploads.check_driving(inputs["driving"], values["max_frames"])
+                else:
+                    total = 1
                 return start(kind, folder, job_id, inputs, values, total)
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -452,6 +469,9 @@ def _add_job_routes(app, jobs: JobManager, config: ServeConfig, uploads: Uploads
     app.post("/speak", status_code=202, summary="Make the portrait say the audio (starts a job)")(endpoint("speak"))
     app.post("/drive", status_code=202,
              summary="Animate the portrait with a driving video (starts a job)")(endpoint("drive"))
+    app.post("/edit", summary="Edit the portrait's expression and head pose; answers with the PNG",
+             response_class=responses.Response,
+             responses={200: {"content": {"image/png": {}}, "description": "the edited portrait"}})(endpoint("edit"))
 
 
 def _add_status_routes(app, animator, jobs: JobManager, config: ServeConfig, fastapi, responses):
@@ -510,10 +530,11 @@ def importlib_missing(module: str) -> bool:
 # ------------------------------------------------------------------------------------------ CLI
 def add_serve_parser(sub) -> None:
     p = sub.add_parser(
-        "serve", help="run the HTTP service (POST /speak, POST /drive, GET /jobs/ID)",
+        "serve", help="run the HTTP service (POST /speak, POST /drive, POST /edit, GET /jobs/ID)",
         description="Serve audio2lp over HTTP with one shared renderer. POST /speak (multipart: portrait, audio) "
                     "and POST /drive (portrait, driving) start jobs and answer 202 with the job id; GET /jobs/ID "
-                    "reports the state and progress, GET /jobs/ID/video returns the mp4. Jobs run in a bounded "
+                    "reports the state and progress, GET /jobs/ID/video returns the mp4; POST /edit (portrait and "
+                    "editing sliders) answers with the edited PNG. Jobs run in a bounded "
                     "worker pool behind a queue limit (429 when full); uploads are size-limited (413) and checked "
                     "before queueing (400); results are removed --ttl seconds after they finish. Interactive API "
                     "docs at /docs. Needs the serve extra: pip install \"audio2lp[serve]\".")

@@ -1,4 +1,4 @@
-"""The web app: ``audio2lp app`` serves a local Gradio page with a "Speak" and a "Drive" tab.
+"""The web app: ``audio2lp app`` serves a local Gradio page with a "Speak", a "Drive" and an "Edit" tab.
 
 It runs on the same :class:`~audio2lp.api.Animator` as the command line. The page needs no internet
 (no analytics, no share tunnel, no web fonts). Gradio is an optional dependency (``pip install
@@ -7,6 +7,10 @@ It runs on the same :class:`~audio2lp.api.Animator` as the command line. The pag
     from audio2lp import Animator
     from audio2lp.apps.webapp import build_app, launch_app
     launch_app(build_app(Animator("pretrained_weights")), port=7860)
+
+The Edit tab has the sliders of LivePortrait's image-retargeting tab (from :mod:`audio2lp.options`, like every
+control); the portrait is prepared once per upload (cached), and releasing a slider only re-renders. Speak and Drive
+offer the same sliders (without the target ratios) as constant offsets.
 
 The handlers (:class:`AppHandlers`) are plain functions of file paths and settings, so they can be
 tested without a browser; user-fixable problems come out of them as ``gradio.Error`` with the
@@ -28,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,9 @@ log = logging.getLogger(__name__)
 BUILTIN_MOTION = "Built-in lip-sync"
 FACE_CHOICES = ["largest", "all", "0", "1", "2", "3"]
 TEMPLATE_TYPES = [".npz", ".pkl"]
+PREPARED_PORTRAITS = 4  # prepared portraits the Edit tab keeps (per upload, face and crop scale)
+EDIT_ROWS = (("eye_ratio", "lip_ratio", "pitch", "yaw", "roll", "mov_x", "mov_y", "mov_z"),
+             ("pouting", "pursing", "grin", "lip_open", "smile"), ("wink", "eyebrow", "gaze_x", "gaze_y"))
 
 
 def _require_gradio():
@@ -83,6 +91,7 @@ class AppHandlers:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.motion_model = Path(motion_model) if motion_model is not None else None
         self._lock = threading.Lock()
+        self._prepared: OrderedDict[tuple, tuple[Any, tuple[float | None, float | None]]] = OrderedDict()
 
     # ------------------------------------------------------------------------------ choices
     @property
@@ -97,8 +106,9 @@ class AppHandlers:
     def speak(self, portrait, audio, motion: str | None = None, face: Any = "largest", fps: float = 25.0,
               expression_scale: float = 1.0, pose_scale: float = 1.0, blink: bool = True,
               blink_rate: float | None = None, seed: Any = 0, style: Any = 0, pose_from=None,
-              pasteback: bool = True, progress: Callable | None = None) -> tuple[str, str]:
-        """Make ``portrait`` say ``audio``; returns (the mp4's path, a one-line summary).
+              pasteback: bool = True, progress: Callable | None = None, **sliders) -> tuple[str, str]:
+        """Make ``portrait`` say ``audio``; returns (the mp4's path, a one-line summary). ``sliders``: the editing
+        sliders as constant offsets (``smile=0.4``, ...; see :meth:`audio2lp.Animator.speak`).
 
         ``motion``: one of :attr:`motion_choices` (default: the motion model when there is one).
         ``progress``: a ``gradio.Progress`` (or any callable taking ``(done, total)`` or a fraction, and
@@ -120,7 +130,8 @@ class AppHandlers:
                                         seed=0 if seed in empty else seed, style=0 if style in empty else style,
                                         blink=blink, blink_rate=None if blink_rate in empty else blink_rate,
                                         pasteback=pasteback))
-            kwargs.update(motion_model=motion_model, pose_from=pose_p if motion_model is None else None)
+            kwargs.update(motion_model=motion_model, pose_from=pose_p if motion_model is None else None,
+                          **_sliders("speak", sliders))
             if motion_model is None:  # the form sends every control; the motion model's are not the user's choice here
                 kwargs.update(expression_scale=options.OPTIONS["expression_scale"].default,
                               style=options.OPTIONS["style"].default)
@@ -133,9 +144,10 @@ class AppHandlers:
     def drive(self, portrait, driving_video=None, driving_template=None, face: Any = "largest",
               region: str = "all", multiplier: float = 1.0, stitching: bool = True, retarget_eyes: bool = False,
               retarget_lip: bool = False, pasteback: bool = True, concat: bool = False,
-              save_template: bool = False, progress: Callable | None = None) -> tuple[str, str | None, str]:
+              save_template: bool = False, progress: Callable | None = None,
+              **sliders) -> tuple[str, str | None, str]:
         """Animate ``portrait`` with a driving video (or a motion template); returns (the mp4's path, the
-        saved motion template's path or None, a one-line summary). Errors as :meth:`speak`."""
+        saved motion template's path or None, a one-line summary). Errors and ``sliders`` as :meth:`speak`."""
         portrait_p, video_p, tmpl_p = _path(portrait), _path(driving_video), _path(driving_template)
         names = {p: Path(p).name for p in (portrait_p, video_p, tmpl_p) if p}
         with _page_errors(names):
@@ -147,13 +159,68 @@ class AppHandlers:
                 raise InputError("Give either a driving video or a motion template, not both; clear one of them.")
             kwargs = options.check(dict(face=face, region=region, multiplier=multiplier, stitching=stitching,
                                         retarget_eyes=retarget_eyes, retarget_lip=retarget_lip, pasteback=pasteback,
-                                        concat=concat))
+                                        concat=concat, **_sliders("drive", sliders)))
             out = self._new_output(portrait_p, "drive", ".mp4")
             kwargs["save_template"] = out.with_suffix(".npz") if save_template else None
             res = self._run(self.animator.drive, (portrait_p, video_p or tmpl_p, out), kwargs, progress)
             audio = ", with audio" if res.has_audio else ""
             summary = f"{res.n_frames} frames at {res.fps:.3g} fps{audio}"
             return str(res.output), (str(res.template) if res.template else None), summary
+
+    # ------------------------------------------------------------------------------ edit
+    def edit_prepare(self, portrait, face: Any = "largest", crop_scale: float = 2.5) -> tuple[float | None,
+                                                                                               float | None]:
+        """Prepare ``portrait`` for editing (once per upload, face and crop scale; kept for the next renders) and
+        return its own eyes-open and lip-open ratios as the official tab rounds them (the ratio sliders' initial
+        values; None when unknown)."""
+        path = _path(portrait)
+        with _page_errors({path: Path(path).name} if path else {}, "Cannot edit the portrait"):
+            if path is None:
+                raise InputError("Upload a portrait photo first.")
+            return self._prepare(path, face, crop_scale)[1]
+
+    def edit(self, portrait, face: Any = "largest", crop_scale: float = 2.5, stitching: bool = True,
+             pasteback: bool = True, progress: Callable | None = None, **sliders) -> tuple[str, str]:
+        """Edit ``portrait`` with the sliders (``smile=0.5``, ``eye_ratio=0.4``, ...; see
+        :meth:`audio2lp.Animator.edit`); returns (the PNG's path, a one-line summary). The prepared portrait is
+        reused (:meth:`edit_prepare`), so a slider change only renders. A target ratio equal to the portrait's own
+        (the slider's initial value) leaves it unchanged."""
+        path = _path(portrait)
+        with _page_errors({path: Path(path).name} if path else {}, "Cannot edit the portrait"):
+            if path is None:
+                raise InputError("Upload a portrait photo first.")
+            values = options.check(dict(stitching=stitching, pasteback=pasteback, **_sliders("edit", sliders)))
+            prepared, own = self._prepare(path, face, crop_scale)
+            for name, mine in zip(("eye_ratio", "lip_ratio"), own):
+                if values.get(name) is not None and mine is not None and round(values[name], 2) == mine:
+                    values[name] = None  # still at the portrait's own: no retargeting (for every face)
+            out = self._new_output(path, "edit", ".png")
+            res = self._run(self.animator.edit, (prepared, out), values, progress)
+            changed = [options.OPTIONS[n].label for n in options.SLIDER_NAMES
+                       if values.get(n) not in (None, options.OPTIONS[n].default)]
+            return str(res.output), "Edited: " + (", ".join(changed) or "nothing (the sliders are neutral)")
+
+    def _prepare(self, path: str, face: Any, crop_scale: float):
+        """The prepared portrait of ``path`` (cached) and its own rounded (eye, lip) ratios."""
+        from lp_renderer.editing import source_ratio_targets
+
+        face, crop_scale = check_value("face", face), check_value("crop_scale", crop_scale)
+        try:
+            st = os.stat(path)
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:  # the Animator says what is wrong with the file
+            stamp = None
+        key = (os.path.abspath(path), stamp, face, crop_scale)
+        with self._lock:  # the upload's prepare and a slider's render may run at once
+            if key in self._prepared:
+                self._prepared.move_to_end(key)
+                return self._prepared[key]
+            prepared = self.animator.portrait(path, face=face, crop_scale=crop_scale)
+            entry = (prepared, source_ratio_targets(prepared.faces[0].source))
+            self._prepared[key] = entry
+            while len(self._prepared) > PREPARED_PORTRAITS:
+                self._prepared.popitem(last=False)
+            return entry
 
     # ------------------------------------------------------------------------------ helpers
     def _new_output(self, portrait: str, kind: str, suffix: str) -> Path:
@@ -173,8 +240,16 @@ class AppHandlers:
             return method(*args, **kwargs)
 
 
+def _sliders(command: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The editing sliders given to a handler, checked: only those ``command`` takes."""
+    unknown = set(values) - set(options.sliders_for(command))
+    if unknown:
+        raise TypeError(f"{command} takes no {', '.join(sorted(unknown))}")
+    return options.check(values)
+
+
 @contextlib.contextmanager
-def _page_errors(names: dict[str, str]):
+def _page_errors(names: dict[str, str], title: str = "Cannot make the video"):
     """InputError (and memory errors, and bugs) -> gradio.Error with a message worded for the page."""
     try:
         yield
@@ -182,7 +257,7 @@ def _page_errors(names: dict[str, str]):
         gr = _require_gradio()
         log.info("input problem: %s", e)
         text = e.describe(WEB) if isinstance(e, OptionError) else str(e)
-        raise gr.Error(page_message(text, names), title="Cannot make the video", print_exception=False) from e
+        raise gr.Error(page_message(text, names), title=title, print_exception=False) from e
     except MemoryError as e:
         gr = _require_gradio()
         raise gr.Error("Out of memory; start the app with a smaller --batch-size.", title="Out of memory",
@@ -202,6 +277,14 @@ def page_message(message: str, names: dict[str, str] | None = None) -> str:
     for path, name in sorted((names or {}).items(), key=lambda kv: -len(kv[0])):
         message = message.replace(path, name)
     return message[:1].upper() + message[1:]
+
+
+def _slider_control(gr, name: str, tab: str):
+    """The slider of editing option ``name`` (range, step, default and label from :mod:`audio2lp.options`); the
+    target ratios start at their minimum until a portrait sets them to its own."""
+    o = options.OPTIONS[name]
+    return gr.Slider(o.minimum, o.maximum, value=o.default if o.default is not None else o.minimum, step=o.ui_step,
+                     label=o.label, elem_id=f"{tab}-{name.replace('_', '-')}", min_width=200)
 
 
 def _control(gr, name: str, **overrides):
@@ -233,18 +316,33 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
     :class:`AppHandlers`."""
     gr = _require_gradio()
     h = AppHandlers(animator, output_dir=output_dir, motion_model=motion_model)
+    # the sliders: constant offsets on Speak and Drive, the image-retargeting tab's on Edit
+    speak_offsets, drive_offsets, edits = (options.sliders_for(c) for c in ("speak", "drive", "edit"))
 
     def speak(portrait, audio, motion, face, fps, expression_scale, pose_scale, blink, blink_rate, seed, style,
-              pose_from, pasteback, progress=gr.Progress()):
+              pose_from, pasteback, *values, progress=gr.Progress()):
         return h.speak(portrait, audio, motion, face, fps, expression_scale, pose_scale, blink, blink_rate, seed,
-                       style, pose_from, pasteback, progress=progress)
+                       style, pose_from, pasteback, progress=progress, **dict(zip(speak_offsets, values)))
 
     def drive(portrait, driving_video, driving_template, face, region, multiplier, stitching, retarget_eyes,
-              retarget_lip, pasteback, concat, save_template, progress=gr.Progress()):
+              retarget_lip, pasteback, concat, save_template, *values, progress=gr.Progress()):
         video, template, summary = h.drive(portrait, driving_video, driving_template, face, region, multiplier,
                                            stitching, retarget_eyes, retarget_lip, pasteback, concat,
-                                           save_template, progress=progress)
+                                           save_template, progress=progress, **dict(zip(drive_offsets, values)))
         return video, gr.update(value=template, visible=template is not None), summary
+
+    def edit_prepare(portrait, face, crop_scale):
+        if _path(portrait) is None:  # cleared
+            return gr.update(), gr.update()
+        return tuple(gr.update() if v is None else v for v in h.edit_prepare(portrait, face, crop_scale))
+
+    def edit(portrait, face, crop_scale, stitching, pasteback, *values, progress=gr.Progress()):
+        if _path(portrait) is None:  # a slider moved before a portrait was uploaded: nothing to render yet
+            return gr.update(), "Upload a portrait photo first."
+        return h.edit(portrait, face, crop_scale, stitching, pasteback, progress=progress, **dict(zip(edits, values)))
+
+    def neutral():
+        return [options.OPTIONS[n].default if options.OPTIONS[n].default is not None else gr.update() for n in edits]
 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:
         gr.Markdown(f"# {title}\nA portrait photo and speech (or a driving video) → a talking-head video, "
@@ -274,13 +372,15 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
                                                   "built-in lip-sync only)", file_types=TEMPLATE_TYPES,
                                                   type="filepath")
                             s_pasteback = _control(gr, "pasteback")
+                        with gr.Accordion("Expression (constant offsets)", open=False):
+                            s_offsets = [_slider_control(gr, n, "speak") for n in speak_offsets]
                         s_button = gr.Button("Speak", variant="primary", elem_id="speak-button")
                     with gr.Column():
                         s_video = gr.Video(label="Result", interactive=False, buttons=["download"],
                                            elem_id="speak-video", height=480)
                         s_info = gr.Markdown(elem_id="speak-info")
                 s_button.click(speak, [s_portrait, s_audio, s_motion, s_face, s_fps, s_expr, s_pose_scale, s_blink,
-                                       s_blink_rate, s_seed, s_style, s_pose_from, s_pasteback],
+                                       s_blink_rate, s_seed, s_style, s_pose_from, s_pasteback, *s_offsets],
                                [s_video, s_info], api_name="speak", concurrency_id="render", concurrency_limit=1,
                                show_progress_on=[s_video])
 
@@ -305,6 +405,8 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
                             d_concat = _control(gr, "concat")
                             d_save = gr.Checkbox(value=False, label=options.OPTIONS["save_template"].label,
                                                  info=options.OPTIONS["save_template"].ui_info)
+                        with gr.Accordion("Expression (constant offsets)", open=False):
+                            d_offsets = [_slider_control(gr, n, "drive") for n in drive_offsets]
                         d_button = gr.Button("Drive", variant="primary", elem_id="drive-button")
                     with gr.Column():
                         d_out = gr.Video(label="Result", interactive=False, buttons=["download"],
@@ -313,9 +415,47 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
                                                  elem_id="drive-template-out")
                         d_info = gr.Markdown(elem_id="drive-info")
                 d_button.click(drive, [d_portrait, d_video, d_template, d_face, d_region, d_mult, d_stitch, d_eyes,
-                                       d_lip, d_pasteback, d_concat, d_save],
+                                       d_lip, d_pasteback, d_concat, d_save, *d_offsets],
                                [d_out, d_template_out, d_info], api_name="drive", concurrency_id="render",
                                concurrency_limit=1, show_progress_on=[d_out])
+
+            with gr.Tab("Edit", id="edit", elem_id="edit-tab"):
+                with gr.Row():
+                    with gr.Column():
+                        e_portrait = gr.Image(label="Portrait", type="filepath", format="png",
+                                              sources=["upload", "clipboard"], elem_id="edit-portrait", height=320)
+                        with gr.Accordion("Settings", open=False):
+                            e_face = _control(gr, "face")
+                            e_crop = _control(gr, "crop_scale")
+                            e_stitch = _control(gr, "stitching")
+                            e_pasteback = _control(gr, "pasteback")
+                        e_reset = gr.Button("Reset the sliders", elem_id="edit-reset")
+                    with gr.Column():
+                        e_result = gr.Image(label="Edited portrait", type="filepath", interactive=False,
+                                            elem_id="edit-result", height=480)
+                        e_info = gr.Markdown(elem_id="edit-info")
+                gr.Markdown("Move a slider and release it: the edit re-renders (the portrait is prepared once).")
+                made = {}
+                for row in EDIT_ROWS:  # ratios, head and movement; mouth; eyes (as the official tab groups them)
+                    with gr.Row():
+                        made.update((n, _slider_control(gr, n, "edit")) for n in row)
+                e_sliders = [made[n] for n in edits]
+                e_inputs = [e_portrait, e_face, e_crop, e_stitch, e_pasteback, *e_sliders]
+                # one public API endpoint ("edit"); the other events render the same way, privately
+                render = {"fn": edit, "inputs": e_inputs, "outputs": [e_result, e_info], "concurrency_id": "render",
+                          "concurrency_limit": 1, "show_progress_on": [e_result], "api_visibility": "private"}
+                prepare = {"fn": edit_prepare, "inputs": [e_portrait, e_face, e_crop],
+                           "outputs": [e_sliders[edits.index("eye_ratio")], e_sliders[edits.index("lip_ratio")]],
+                           "api_visibility": "private"}
+                e_sliders[0].release(**{**render, "api_visibility": "public"}, api_name="edit")
+                for slider in e_sliders[1:]:
+                    slider.release(**render)
+                e_portrait.upload(**prepare).then(**render)
+                e_face.change(**prepare).then(**render)
+                e_crop.release(**prepare).then(**render)
+                for control in (e_stitch, e_pasteback):
+                    control.change(**render)
+                e_reset.click(neutral, None, e_sliders, api_visibility="private").then(**prepare).then(**render)
     app.queue(default_concurrency_limit=1)
     app.audio2lp_handlers = h  # for tests and embedding
     return app
@@ -338,10 +478,11 @@ def launch_app(app, *, host: str = "127.0.0.1", port: int | None = None, open_br
 def add_app_parser(sub) -> None:
     """Register the ``audio2lp app`` subcommand on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser(
-        "app", help="serve the web app (Speak and Drive tabs) on this computer",
-        description="Serve a local web page with two tabs: Speak (a portrait and a speech clip or a microphone "
-                    "recording -> a talking-head video) and Drive (a portrait and a driving video or motion "
-                    "template). It renders with the same engine as `audio2lp speak` and `audio2lp drive`, "
+        "app", help="serve the web app (Speak, Drive and Edit tabs) on this computer",
+        description="Serve a local web page with three tabs: Speak (a portrait and a speech clip or a microphone "
+                    "recording -> a talking-head video), Drive (a portrait and a driving video or motion "
+                    "template) and Edit (a portrait's expression and head pose with live sliders). It renders "
+                    "with the same engine as `audio2lp speak`, `drive` and `edit`, "
                     "needs no internet, and is reachable only from this computer unless --host says otherwise. "
                     'Needs Gradio: pip install "audio2lp[app]".')
     add_arguments(p, "app", defaults={"port": 7860})

@@ -23,10 +23,10 @@ def test_every_option_is_complete():
             assert o.minimum <= o.ui_range[0] <= o.ui_range[1] <= o.maximum, o.name
 
 
-@pytest.mark.parametrize("method", ["speak", "drive"])
+@pytest.mark.parametrize("method", ["speak", "drive", "edit"])
 def test_animator_keywords_are_the_schema_names(method):
-    """Every option of speak / drive is a keyword of Animator's method of the same name (and the other way round,
-    except the inputs and the progress hook)."""
+    """Every option of speak / drive / edit is a keyword of Animator's method of the same name (and the other way
+    round, except the inputs and the progress hook)."""
     params = set(inspect.signature(getattr(Animator, method)).parameters) - {
         "self", "portrait", "audio", "driving", "output", "progress_callback"}
     schema = {o.name for o in options.options_for(method)} - {
@@ -58,6 +58,10 @@ def test_cli_parsers_come_from_the_schema():
     ("queue_size", -1, "must be 0 or more, not -1"),
     ("ttl", 0, "must be positive, not 0"),
     ("region", "ears", "must be one of all, exp, pose, lip, eyes, not 'ears'"),
+    ("smile", 1.31, "must be between -0.3 and 1.3, not 1.31"),
+    ("gaze_y", -64, "must be between -63 and 63, not -64"),
+    ("eye_ratio", 0.81, "must be between 0 and 0.8, not 0.81"),
+    ("crop_scale", 3.3, "must be between 1.8 and 3.2, not 3.3"),
 ])
 def test_ranges_and_their_messages(name, value, problem):
     with pytest.raises(OptionError) as e:
@@ -67,6 +71,22 @@ def test_ranges_and_their_messages(name, value, problem):
     assert e.value.describe(CLI) == f"{o.cli_flag} {problem}."
     assert e.value.describe(API) == str(e.value) == f"{name} {problem}."
     assert e.value.describe(WEB) == f"{o.label} {problem}."
+
+
+def test_sliders_are_the_renderers_official_ones():
+    """Each editing slider is defined once here, with the range and neutral value of lp_renderer.editing.SLIDERS;
+    edit takes all of them, speak and drive all but the target ratios (which they refuse)."""
+    from audio2lp.options import sliders_for
+    from lp_renderer.editing import SLIDERS
+
+    for name, s in SLIDERS.items():
+        o = OPTIONS[name]
+        assert (o.minimum, o.maximum, o.default, o.kind, o.service) == (s.minimum, s.maximum, s.neutral, "float", True)
+        assert f"{s.minimum:g} to {s.maximum:g}" in o.help and o.ui_step
+    assert sliders_for("edit") == list(SLIDERS)
+    assert sliders_for("speak") == sliders_for("drive") == [n for n in SLIDERS if n not in ("eye_ratio", "lip_ratio")]
+    for name in ("eye_ratio", "lip_ratio"):
+        assert OPTIONS[name].refused_by == ("speak", "drive")
 
 
 def test_values_are_normalised():

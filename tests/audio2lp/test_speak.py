@@ -152,22 +152,6 @@ LIP_KP = [6, 12, 14, 17, 19, 20]  # LivePortrait's lip keypoints
 EYE_KP = [11, 13, 15, 16, 18]
 
 
-@pytest.fixture
-def rendered_keypoints(monkeypatch):
-    """Records the driving keypoints every render call gets: a list of (B, 21, 3) arrays."""
-    from lp_renderer.renderer import Renderer
-
-    seen: list[np.ndarray] = []
-    original = Renderer.render
-
-    def spy(self, source, x_d, *args, **kwargs):
-        seen.append(x_d.detach().cpu().numpy().copy())
-        return original(self, source, x_d, *args, **kwargs)
-
-    monkeypatch.setattr(Renderer, "render", spy)
-    return seen
-
-
 def _moves(kp: np.ndarray, rows: list[int]) -> np.ndarray:
     """Per frame, how far the given keypoints are from where they are in the first frame."""
     return np.abs(kp[:, rows] - kp[:1, rows]).max(axis=(1, 2))

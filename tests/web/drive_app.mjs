@@ -4,7 +4,9 @@
 //      result <video>; checks that it is an mp4 (ftyp box) the browser can play (metadata, duration,
 //      a decoded frame) and that the result offers a download;
 //   3. saves a screenshot of the page (and one with the progress bar, SCREENSHOT-progress.png);
-//   4. opens the Drive tab and checks its uploads are there (SCREENSHOT-drive-tab.png).
+//   4. opens the Drive tab and checks its uploads are there (SCREENSHOT-drive-tab.png);
+//   5. opens the Edit tab, uploads the portrait, waits for the edited image, drags the Smile slider and releases
+//      it, and waits for the image to be re-rendered (SCREENSHOT-edit.png).
 // Every request to a host other than the app's is blocked and reported (the page must work offline).
 //
 // usage: node drive_app.mjs URL PORTRAIT AUDIO SCREENSHOT.png
@@ -166,6 +168,42 @@ try {
   }
   report.driveTabScreenshot = extra('drive-tab');
   await page.screenshot({ path: report.driveTabScreenshot, fullPage: true, timeout: 30000 });
+
+  // 5. The Edit tab: the portrait is prepared on upload and rendered; releasing a slider re-renders it.
+  step('open the Edit tab and upload the portrait');
+  await page.getByRole('tab', { name: 'Edit' }).click();
+  await page.locator('#edit-portrait input[type=file]').setInputFiles(portrait);
+  const edited = () => page.evaluate(() => {
+    const i = document.querySelector('#edit-result img');
+    return i && i.src && i.complete && i.naturalWidth ? { src: i.src, width: i.naturalWidth, height: i.naturalHeight } : null;
+  });
+  await page.waitForFunction(() => { const i = document.querySelector('#edit-result img'); return i && i.src && i.complete && i.naturalWidth; },
+    null, { timeout: renderTimeout });
+  const before = await edited();
+  const number = (id) => page.locator(`#${id} input[type=number]`).inputValue();
+  report.edit = { before, eyeRatio: Number(await number('edit-eye-ratio')), lipRatio: Number(await number('edit-lip-ratio')) };
+  step(`edited image ${JSON.stringify(before)}; drag the Smile slider`);
+  const range = page.locator('#edit-smile input[type=range]');
+  await range.scrollIntoViewIfNeeded();
+  const box = await range.boundingBox();
+  const y = box.y + box.height / 2;
+  await page.mouse.move(box.x + box.width * 0.2, y);  // the thumb sits at 0 on -0.3..1.3, about 19% along
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.5, y, { steps: 8 });
+  await page.mouse.move(box.x + box.width * 0.8, y, { steps: 8 });
+  await page.mouse.up();  // the release event
+  report.edit.smile = Number(await number('edit-smile'));
+  await page.waitForFunction((src) => { const i = document.querySelector('#edit-result img');
+    return i && i.src && i.src !== src && i.complete && i.naturalWidth; }, before.src, { timeout: renderTimeout });
+  report.edit.after = await edited();
+  report.edit.png = await page.evaluate(async (src) => {
+    const b = new Uint8Array(await (await fetch(src)).arrayBuffer());
+    return String.fromCharCode(...b.slice(1, 4));
+  }, report.edit.after.src);
+  report.edit.info = (await page.locator('#edit-info').innerText()).trim();
+  step(`re-rendered: ${JSON.stringify(report.edit)}`);
+  report.editScreenshot = extra('edit');
+  await page.screenshot({ path: report.editScreenshot, fullPage: true, timeout: 30000 });
 } catch (e) {
   failed = e;
   report.error = String(e && e.stack ? e.stack : e).slice(0, 2000);

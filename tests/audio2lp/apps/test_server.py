@@ -88,6 +88,15 @@ class StubAnimator:
     def drive(self, portrait, driving, output, **kw):
         return self._work("drive", output, kw)
 
+    def edit(self, portrait, output, **kw):
+        self.calls.append(("edit", kw))
+        if self.fail is not None:
+            raise self.fail
+        import cv2
+
+        cv2.imwrite(str(output), np.full((40, 30, 3), 77, np.uint8))
+        return RenderResult(Path(output), 1, 0.0, False)
+
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
@@ -164,7 +173,7 @@ def test_forms_come_from_the_option_schema(inputs):
 
     app = create_app(StubAnimator())
     spec = app.openapi()["components"]["schemas"]
-    for kind in ("speak", "drive"):
+    for kind in ("speak", "drive", "edit"):
         fields = next(v["properties"] for k, v in spec.items() if k.startswith(f"Body_{kind}"))
         for o in options_for(kind):
             assert (o.name in fields) == o.service, (kind, o.name)
@@ -302,6 +311,51 @@ def test_temporary_jobs_dir_is_removed_at_shutdown(inputs):
     assert not root.exists()
 
 
+def test_edit_answers_with_the_image(inputs, tmp_path):
+    """POST /edit runs as a job of the pool and answers with the PNG; the sliders are form fields of the schema;
+    out-of-range values get 422 naming the field; an input that cannot be edited 400; a bug 500."""
+    stub = StubAnimator()
+    app = create_app(stub, jobs_dir=tmp_path / "jobs")
+    spec = app.openapi()["components"]["schemas"]
+    fields = next(v["properties"] for k, v in spec.items() if k.startswith("Body_edit"))
+    assert fields["smile"]["minimum"] == -0.3 and fields["smile"]["maximum"] == 1.3 and fields["smile"]["default"] == 0
+    assert fields["crop_scale"]["default"] == 2.5 and "eye_ratio" in fields and "fps" not in fields
+    speak = next(v["properties"] for k, v in spec.items() if k.startswith("Body_speak"))
+    assert "gaze_x" in speak and "eye_ratio" not in speak  # constant offsets on speak; the target ratios: edit only
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/edit", files=_files(portrait=inputs["portrait"]), data={"smile": "0.5", "gaze_x": "-10"})
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "image/png" and r.content.startswith(b"\x89PNG")
+        import cv2
+
+        assert cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR).shape == (40, 30, 3)
+        kind, kw = stub.calls[-1]
+        assert kind == "edit" and kw["smile"] == 0.5 and kw["gaze_x"] == -10 and kw["crop_scale"] == 2.5
+        assert kw["eye_ratio"] is None and kw["mov_z"] == 1.0 and kw["pasteback"] is True
+        assert not any((tmp_path / "jobs").iterdir())  # the job and its files are gone once answered
+        assert c.get("/health").json()["jobs"] == {"queued": 0, "running": 0, "done": 0, "failed": 0}
+        for field, value, bound in (("smile", "1.4", {"le": 1.3}), ("eye_ratio", "0.9", {"le": 0.8}),
+                                    ("crop_scale", "1", {"ge": 1.8}), ("wink", "-1", {"ge": 0})):
+            r = c.post("/edit", files=_files(portrait=inputs["portrait"]), data={field: value})
+            assert r.status_code == 422, (field, r.text)
+            detail = r.json()["detail"][0]
+            assert detail["loc"] == ["body", field] and detail["ctx"] == bound, r.text
+        r = c.post("/speak", files=_files(portrait=inputs["portrait"], audio=inputs["audio"]), data={"gaze_x": "31"})
+        assert r.status_code == 422
+        r = c.post("/edit", files=_files(portrait=inputs["text"]))
+        assert r.status_code == 400 and "portrait is not an image" in r.json()["detail"]
+        n = len(stub.calls)
+        from lp_renderer.errors import NoFaceError
+
+        stub.fail = NoFaceError("No face was found in the portrait; use a photo with a visible face.")
+        r = c.post("/edit", files=_files(portrait=inputs["portrait"]))
+        assert r.status_code == 400 and "No face was found" in r.json()["detail"]
+        stub.fail = RuntimeError("boom")
+        r = c.post("/edit", files=_files(portrait=inputs["portrait"]))
+        assert r.status_code == 500 and "internal error" in r.json()["detail"]
+        assert len(stub.calls) == n + 2 and not any((tmp_path / "jobs").iterdir())
+
+
 # ------------------------------------------------------------------------------------------ real rendering
 @pytest.fixture(scope="module")
 def tiny_animator(tmp_path_factory):
@@ -370,3 +424,22 @@ def test_real_speak_and_drive_with_concurrent_polling(tiny_animator, motion_ckpt
         speak_res = seen[s.json()["id"]][0]
         assert speak_res["n_frames"] == 30 and speak_res["has_audio"]
         assert seen[d.json()["id"]][0]["n_frames"] == 12
+
+
+@pytest.mark.realdata
+def test_real_edit(tiny_animator, data_dir):
+    """A real portrait edited through POST /edit (tiny random networks): the PNG has the photo's size and differs
+    from the unedited one; --no-pasteback's crop is 512x512."""
+    import cv2
+
+    from lp_renderer.image_io import load_image
+
+    photo = load_image(data_dir / PORTRAIT)
+    with running(create_app(tiny_animator)) as url, httpx.Client(base_url=url, timeout=300) as c:
+        images = []
+        for data in ({}, {"smile": "1.0", "wink": "20", "pitch": "-10"}, {"pasteback": "false"}):
+            r = c.post("/edit", files=_files(portrait=data_dir / PORTRAIT), data=data)
+            assert r.status_code == 200, r.text
+            images.append(cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR))
+    assert images[0].shape == images[1].shape == photo.shape and images[2].shape == (512, 512, 3)
+    assert np.abs(images[0].astype(int) - images[1]).max() > 10

@@ -2,7 +2,8 @@
 
 The browser test starts the app on a free localhost port in a subprocess and runs tests/web/drive_app.mjs
 (playwright-core with Debian's chromium): it uploads a portrait and a speech clip, presses Speak and checks
-that a playable mp4 appears. Screenshots go to $AUDIO2LP_ARTIFACTS (default artifacts/ at the repo root).
+that a playable mp4 appears; then, in the Edit tab, it uploads the portrait, drags a slider and checks that the
+edited image is re-rendered. Screenshots go to $AUDIO2LP_ARTIFACTS (default artifacts/ at the repo root).
 """
 
 from __future__ import annotations
@@ -91,6 +92,22 @@ class StubAnimator:
 
     def drive(self, portrait, driving, output, **kw):
         return self._call("drive", portrait, driving, output, kw)
+
+    def portrait(self, image, face="largest", pasteback=True, crop_scale=None):
+        from types import SimpleNamespace
+
+        self.calls.append(("portrait", image, face, crop_scale, None))
+        if self.error is not None:
+            raise self.error
+        source = SimpleNamespace(eye_ratios=(0.30, 0.32), lip_ratio=0.052)
+        return SimpleNamespace(faces=[SimpleNamespace(source=source)], image=image)
+
+    def edit(self, portrait, output, **kw):
+        from audio2lp.api import RenderResult
+
+        self.calls.append(("edit", portrait, None, Path(output), kw))
+        Path(output).write_bytes(b"png")
+        return RenderResult(Path(output), 1, 0.0, False)
 
     def _call(self, name, a, b, output, kw):
         from audio2lp.api import RenderResult
@@ -199,14 +216,77 @@ def test_input_errors_become_page_messages(tmp_path):
     assert "Traceback" not in e.value.message
 
 
-def test_build_app_has_both_tabs_and_endpoints(tmp_path):
+def test_edit_handler_prepares_once_and_renders_on_each_change(tmp_path):
+    """The Edit tab: a portrait is prepared once per upload, face and crop scale; each slider change only renders.
+    The ratio sliders start at the portrait's own ratios (rounded as the official tab), which mean "unchanged"."""
+    anim = StubAnimator()
+    h = AppHandlers(anim, output_dir=tmp_path)
+    portrait = tmp_path / "me.png"
+    portrait.write_bytes(b"not read by the stub")
+    assert h.edit_prepare(str(portrait)) == (0.31, 0.05)
+    image, info = h.edit(str(portrait), "largest", 2.5, True, True, eye_ratio=0.31, lip_ratio=0.05, smile=0.5)
+    image2, _ = h.edit(str(portrait), "largest", 2.5, True, False, eye_ratio=0.45, lip_ratio=0.05, gaze_x=-7,
+                       pitch=3)
+    prepared = [c for c in anim.calls if c[0] == "portrait"]
+    edits = [c for c in anim.calls if c[0] == "edit"]
+    assert len(prepared) == 1 and prepared[0][2:4] == ("largest", 2.5)  # prepared once, at the tab's crop scale
+    assert edits[0][1] is edits[1][1]  # the same prepared portrait, rendered twice
+    kw = edits[0][4]
+    assert kw["smile"] == 0.5 and kw["eye_ratio"] is None and kw["lip_ratio"] is None and kw["pasteback"]
+    kw = edits[1][4]
+    assert kw["eye_ratio"] == 0.45 and kw["lip_ratio"] is None and kw["gaze_x"] == -7 and kw["pitch"] == 3
+    assert not kw["pasteback"] and "smile" not in kw  # (the Animator's default)
+    assert Path(image).suffix == ".png" and Path(image).parent.parent == tmp_path and image != image2
+    assert info == "Edited: Smile"
+    h.edit(str(portrait), "0", 2.8, True, True, smile=0.1)  # another face or crop scale: prepared again
+    assert len([c for c in anim.calls if c[0] == "portrait"]) == 2
+    with pytest.raises(gr.Error) as e:
+        h.edit(str(portrait), "largest", 2.5, True, True, smile=2)
+    assert e.value.message == "Smile must be between -0.3 and 1.3, not 2."
+    assert e.value.title == "Cannot edit the portrait"
+    with pytest.raises(gr.Error) as e:
+        h.edit(None, smile=0.2)
+    assert e.value.message == "Upload a portrait photo first."
+    with pytest.raises(gr.Error) as e:
+        AppHandlers(StubAnimator(InputError(f"No face was found in {portrait}; use a photo.")),
+                    output_dir=tmp_path).edit_prepare(str(portrait))
+    assert e.value.message == "No face was found in me.png; use a photo."
+
+
+def test_speak_and_drive_handlers_pass_the_sliders(tmp_path):
+    anim = StubAnimator()
+    h = AppHandlers(anim, output_dir=tmp_path)
+    h.speak("/up/p.png", "/up/s.wav", smile=0.4, gaze_x=5)
+    h.drive("/up/p.png", "/up/d.mp4", yaw=-10, mov_z=1.1)
+    assert anim.calls[0][4]["smile"] == 0.4 and anim.calls[0][4]["gaze_x"] == 5
+    assert anim.calls[1][4]["yaw"] == -10 and anim.calls[1][4]["mov_z"] == 1.1
+    with pytest.raises(gr.Error) as e:
+        h.speak("/up/p.png", "/up/s.wav", wink=40)
+    assert e.value.message == "Wink must be between 0 and 39, not 40."
+
+
+def test_build_app_has_the_tabs_and_endpoints(tmp_path):
+    from audio2lp.options import OPTIONS, sliders_for
+
     app = build_app(StubAnimator(), motion_model=tmp_path / "mm.safetensors", output_dir=tmp_path)
     cfg = app.get_config_file()
     labels = {c["props"].get("label") for c in cfg["components"]}
-    assert {"Speak", "Drive", "Portrait", "Speech", "Driving video", "Result"} <= labels
+    assert {"Speak", "Drive", "Edit", "Portrait", "Speech", "Driving video", "Result", "Edited portrait"} <= labels
     ids = {c["props"].get("elem_id") for c in cfg["components"]}
-    assert {"speak-button", "speak-video", "drive-button", "drive-video"} <= ids
-    assert {d.get("api_name") for d in cfg["dependencies"]} >= {"speak", "drive"}
+    assert {"speak-button", "speak-video", "drive-button", "drive-video", "edit-portrait", "edit-result"} <= ids
+    public = {d.get("api_name") for d in cfg["dependencies"] if d.get("api_visibility", "public") == "public"}
+    assert public == {"speak", "drive", "edit"}
+    # every slider of the Edit tab (and the offsets of Speak / Drive) from the schema: range, step, label
+    props = {c["props"].get("elem_id"): c["props"] for c in cfg["components"]}
+    for tab, names in (("edit", sliders_for("edit")), ("speak", sliders_for("speak")), ("drive", sliders_for("drive"))):
+        for name in names:
+            p, o = props[f"{tab}-{name.replace('_', '-')}"], OPTIONS[name]
+            assert (p["minimum"], p["maximum"], p["step"], p["label"]) == (o.minimum, o.maximum, o.ui_step, o.label)
+    # each Edit slider re-renders when it is released
+    sliders = {c["id"]: c["props"]["elem_id"] for c in cfg["components"] if str(c["props"].get("elem_id")).startswith(
+        "edit-") and c.get("type") == "slider"}
+    released = {t[0] for d in cfg["dependencies"] for t in d["targets"] if t[1] == "release"}
+    assert len(sliders) == len(sliders_for("edit")) and set(sliders) <= released
     assert app.audio2lp_handlers.output_dir == tmp_path
 
 
@@ -250,6 +330,31 @@ def test_handlers_render_real_inputs(tiny_weights, motion_ckpt, data_dir, short_
         cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
         h.speak(str(blank), str(short_speech))
     assert e.value.message.startswith("No face was found in blank.png")
+
+
+@pytest.mark.realdata
+def test_edit_handler_renders_a_real_portrait(tiny_weights, data_dir, tmp_path):
+    """The Edit tab's handlers on a real portrait: the sliders start at its own ratios; the face is detected once,
+    every slider change renders a new PNG of the photo's size."""
+    import cv2
+
+    from audio2lp.api import Animator
+
+    anim = Animator(tiny_weights, device="cpu", progress=False)
+    detections = []
+    faces = anim.faces
+    detect = faces.detect
+    faces.detect = lambda image: detections.append(1) or detect(image)
+    h = AppHandlers(anim, output_dir=tmp_path / "out")
+    eye, lip = h.edit_prepare(str(data_dir / PORTRAIT))
+    assert 0 < eye < 0.8 and 0 <= lip < 0.8 and round(eye, 2) == eye
+    prog = Progress()
+    first, _ = h.edit(str(data_dir / PORTRAIT), eye_ratio=eye, lip_ratio=lip, progress=prog)
+    second, info = h.edit(str(data_dir / PORTRAIT), eye_ratio=eye, lip_ratio=lip, smile=1.0, gaze_y=30)
+    assert len(detections) == 1 and prog.calls[-1][0] == (1, 1)
+    a, b = cv2.imread(first), cv2.imread(second)
+    assert a.shape == b.shape == cv2.imread(str(data_dir / PORTRAIT)).shape
+    assert np.abs(a.astype(int) - b).max() > 10 and info == "Edited: Smile, Eye gaze (vertical)"
 
 
 # ------------------------------------------------------------------------------------ the page in a browser
@@ -326,5 +431,10 @@ def test_webapp_in_browser(tiny_weights, motion_ckpt, data_dir, short_speech, tm
     texts = report["progressTexts"]  # e.g. "Rendering - 32.0%", "8/25 frames"
     assert any("Rendering" in t for t in texts) and any(re.fullmatch(r"\d+/25 frames", t) for t in texts), texts
     assert report["blocked"] == [], f"the page tried to reach other hosts: {report['blocked']}"
+    edit = report["edit"]  # the Edit tab: a slider released -> the portrait re-rendered
+    assert 0 < edit["eyeRatio"] <= 0.8 and 0 <= edit["lipRatio"] <= 0.8  # the portrait's own ratios
+    assert edit["smile"] > 0.5 and edit["after"]["src"] != edit["before"]["src"] and edit["png"] == "PNG"
+    assert (edit["after"]["width"], edit["after"]["height"]) == (256, 256)  # the photo's size (pasted back)
+    assert edit["info"].startswith("Edited: Smile")
     assert shot.is_file()
     print(f"app ready in {started:.1f} s, render {report['renderSeconds']:.1f} s; screenshots in {shot.parent}")
