@@ -15,8 +15,8 @@ from lp_renderer.keypoints import KeypointInfo, rotation_matrix
 from lp_renderer.source_video import (
     EYE_OPEN_FALLBACK,
     OBSERVATION_VARIANCE,
-    eye_retargeting_target,
     expression_mask,
+    eye_retargeting_target,
     kalman_smooth,
     lip_keypoints,
     source_frame_keypoints,
