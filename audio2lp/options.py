@@ -154,7 +154,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("driving_smooth_observation_variance", "float", 3e-7, "when the portrait is a video: observation "
            "variance of the Kalman smoother over the transferred expression and rotation (LivePortrait's "
            "--driving_smooth_observation_variance; larger = smoother, 0 = none; default 3e-7)", _DRIVE, minimum=0,
-           metavar="V", label="Motion smoothing (portrait video)", ui_range=(0, 1e-5), ui_step=1e-7,
+           maximum=1e-2, metavar="V", label="Motion smoothing (portrait video)", ui_range=(0, 1e-5), ui_step=1e-7,
            ui_info="portrait video only; larger = smoother, 0 = none", service=True),
     Option("source_video_eye_retargeting", "bool", False, "when the portrait is a video: keep its eyes as open as "
            "in its first frame (LivePortrait's --flag_source_video_eye_retargeting)", _DRIVE,
