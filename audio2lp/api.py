@@ -31,6 +31,7 @@ from audio2lp.models.motion import MotionTemplate, save_motion_template
 from audio2lp.options import OptionError, literal
 from audio2lp.portrait import IMAGE_SUFFIXES, Portrait, check_crop_output, prepare_portrait
 from audio2lp.speech import SpeechModels, speech_plan
+from audio2lp.video_portrait import is_video_portrait
 from audio2lp.weights_store import resolve_insightface_dir, resolve_weights_dir, weights_hint
 from lp_renderer.animation import AnimationOptions, driving_keypoints
 from lp_renderer.editing import PortraitEdit
@@ -232,6 +233,8 @@ class Animator:
               mov_z: float = 1.0, pouting: float = 0.0, pursing: float = 0.0, grin: float = 0.0,
               lip_open: float = 0.0, smile: float = 0.0, wink: float = 0.0, eyebrow: float = 0.0,
               gaze_x: float = 0.0, gaze_y: float = 0.0,
+              driving_smooth_observation_variance: float = 3e-7, source_video_eye_retargeting: bool = False,
+              audio_priority: str = "driving",
               progress_callback: ProgressCallback | None = None) -> RenderResult:
         """Animate ``portrait`` with the motion of ``driving`` (a video, an image, or a motion template).
 
@@ -247,13 +250,29 @@ class Animator:
         The editing sliders (``smile``, ``gaze_x``, ``pitch``, ... as :meth:`edit`, without the target ratios) are
         constant offsets: the driving motion is applied relative to the portrait edited by them (see
         :mod:`lp_renderer.animation`), so they add to the driven expression and pose in every frame.
+
+        ``portrait`` may be a video (LivePortrait's source-video mode): every frame of it is a source, the driving
+        expression and rotation are transferred to it relative to the first driving frame and smoothed
+        (``driving_smooth_observation_variance``, 0 = none), each frame keeps its own scale and position, and the
+        result is pasted back into the video's frames at its frame rate, as long as the shorter of the two.
+        ``source_video_eye_retargeting`` keeps the eyes as open as in its first frame; ``audio_priority``
+        ('driving' or 'source') picks whose audio the result carries when both have one. The driving input is then
+        a video or a template.
         """
         from contextlib import ExitStack
 
         edit = _sliders("drive", locals())
         v = options.check(dict(face=face, region=region, multiplier=multiplier, crf=crf, max_frames=max_frames,
-                               max_portrait_size=max_portrait_size))
+                               max_portrait_size=max_portrait_size,
+                               driving_smooth_observation_variance=driving_smooth_observation_variance,
+                               audio_priority=audio_priority))
         face, region, multiplier, crf, max_frames = v["face"], v["region"], v["multiplier"], v["crf"], v["max_frames"]
+        video_portrait = is_video_portrait(portrait)
+        if not video_portrait:
+            _refuse_changed({"driving_smooth_observation_variance": driving_smooth_observation_variance,
+                             "source_video_eye_retargeting": source_video_eye_retargeting,
+                             "audio_priority": audio_priority},
+                            "{%s} applies only when the portrait is a video; leave it out for a photo.")
         anim_options = AnimationOptions(region=region, stitching=stitching, retarget_eyes=retarget_eyes,
                                         retarget_lip=retarget_lip, multiplier=multiplier)
         _check_stitching(face, stitching)
@@ -277,6 +296,19 @@ class Animator:
                                   "this template has no eye/lip ratios, so {retarget_eyes}/{retarget_lip} cannot be "
                                   "used with it.")
         pasteback = _pasteback_needs_stitching(pasteback, stitching)
+        if video_portrait:
+            if edit is not None:
+                _refuse_changed({n: getattr(edit, n) for n in options.sliders_for("drive")},
+                                "{%s} offsets a portrait photo; a portrait video keeps each frame's own face "
+                                "(video-to-video): leave it out.")
+            if image_out or src.kind == "image":
+                raise InputError("a portrait video is driven by a driving video or a motion template, and gives a "
+                                 "video: give a driving video (or .npz/.pkl template) and an .mp4 output.")
+            return self._drive_video(
+                Path(portrait), src, out, face=face, anim_options=anim_options, pasteback=pasteback, concat=concat,
+                save_template=save_template, crf=crf, max_frames=max_frames,
+                variance=v["driving_smooth_observation_variance"], eye_retargeting=source_video_eye_retargeting,
+                audio_priority=v["audio_priority"], progress_callback=progress_callback)
         renderer = self.renderer
         backend = self.faces if src.kind != "template" else None
         pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback,
@@ -402,6 +434,13 @@ class Animator:
         The editing sliders (``smile``, ``gaze_x``, ``pitch``, ... as :meth:`edit`, without the target ratios) are
         constant offsets: the generated motion is applied relative to the portrait edited by them (expression +
         offsets, head pose + angles, scale x ``mov_z``), so a talking head can smile or look aside throughout.
+
+        ``portrait`` may be a video (dubbing): the person in it says ``audio``. Every output frame keeps its source
+        frame's head pose, eyes and expression, and the mouth follows the speech (the lip-sync model's opening,
+        set relative to each frame's own, so the video's own mouth motion is replaced); the output has the video's
+        size and frame rate and lasts as long as the audio (the video plays forward and backward as often as
+        needed, or is cut). ``face`` (one face, followed through the video), ``seed``, ``pasteback``,
+        ``whisper_checkpoint`` and ``crf`` apply; the options of the photo's motion do not.
         """
         from audio2lp.media.audio import load_audio
 
@@ -411,6 +450,16 @@ class Animator:
                                max_portrait_size=max_portrait_size))
         face, fps, expression_scale, pose_scale = v["face"], v["fps"], v["expression_scale"], v["pose_scale"]
         seed, style, blink_rate, crf, motion_noise = v["seed"], v["style"], v["blink_rate"], v["crf"], v["motion_noise"]
+        if is_video_portrait(portrait):
+            _refuse_changed({"motion_model": motion_model, "fps": fps, "expression_scale": expression_scale,
+                             "pose_scale": pose_scale, "pose_from": pose_from, "blink": blink,
+                             "blink_rate": blink_rate, "style": style, "motion_noise": motion_noise,
+                             **({} if edit is None else {n: getattr(edit, n) for n in options.sliders_for("speak")})},
+                            "{%s} does not apply when the portrait is a video: dubbing keeps the video's own head "
+                            "motion, eyes and frame rate and moves only the mouth; leave it out.")
+            return self._speak_video(Path(portrait), audio, output, face=face, seed=seed, pasteback=pasteback,
+                                     crf=crf, whisper_checkpoint=whisper_checkpoint,
+                                     progress_callback=progress_callback)
         options.check_speak_mode("lipsync" if motion_model is None else "motion-model",
                                  dict(v, blink=blink, pose_from=pose_from, whisper_checkpoint=whisper_checkpoint))
         out = check_output_path(output, VIDEO_SUFFIXES)
@@ -534,6 +583,112 @@ def _pasteback_needs_stitching(pasteback: bool, stitching: bool) -> bool:
         log.warning("paste-back needs stitching (shoulders would not line up); writing the 512x512 crop")
         return False
     return pasteback
+
+
+    # ------------------------------------------------------------------------------------ a portrait video
+    def _speak_video(self, video: Path, audio, output, *, face, seed: int, pasteback: bool, crf: int,
+                     whisper_checkpoint, progress_callback: ProgressCallback | None) -> RenderResult:
+        """Dubbing (see :meth:`speak`): the video's frames, the speech's mouth."""
+        from audio2lp.media.audio import load_audio
+        from audio2lp.media.probe import probe_video
+        from audio2lp.speech import lip_open_series, speech_plan
+        from audio2lp.video_portrait import dubbed_frames, track_video_portrait
+
+        out = check_output_path(output, VIDEO_SUFFIXES)
+        info = probe_video(video)
+        with _Stage(self.progress, "audio"):
+            wav = load_audio(audio)
+        duration = len(wav) / 16000
+        n_frames = max(1, int(round(duration * info.fps)))  # the speech's length at the video's frame rate
+        renderer = self.renderer
+        tracked = track_video_portrait(video, self.faces, face, max_frames=n_frames, info=info,
+                                       progress=self.progress)
+        plan = speech_plan(wav, n_frames, info.fps, device=renderer.device, motion_model=None, seed=seed, style=0,
+                           blink=False, blink_rate=None, pose_scale=0.0, template=None, portrait=None,
+                           whisper_checkpoint=whisper_checkpoint, progress=self.progress)
+        frames = dubbed_frames(renderer, tracked, lip_open_series(plan), pasteback=pasteback)
+        self._encode(out, info.fps, frames, n_frames, crf=crf, audio=Path(audio), progress_callback=progress_callback)
+        log.info("wrote %s (%d frames at %g fps from %d video frames, %.2f s of audio)", out, n_frames, info.fps,
+                 tracked.n_frames, duration)
+        return RenderResult(out, n_frames, info.fps, True, extra={"duration": duration, "mode": "dubbing",
+                                                                  "source_frames": tracked.n_frames})
+
+    def _drive_video(self, video: Path, src, out: Path, *, face, anim_options: AnimationOptions, pasteback: bool,
+                     concat: bool, save_template, crf: int, max_frames: int | None, variance: float,
+                     eye_retargeting: bool, audio_priority: str,
+                     progress_callback: ProgressCallback | None) -> RenderResult:
+        """Video-to-video (see :meth:`drive`): LivePortrait's source-video mode."""
+        from contextlib import ExitStack
+
+        from audio2lp.driving import extract_driving_motion
+        from audio2lp.media.probe import probe_video
+        from audio2lp.video_portrait import audio_by_priority, driven_frames, source_motion, track_video_portrait
+        from lp_renderer.source_video import eye_retargeting_target, source_video_motion
+
+        info = probe_video(video)
+        renderer = self.renderer
+        backend = self.faces if src.kind != "template" else None
+        n_driving = src.n_frames if max_frames is None else min(src.n_frames, max_frames)
+        tracked = track_video_portrait(video, self.faces, face, max_frames=n_driving, info=info,
+                                       progress=self.progress)
+        driving, eye, lip = extract_driving_motion(renderer, src, backend, max_frames=min(n_driving, tracked.n_frames),
+                                                   batch_size=max(8, self.batch_size), progress=self.progress)
+        n = min(tracked.n_frames, driving.batch_size)  # the shorter of the two
+        source = source_motion(renderer, tracked, n, batch_size=max(8, self.batch_size), progress=self.progress)
+        motion = source_video_motion(source, driving[:n], driving[0], region=anim_options.region,
+                                     observation_variance=variance)
+        frames = driven_frames(renderer, tracked, motion, anim_options, driving_eye=eye, driving_lip=lip,
+                               eye_target=eye_retargeting_target(tracked.eye_ratios[0]) if eye_retargeting else None,
+                               pasteback=pasteback)
+        if concat:
+            from audio2lp.driving import iter_driving_frames
+
+            panels = (fr.crop_rgb for fr in iter_driving_frames(src, backend, max_frames=n))
+            frames = (np.concatenate([cv2.resize(p, (img.shape[0],) * 2, interpolation=cv2.INTER_AREA), img], axis=1)
+                      for img, p in zip(frames, panels))
+        audio = audio_by_priority(video, info.has_audio, src.path if src.kind == "video" else None,
+                                  src.kind == "video" and src.has_audio, audio_priority)
+
+        def write_template(tmp: Path) -> None:
+            ratios = (None if eye is None else eye[:n], None if lip is None else lip[:n])
+            save_motion_template(tmp, MotionTemplate(info_to_motion(driving[:n]), src.fps, *ratios))
+
+        with ExitStack() as commit_last:  # as drive(): the template is committed only after the video
+            template_tmp = None if save_template is None else commit_last.enter_context(atomic_output(save_template))
+            written = self._encode(out, info.fps, frames, n, crf=crf, audio=audio, progress_callback=progress_callback,
+                                   before_close=None if template_tmp is None else lambda: write_template(template_tmp))
+        log.info("wrote %s (%d frames at %g fps; audio from %s)", out, written, info.fps, audio)
+        return RenderResult(out, written, info.fps, audio is not None,
+                            None if save_template is None else Path(save_template),
+                            extra={"mode": "source-video", "audio_from": None if audio is None else str(audio)})
+
+    def _encode(self, out: Path, fps: float, frames, total: int, *, crf: int, audio,
+                progress_callback: ProgressCallback | None, before_close=None) -> int:
+        """Write ``frames`` (an iterator of HxWx3 uint8) to ``out`` with ``audio`` fitted to the video; returns how
+        many frames were written. ``before_close()`` runs after the last frame, before the file is committed."""
+        written = 0
+        bar = _Progress(self.progress, total, "render", progress_callback)
+        try:
+            with VideoWriter(out, fps, crf=crf, audio=audio, audio_fit="video") as writer:
+                for img in frames:
+                    writer.write(img)
+                    written += 1
+                    bar.update(1)
+                bar.close()
+                if before_close is not None:
+                    before_close()
+                with _Stage(self.progress, "write"):  # the encoder's last frames and the audio mux
+                    writer.close()
+        finally:
+            bar.close()
+        return written
+
+
+def _refuse_changed(values: dict, template: str) -> None:
+    """OptionError for the first option of ``values`` not at its default (``template`` names it as ``{%s}``)."""
+    for name, value in values.items():
+        if value != options.OPTIONS[name].default:
+            raise OptionError(name, template % name)
 
 
 def _write_image_atomic(path: Path, rgb: np.ndarray) -> None:

@@ -209,3 +209,28 @@ def iter_driving_frames(source: DrivingSource, backend: FaceBackend | None, *, w
                 yield DrivingFrame(j, *held)
             leading.clear()
             yield DrivingFrame(i, *held, frame=frame if keep_frames else None)
+
+
+def extract_driving_motion(renderer, source: DrivingSource, backend: FaceBackend | None, *,
+                           max_frames: int | None = None, batch_size: int = 8,
+                           progress: bool = False) -> tuple[KeypointInfo, np.ndarray | None, np.ndarray | None]:
+    """The motion of the driving frames, all at once (a first pass, for the smoother of a video portrait):
+    KeypointInfo (N) on the renderer's device, eye-open ratios (N, 2) and lip-open ratios (N,) float32 (None when a
+    template has none). Videos are streamed through M in batches of ``batch_size``; the crops are not kept."""
+    if source.kind == "template":
+        tp = source.template
+        n = tp.n_frames if max_frames is None else min(tp.n_frames, max_frames)
+        eye = None if tp.eye_ratio is None else np.asarray(tp.eye_ratio[:n], np.float32)
+        lip = None if tp.lip_ratio is None else np.asarray(tp.lip_ratio[:n], np.float32)
+        return motion_to_info(tp.motion[:n], device=renderer.device), eye, lip
+    infos, eyes, lips, batch = [], [], [], []
+    for fr in iter_driving_frames(source, backend, max_frames=max_frames, progress=progress):
+        batch.append(fr.crop_rgb)
+        eyes.append(fr.eye_ratio)
+        lips.append(fr.lip_ratio)
+        if len(batch) == batch_size:
+            infos.append(renderer.extract_motion(np.stack(batch)))
+            batch = []
+    if batch:
+        infos.append(renderer.extract_motion(np.stack(batch)))
+    return KeypointInfo.cat(infos), np.asarray(eyes, np.float32), np.asarray(lips, np.float32)

@@ -182,6 +182,19 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            ui_info="to drive other portraits without the video"),
     Option("max_frames", "int", None, "render only the first N driving frames (the audio is cut to match)", _DRIVE,
            minimum=1, nullable=True, metavar="N", label="Max frames", service=True),
+    # ---------------------------------------------------------------------------------- drive, a video portrait
+    Option("driving_smooth_observation_variance", "float", 3e-7, "when the portrait is a video: observation "
+           "variance of the Kalman smoother over the transferred expression and rotation (LivePortrait's "
+           "--driving_smooth_observation_variance; larger = smoother, 0 = none; default 3e-7)", _DRIVE, minimum=0,
+           maximum=1e-2, metavar="V", label="Motion smoothing (portrait video)", ui_range=(0, 1e-5), ui_step=1e-7,
+           ui_info="portrait video only; larger = smoother, 0 = none", service=True),
+    Option("source_video_eye_retargeting", "bool", False, "when the portrait is a video: keep its eyes as open as "
+           "in its first frame (LivePortrait's --flag_source_video_eye_retargeting)", _DRIVE,
+           label="Keep the eyes of the first frame", ui_info="portrait video only", service=True),
+    Option("audio_priority", "str", "driving", "when the portrait is a video: whose audio the result carries when "
+           "both videos have one (LivePortrait's --audio_priority; the other one's when only it has audio)", _DRIVE,
+           choices=("driving", "source"), label="Audio from",
+           ui_info="portrait video only: the driving or the portrait video's sound", service=True),
     # ---------------------------------------------------------------------------------- both
     Option("max_portrait_size", "int", 1280, "larger portraits are scaled down (bilinear) so that their longer side "
            "is this many pixels, and both sides are rounded down to even, as in LivePortrait; the pasted-back video "

@@ -107,6 +107,15 @@ def speech_plan(wav, n_frames, fps, *, device, motion_model, seed, style, blink,
     return SpeechPlan("lipsync", n_frames, lip_open=lip, eye_open=eye, pose=pose)
 
 
+def lip_open_series(plan: SpeechPlan) -> np.ndarray:
+    """The lip-open ratio of every frame (T,) float32 that ``plan`` gives the mouth: what dubbing a video (``speak
+    VIDEO SPEECH``) sets each source frame's mouth to. A plan that moves the mouth another way supplies its series
+    here."""
+    if plan.lip_open is None:
+        raise ValueError(f"a {plan.mode!r} speech plan has no lip-open series")
+    return np.asarray(plan.lip_open, np.float32)
+
+
 def whisper_encoder(model_name: str, checkpoint, device):
     """The Whisper encoder a motion or lip-sync model was trained with (``checkpoint`` overrides where its
     weights come from, but must hold the same model)."""

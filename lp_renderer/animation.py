@@ -95,22 +95,40 @@ def driving_keypoints(renderer: Renderer, source: PreparedSource, driving: Keypo
         x_d0 = relative_motion(base, reference.to(device), reference.to(device), options.region)
         x_d = expression_friendly(x_d, x_d0, x_base, motion_multiplier(x_base, x_d0))
     if options.retarget_eyes or options.retarget_lip:
-        b = x_d.shape[0]
-        x_d = x_base.expand(b, *x_base.shape[1:]).clone()
-        if options.retarget_eyes:
-            if source.eye_ratios is None or driving_eye_ratio is None:
-                raise InputError("eye retargeting needs eye-open ratios of the source and driving faces "
-                                 "(landmarks); they are missing.")
-            ratios = np.column_stack([np.full(b, source.eye_ratios[0]), np.full(b, source.eye_ratios[1]),
-                                      np.asarray(driving_eye_ratio, dtype=np.float32).reshape(b)])
-            x_d = x_d + renderer.retarget_eyes(x_s, ratios.astype(np.float32))
-        if options.retarget_lip:
-            if source.lip_ratio is None or driving_lip_ratio is None:
-                raise InputError("lip retargeting needs lip-open ratios of the source and driving faces "
-                                 "(landmarks); they are missing.")
-            ratios = np.column_stack([np.full(b, source.lip_ratio),
-                                      np.asarray(driving_lip_ratio, dtype=np.float32).reshape(b)])
-            x_d = x_d + renderer.retarget_lip(x_s, ratios.astype(np.float32))
+        x_d = retargeted_keypoints(renderer, source, options, x_d.shape[0], driving_eye_ratio, driving_lip_ratio,
+                                   base=x_base)
     if options.stitching:
         x_d = renderer.stitch(x_s, x_d)
     return driving_multiplier(x_base, x_d, options.multiplier)
+
+
+def retargeted_keypoints(renderer: Renderer, source: PreparedSource, options: AnimationOptions, batch: int,
+                         driving_eye_ratio: np.ndarray | None = None,
+                         driving_lip_ratio: np.ndarray | None = None,
+                         base: torch.Tensor | None = None) -> torch.Tensor:
+    """Algorithm 1's retargeting branch in relative mode: ``x_s + R_eyes(x_s, [c_s_eyes, c_d_eye]) +
+    R_lip(x_s, [c_s_lip, c_d_lip])`` (B, 21, 3), each delta only when its option is on; the driving pose and
+    expression are not used (as the official code). Before stitching.
+
+    driving_eye_ratio (B,) / driving_lip_ratio (B,): the target ratios; the source's own ratios come from
+    ``source`` (``eye_ratios``, ``lip_ratio``). base (1, 21, 3): the keypoints the deltas are added to (default
+    ``x_s``; the edited portrait's keypoints when slider offsets apply); the networks always see the real ``x_s``.
+    """
+    x_s = source.x_s
+    start = x_s if base is None else base
+    x_d = start.expand(batch, *start.shape[1:]).clone()
+    if options.retarget_eyes:
+        if source.eye_ratios is None or driving_eye_ratio is None:
+            raise InputError("eye retargeting needs eye-open ratios of the source and driving faces "
+                             "(landmarks); they are missing.")
+        ratios = np.column_stack([np.full(batch, source.eye_ratios[0]), np.full(batch, source.eye_ratios[1]),
+                                  np.asarray(driving_eye_ratio, dtype=np.float32).reshape(batch)])
+        x_d = x_d + renderer.retarget_eyes(x_s, ratios.astype(np.float32))
+    if options.retarget_lip:
+        if source.lip_ratio is None or driving_lip_ratio is None:
+            raise InputError("lip retargeting needs lip-open ratios of the source and driving faces "
+                             "(landmarks); they are missing.")
+        ratios = np.column_stack([np.full(batch, source.lip_ratio),
+                                  np.asarray(driving_lip_ratio, dtype=np.float32).reshape(batch)])
+        x_d = x_d + renderer.retarget_lip(x_s, ratios.astype(np.float32))
+    return x_d

@@ -30,13 +30,17 @@ SLIDERS_EPILOG = ("The portrait-editing sliders (--smile, --gaze-x, --pitch, ...
 # ------------------------------------------------------------------------------------------ drive
 def add_drive_parser(sub) -> None:
     p = sub.add_parser(
-        "drive", help="animate a portrait with the motion of a driving video, image or motion template",
+        "drive", help="animate a portrait (photo or video) with the motion of a driving video, image or template",
         description="Animate PORTRAIT with the head, face and eye motion of DRIVING (a video in any container "
                     "ffmpeg reads, a single image, or a motion template .npz/.pkl). The first driving frame is "
                     "the reference: motion is applied relative to it, as in LivePortrait. The result is an "
                     "H.264 mp4 at the driving fps with the driving video's audio, pasted back into the portrait. "
-                    "The driving video always uses its largest face.", epilog=SLIDERS_EPILOG)
-    p.add_argument("portrait", help="the source photo (any size; jpg/png/webp/...)")
+                    "The driving video always uses its largest face. When PORTRAIT is a video (LivePortrait's "
+                    "video-to-video mode), each of its frames is driven by the driving frame of the same number "
+                    "(expression and rotation, smoothed; each frame keeps its own position and size), the result "
+                    "has the portrait video's size and frame rate and lasts as long as the shorter video, and "
+                    "--audio-priority says whose sound it carries.", epilog=SLIDERS_EPILOG)
+    p.add_argument("portrait", help="the source photo (any size; jpg/png/webp/...) or a video of a face")
     p.add_argument("driving", help="driving video, image, or motion template (.npz from --save-template, or "
                                    "LivePortrait's .pkl)")
     p.add_argument("-o", "--output", required=True, help="output .mp4 (or an image when DRIVING is an image)")
@@ -51,7 +55,10 @@ def run_drive(args) -> int:
                                retarget_eyes=args.retarget_eyes, retarget_lip=args.retarget_lip,
                                pasteback=args.pasteback, concat=args.concat, save_template=args.save_template,
                                crf=args.crf, max_frames=args.max_frames,
-                               max_portrait_size=args.max_portrait_size, **sliders(args, "drive"))
+                               max_portrait_size=args.max_portrait_size, **sliders(args, "drive"),
+                               driving_smooth_observation_variance=args.driving_smooth_observation_variance,
+                               source_video_eye_retargeting=args.source_video_eye_retargeting,
+                               audio_priority=args.audio_priority)
     print(f"wrote {res.output} ({res.n_frames} frames, {res.fps:.3g} fps{', with audio' if res.has_audio else ''})")
     if res.template:
         print(f"wrote motion template {res.template}")
@@ -65,9 +72,14 @@ def add_speak_parser(sub) -> None:
         description="Make PORTRAIT say AUDIO. By default the built-in lip-sync model (trained on real talking "
                     "videos) opens and closes the mouth through LivePortrait's lip retargeting, with natural "
                     "blinks and subtle head motion; --motion-model uses a full audio-to-motion checkpoint from "
-                    "`audio2lp-train train` instead. The mp4 lasts as long as the audio and carries it as AAC.",
+                    "`audio2lp-train train` instead. The mp4 lasts as long as the audio and carries it as AAC. "
+                    "When PORTRAIT is a video (dubbing), the person in it says AUDIO: every frame keeps its head "
+                    "pose, eyes and expression and only the mouth follows the speech; the result has the video's "
+                    "size and frame rate, and the video plays forward and backward as often as the speech needs "
+                    "(or is cut). --face, --seed, --crf and --no-pasteback apply there; the photo's motion options "
+                    "do not.",
         epilog=SLIDERS_EPILOG)
-    p.add_argument("portrait", help="the source photo (any size; jpg/png/webp/...)")
+    p.add_argument("portrait", help="the source photo (any size; jpg/png/webp/...) or a video of a face (dubbing)")
     p.add_argument("audio", help="speech: wav, flac, ogg, mp3, m4a/aac, or the audio track of a video")
     p.add_argument("-o", "--output", required=True, help="output .mp4")
     add_arguments(p, "speak")

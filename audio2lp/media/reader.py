@@ -44,14 +44,17 @@ logger = logging.getLogger(__name__)
 class _Decoder:
     """One ffmpeg process decoding a video stream to raw RGB frames on its stdout."""
 
-    def __init__(self, info: VideoInfo, max_frames: int | None, fps: float | None):
+    def __init__(self, info: VideoInfo, max_frames: int | None, fps: float | None, start: float = 0.0):
         exe = ffmpeg_exe()
         self.info = info
         self.shape = (info.height, info.width, 3)
         self.frame_bytes = info.height * info.width * 3
         self.frames = 0
         self._stderr = tempfile.TemporaryFile()
-        cmd = [exe, "-hide_banner", "-nostdin", "-v", "error", *input_args(info.path), "-map", "0:V:0"]
+        cmd = [exe, "-hide_banner", "-nostdin", "-v", "error"]
+        if start > 0:
+            cmd += ["-ss", f"{start:.6f}"]  # input seeking: decoding starts at the first frame at or after it
+        cmd += [*input_args(info.path), "-map", "0:V:0"]
         if fps is not None:
             cmd += ["-vf", f"fps={fps_fraction(fps)}"]
         cmd += passthrough_args(exe)
@@ -126,7 +129,9 @@ def _iter_decoder(dec: _Decoder) -> Iterator[np.ndarray]:
         dec.close()
 
 
-def _check_read_args(max_frames: int | None, fps: float | None) -> None:
+def _check_read_args(max_frames: int | None, fps: float | None, start: float = 0.0) -> None:
+    if not (math.isfinite(start) and start >= 0):
+        raise ValueError(f"start must be >= 0 seconds (got {start})")
     if max_frames is not None and int(max_frames) < 1:
         raise ValueError(f"max_frames must be at least 1 (got {max_frames})")
     if fps is not None and not (math.isfinite(fps) and fps > 0):
@@ -134,7 +139,8 @@ def _check_read_args(max_frames: int | None, fps: float | None) -> None:
 
 
 def read_frames(path: str | os.PathLike, max_frames: int | None = None, *,
-                fps: float | None = None, info: VideoInfo | None = None) -> Iterator[np.ndarray]:
+                fps: float | None = None, info: VideoInfo | None = None,
+                start: float = 0.0) -> Iterator[np.ndarray]:
     """Iterate over the frames of a video as ``(H, W, 3)`` uint8 RGB arrays (a new array each).
 
     Memory stays bounded (one frame plus the pipe buffer). The file is probed before this
@@ -147,14 +153,17 @@ def read_frames(path: str | os.PathLike, max_frames: int | None = None, *,
         fps: resample to this constant frame rate (frames are duplicated or dropped by
             timestamp); None keeps the decoded frames as stored.
         info: a :class:`VideoInfo` of ``path`` already probed (skips probing again).
+        start: begin at the first frame at or after this time (seconds from the start; ffmpeg's input
+            seeking, exact to the frame for constant-rate files; callers that need a given frame index
+            check what they got, e.g. :class:`audio2lp.video_portrait.SourceFrames`).
 
     Raises:
         VideoError: as :func:`probe_video`; also when decoding fails midway, and (during
             iteration) when the video yields no frame.
     """
-    _check_read_args(max_frames, fps)
+    _check_read_args(max_frames, fps, start)
     info = info or probe_video(path, count_frames=False)
-    return _iter_decoder(_Decoder(info, max_frames, fps))
+    return _iter_decoder(_Decoder(info, max_frames, fps, start))
 
 
 class FrameReader(Prefetcher):
@@ -180,13 +189,14 @@ class FrameReader(Prefetcher):
     """
 
     def __init__(self, path: str | os.PathLike, max_frames: int | None = None, *,
-                 fps: float | None = None, queue_size: int = 8, info: VideoInfo | None = None):
-        _check_read_args(max_frames, fps)
+                 fps: float | None = None, queue_size: int = 8, info: VideoInfo | None = None,
+                 start: float = 0.0):
+        _check_read_args(max_frames, fps, start)
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1 (got {queue_size})")
         self.info = info or probe_video(path)
         self.frames_read = 0
-        decoder = _Decoder(self.info, max_frames, fps)
+        decoder = _Decoder(self.info, max_frames, fps, start)
         super().__init__(_iter_decoder(decoder), queue_size, name="audio2lp-frame-reader", on_stop=decoder.kill)
 
     def __next__(self) -> np.ndarray:
