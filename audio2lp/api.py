@@ -23,7 +23,7 @@ import numpy as np
 from audio2lp import options
 from audio2lp.driving import DrivingFrame, info_to_motion, iter_driving_frames, motion_to_info, open_driving
 from audio2lp.media.atomic import atomic_output, check_output_path
-from audio2lp.media.queue import Prefetcher
+from audio2lp.media.queue import Prefetcher, Worker
 from audio2lp.media.writer import VideoWriter
 from audio2lp.models.motion import MotionTemplate, save_motion_template
 from audio2lp.options import OptionError
@@ -212,7 +212,9 @@ class Animator:
         motions, eyes, lips = [], [], []
         state: dict = {}
 
-        def render_batch(batch: list[DrivingFrame]) -> list[np.ndarray]:
+        def render_batch(batch: list[DrivingFrame]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+            """The rendered 512x512 crops of a batch (one (B, 512, 512, 3) array per portrait face) and the
+            driving crops to show beside them (``concat``)."""
             if batch[0].motion is not None:
                 info = motion_to_info(np.stack([f.motion for f in batch]), device=renderer.device)
             else:
@@ -231,11 +233,15 @@ class Animator:
                 x_d = driving_keypoints(renderer, pf.source, info, state["reference"], anim_options,
                                         driving_eye_ratio=eye[:, 0], driving_lip_ratio=lip)
                 rendered.append(renderer.render(pf.source, x_d, batch_size=len(batch)))
+            return rendered, [fr.crop_rgb if concat else None for fr in batch]
+
+        def compose(rendered: list[np.ndarray], panels: list[np.ndarray | None]) -> list[np.ndarray]:
+            """The output frames of a batch: paste-back (and the driving crop beside it with ``concat``)."""
             outs = []
-            for j, fr in enumerate(batch):
+            for j, panel in enumerate(panels):
                 img = pt.composite([r[j] for r in rendered], pasteback=pasteback)
                 if concat:
-                    panel = fr.crop_rgb if fr.crop_rgb is not None else np.zeros((256, 256, 3), np.uint8)
+                    panel = panel if panel is not None else np.zeros((256, 256, 3), np.uint8)
                     h = img.shape[0]
                     img = np.concatenate([cv2.resize(panel, (h, h), interpolation=cv2.INTER_AREA), img], axis=1)
                 outs.append(img)
@@ -257,7 +263,7 @@ class Animator:
             try:
                 if image_out:
                     batch = list(frames)
-                    img = render_batch(batch)[0]
+                    img = compose(*render_batch(batch))[0]
                     if template_tmp is not None:
                         write_template(template_tmp)
                     _write_image_atomic(out, img)
@@ -265,22 +271,25 @@ class Animator:
                     bar.update(1)
                 else:
                     audio = src.path if src.kind == "video" and src.has_audio else None
+                    # decoding and face tracking run ahead in one thread, paste-back and encoding behind in others,
+                    # so this thread only feeds the renderer
                     with Prefetcher(frames, size=2 * self.batch_size) as pf_iter, \
-                            VideoWriter(out, src.fps, crf=crf, audio=audio, audio_fit="video") as writer:
+                            VideoWriter(out, src.fps, crf=crf, audio=audio, audio_fit="video") as writer, \
+                            Worker(lambda item: [writer.write(img) for img in compose(*item)], size=2,
+                                   name="audio2lp-paste-back") as sink:
                         batch: list[DrivingFrame] = []
                         for fr in pf_iter:
                             batch.append(fr)
                             if len(batch) == self.batch_size:
-                                for img in render_batch(batch):
-                                    writer.write(img)
+                                sink.put(render_batch(batch))
                                 written += len(batch)
                                 bar.update(len(batch))
                                 batch = []
                         if batch:
-                            for img in render_batch(batch):
-                                writer.write(img)
+                            sink.put(render_batch(batch))
                             written += len(batch)
                             bar.update(len(batch))
+                        sink.close()
                         if written == 0:
                             raise InputError(f"the driving input {src.path} has no frames to render.")
                         if template_tmp is not None:
@@ -356,16 +365,21 @@ class Animator:
 
         bar = _Progress(self.progress, n_frames, "render", progress_callback)
         try:
-            with VideoWriter(out, fps, crf=crf, audio=Path(audio), audio_fit="video") as writer:
+            def compose_and_write(rendered: list[np.ndarray]) -> None:
+                for j in range(len(rendered[0])):
+                    writer.write(pt.composite([r[j] for r in rendered], pasteback=pasteback))
+
+            # paste-back and encoding run in threads of their own while the next batch renders
+            with VideoWriter(out, fps, crf=crf, audio=Path(audio), audio_fit="video") as writer, \
+                    Worker(compose_and_write, size=2, name="audio2lp-paste-back") as sink:
                 for start in range(0, n_frames, self.batch_size):
                     idx = np.arange(start, min(n_frames, start + self.batch_size))
-                    rendered = [renderer.render(pf.source, plan.keypoints(renderer, pf, idx, expression_scale,
-                                                                          pose_scale, face_index=i),
-                                                batch_size=len(idx))
-                                for i, pf in enumerate(pt.faces)]
-                    for j in range(len(idx)):
-                        writer.write(pt.composite([r[j] for r in rendered], pasteback=pasteback))
+                    sink.put([renderer.render(pf.source, plan.keypoints(renderer, pf, idx, expression_scale,
+                                                                        pose_scale, face_index=i),
+                                              batch_size=len(idx))
+                              for i, pf in enumerate(pt.faces)])
                     bar.update(len(idx))
+                sink.close()
                 bar.close()
                 with _Stage(self.progress, "write"):  # the encoder's last frames and the audio mux
                     writer.close()

@@ -137,6 +137,18 @@ def _face_ratios(face) -> tuple[np.ndarray, float]:
     return np.asarray(eye_open_ratios(face), np.float32), float(lip_open_ratio(face))
 
 
+#: how often a tracked driving face is checked (see :func:`lp_renderer.faces.iter_faces_in_frames`)
+VERIFY_EVERY = 5
+
+
+def track_driving_faces(backend: FaceBackend, frames, which="largest"):
+    """``(frame, face or None)`` for the frames of a driving video: detected once (and again after it was lost),
+    tracked from the previous frame's landmarks in between, verified every :data:`VERIFY_EVERY` frames. The
+    crops stay within a few pixels of per-frame detection (``tests/audio2lp/test_drive.py``) at a fraction of
+    its cost (``benchmarks/overhead.py``)."""
+    return iter_faces_in_frames(backend, frames, which, detect_every=None, verify_every=VERIFY_EVERY)
+
+
 def iter_driving_frames(source: DrivingSource, backend: FaceBackend | None, *, which="largest",
                         keep_frames: bool = False, smooth_window: int = 5, max_frames: int | None = None,
                         progress: bool = False) -> Iterator[DrivingFrame]:
@@ -175,7 +187,7 @@ def iter_driving_frames(source: DrivingSource, backend: FaceBackend | None, *, w
     with FrameReader(source.path, max_frames=max_frames, info=source.info) as reader, \
             tqdm(reader, total=total, desc="faces", unit="frame", disable=not progress, position=1,
                  leave=False, dynamic_ncols=True) as frames:
-        faces = iter_faces_in_frames(backend, frames, "largest" if which == "all" else which)
+        faces = track_driving_faces(backend, frames, "largest" if which == "all" else which)
         # payload: (index, frame or None where the face is lost, face); ratios are measured on the frame
         payloads = (((i, frame if face is not None else None, face), face)
                     for i, (frame, face) in enumerate(faces))
