@@ -25,6 +25,7 @@ from lp_renderer.errors import InputError, NoFaceError
 from lp_renderer.faces import FaceBackend, eye_open_ratios, iter_faces_in_frames, lip_open_ratio, select_faces
 from lp_renderer.image_io import load_image
 from lp_renderer.keypoints import KeypointInfo, rotation_to_degrees
+from lp_renderer.renderer import host_to_device
 
 if TYPE_CHECKING:
     from audio2lp.media.probe import VideoInfo
@@ -43,10 +44,9 @@ def info_to_motion(info: KeypointInfo) -> np.ndarray:
 def motion_to_info(motion: np.ndarray, kp: np.ndarray | None = None, device="cpu") -> KeypointInfo:
     """(B, 70) motion -> KeypointInfo (B). ``kp`` (21, 3) fills the canonical keypoints (unused by
     relative driving; zeros when not given)."""
-    m = torch.as_tensor(np.array(motion, dtype=np.float32), device=device)
+    m = host_to_device(np.array(motion, dtype=np.float32), device)  # (B, 70); a copy, never a view
     b = m.shape[0]
-    kp_t = torch.zeros(b, 21, 3, device=device) if kp is None else \
-        torch.as_tensor(np.asarray(kp, np.float32), device=device).expand(b, 21, 3)
+    kp_t = torch.zeros(b, 21, 3, device=device) if kp is None else host_to_device(kp, device).expand(b, 21, 3)
     return KeypointInfo(kp=kp_t, exp=m[:, EXP].reshape(b, 21, 3), pitch=m[:, PITCH:PITCH + 1],
                         yaw=m[:, YAW:YAW + 1], roll=m[:, ROLL:ROLL + 1], t=m[:, T_SLICE],
                         scale=m[:, SCALE:SCALE + 1])

@@ -97,9 +97,9 @@ class SpeechPlan:
                   pose_scale: float = 1.0, face_index: int = 0):
         """Driving keypoints (B, 21, 3) of the frames ``idx`` for one portrait face ``pf`` (the
         ``face_index``-th of the portrait), stitched."""
-        import torch
 
         from lp_renderer.keypoints import relative_motion, transform_keypoints
+        from lp_renderer.renderer import host_to_device
 
         src = pf.source
         dev = renderer.device
@@ -116,7 +116,7 @@ class SpeechPlan:
             x_d = relative_motion(src.info, motion_to_info(m, device=dev), motion_to_info(ref[None], device=dev))
             return renderer.stitch(src.x_s, x_d)
         info = src.info
-        pose = torch.as_tensor(self.pose[idx], dtype=torch.float32, device=dev)
+        pose = host_to_device(self.pose[idx], dev)  # (B, 3) degrees
         posed = info.replace(kp=info.kp.expand(b, -1, -1), exp=info.exp.expand(b, -1, -1),
                              pitch=info.pitch + pose[:, :1], yaw=info.yaw + pose[:, 1:2], roll=info.roll + pose[:, 2:3],
                              t=info.t.expand(b, -1), scale=info.scale.expand(b, -1))

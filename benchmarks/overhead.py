@@ -150,12 +150,12 @@ def stages_drive(anim, portrait: Path, video: Path, n: int, tmp: Path) -> dict[s
 
 
 def stages_speak(anim, portrait: Path, wav: Path, tmp: Path) -> tuple[dict[str, Clock], int]:
+    import numpy as np
+
     from audio2lp.media.audio import load_audio
     from audio2lp.media.writer import VideoWriter
     from audio2lp.speech import speech_plan
     from lp_renderer.renderer import to_uint8
-
-    import numpy as np
 
     r = anim.renderer
     pt = anim.portrait(str(portrait))

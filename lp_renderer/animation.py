@@ -57,6 +57,16 @@ class AnimationOptions:
             raise InputError(f"--multiplier must be a non-negative number, not {self.multiplier}.")
 
 
+def _reference_multiplier(source: PreparedSource, reference: KeypointInfo, x_d0: torch.Tensor) -> float:
+    """:func:`motion_multiplier` of the source and the reference frame, computed once per (source, reference): it
+    needs the keypoints on the host (a convex hull), which on a GPU would wait for the device on every batch."""
+    key = ("motion_multiplier", id(reference))
+    hit = source.derived.get(key)
+    if hit is None or hit[0] is not reference:
+        hit = source.derived[key] = (reference, motion_multiplier(source.x_s, x_d0))
+    return hit[1]
+
+
 def driving_keypoints(renderer: Renderer, source: PreparedSource, driving: KeypointInfo,
                       reference: KeypointInfo | None, options: AnimationOptions = AnimationOptions(),
                       driving_eye_ratio: np.ndarray | None = None,
@@ -76,7 +86,7 @@ def driving_keypoints(renderer: Renderer, source: PreparedSource, driving: Keypo
                           options.region, neutral_exp=renderer.neutral_exp)
     if options.expression_friendly and reference is not None:
         x_d0 = relative_motion(source.info, reference.to(device), reference.to(device), options.region)
-        x_d = expression_friendly(x_d, x_d0, x_s, motion_multiplier(x_s, x_d0))
+        x_d = expression_friendly(x_d, x_d0, x_s, _reference_multiplier(source, reference, x_d0))
     if options.retarget_eyes or options.retarget_lip:
         b = x_d.shape[0]
         x_d = x_s.expand(b, *x_s.shape[1:]).clone()
