@@ -102,14 +102,22 @@ class Animator:
     (CUDA only; default on CUDA). compile: ``torch.compile`` W and G. face_backend: 'auto', 'dlib' or
     'insightface'. batch_size: frames rendered together (default 8 on CUDA, 1 on the CPU, where larger
     batches are not faster and cost memory: see benchmarks/RESULTS.md). progress: show progress bars.
-    A ready :class:`~lp_renderer.Renderer` may be passed instead of weights (tests, notebooks).
+    A ready :class:`~lp_renderer.Renderer` may be passed instead of weights (tests, notebooks). backend:
+    ``"pytorch"`` or ``"onnxruntime"`` (the networks exported to ONNX, from ``onnx_dir`` or exported into the cache
+    once: :mod:`audio2lp.onnx_export`).
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, *, device: str | None = None,
                  half: bool | None = None, compile: bool = False, face_backend: str = "auto",
                  insightface_dir: str | os.PathLike | None = None, renderer: Renderer | None = None,
-                 batch_size: int | None = None, progress: bool = True):
+                 batch_size: int | None = None, progress: bool = True, backend: str = "pytorch",
+                 onnx_dir: str | os.PathLike | None = None):
         batch_size = options.check_value("batch_size", batch_size)
+        self.backend = options.check_value("backend", backend)
+        if backend == "onnxruntime" and (compile or half):
+            raise options.OptionError("backend", "{backend} onnxruntime runs the exported float32 networks; it "
+                                      "cannot be combined with {compile} or {half}.")
+        self.onnx_dir = onnx_dir
         self.weights = weights
         self.device, self.half, self.compile = device, half, compile
         self.face_backend_name = face_backend
@@ -132,6 +140,11 @@ class Animator:
 
     @property
     def renderer(self) -> Renderer:
+        if self._renderer is None and self.backend == "onnxruntime":
+            from audio2lp.onnx_export import onnx_renderer
+
+            with weights_hint(self.weights):
+                self._renderer = onnx_renderer(resolve_weights_dir(self.weights), self.onnx_dir, self.device)
         if self._renderer is None:
             with weights_hint(self.weights):
                 self._renderer = Renderer.from_weights(resolve_weights_dir(self.weights), device=self.device,
