@@ -206,12 +206,13 @@ class OnnxRenderer(Renderer):
         except (OSError, ValueError):
             manifest = None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise InputError(f"{folder} is not an ONNX export of the renderer (no valid manifest.json); write "
-                             f"one with `audio2lp export onnx {folder}`.")
+            raise InputError(f"{folder} is not an ONNX export of the renderer (no valid manifest.json); export the "
+                             f"weights into it first (the `export onnx` command).")
         files = manifest["networks"]
         missing = [f for f in files.values() if not (folder / f).is_file()]
         if missing:
-            raise InputError(f"{folder} lacks {', '.join(missing)}; export it again (`audio2lp export onnx`).")
+            raise InputError(f"{folder} lacks {', '.join(missing)}; export the weights into it again (the `export "
+                             f"onnx` command).")
         self.onnx_dir = folder
         self.providers = list(providers) if providers is not None else available_providers()
         self.device = torch.device("cpu")  # where the tensors around the networks live
