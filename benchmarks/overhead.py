@@ -205,11 +205,9 @@ def main() -> None:
     from lp_renderer.fast.cpu_memory import enable_cpu_memory_settings
 
     enable_cpu_memory_settings()
-    import numpy as np
     import torch
 
     from audio2lp.api import Animator
-    from audio2lp.media.audio import load_audio, write_wav
     from audio2lp.media.probe import probe_video
 
     torch.set_num_threads(args.threads)
@@ -236,14 +234,9 @@ def main() -> None:
             lines += [f"drive: {DRIVING} (512x512, 25 fps) onto {PORTRAIT} resized to 624x624, {n} frames", ""]
             lines += table("drive stage", stages, total, n) + [""]
         if args.only in (None, "speak"):
-            chunks, total_len = [], 0
-            for f in sorted((data / "speech").glob("*.wav")):
-                a = load_audio(f)
-                chunks.append(a)
-                total_len += len(a)
-                if total_len >= args.seconds * 16000:
-                    break
-            wav = write_wav(tmp / "speech.wav", np.concatenate(chunks)[: int(args.seconds * 16000)])
+            from benchmarks.speak import real_speech
+
+            wav = real_speech(sorted((data / "speech").glob("*.wav")), args.seconds, tmp / "speech.wav")
             stages, n = stages_speak(anim, portrait, wav, tmp)
             with Clock() as total:
                 res = anim.speak(str(portrait), wav, tmp / "speak.mp4")
