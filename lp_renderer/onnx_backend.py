@@ -238,5 +238,8 @@ class OnnxRenderer(Renderer):
         return list(dict.fromkeys(p for s in self.sessions.values() for p in s.session.get_providers()))
 
     @classmethod
-    def from_weights(cls, *args, **kwargs):  # noqa: D102 - a Renderer loaded from PyTorch weights is not ONNX
+    def from_weights(cls, *args, **kwargs):
+        """Not available: an OnnxRenderer loads an exported folder (``OnnxRenderer(onnx_dir)``)."""
         raise TypeError("OnnxRenderer loads an ONNX folder: OnnxRenderer(onnx_dir); export one with export_onnx")
+
+    from_config = from_weights
