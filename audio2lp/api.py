@@ -25,7 +25,7 @@ import torch
 from audio2lp import options
 from audio2lp.driving import DrivingFrame, info_to_motion, iter_driving_frames, motion_to_info, open_driving
 from audio2lp.media.atomic import atomic_output, check_output_path
-from audio2lp.media.queue import Prefetcher
+from audio2lp.media.queue import Prefetcher, Worker
 from audio2lp.media.writer import VideoWriter
 from audio2lp.models.motion import MotionTemplate, save_motion_template
 from audio2lp.options import OptionError, literal
@@ -142,19 +142,27 @@ class Animator:
     (CUDA only; default on CUDA). compile: ``torch.compile`` W and G. face_backend: 'auto', 'dlib' or
     'insightface'. batch_size: frames rendered together (default 8 on CUDA, 1 on the CPU, where larger
     batches are not faster and cost memory: see benchmarks/RESULTS.md). progress: show progress bars.
-    A ready :class:`~lp_renderer.Renderer` may be passed instead of weights (tests, notebooks).
+    A ready :class:`~lp_renderer.Renderer` may be passed instead of weights (tests, notebooks). backend:
+    ``"pytorch"`` or ``"onnxruntime"`` (the networks exported to ONNX, from ``onnx_dir`` or exported into the cache
+    once: :mod:`audio2lp.onnx_export`).
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, *, device: str | None = None,
                  half: bool | None = None, compile: bool = False, face_backend: str = "auto",
                  insightface_dir: str | os.PathLike | None = None, renderer: Renderer | None = None,
-                 batch_size: int | None = None, progress: bool = True):
+                 batch_size: int | None = None, progress: bool = True, backend: str = "pytorch",
+                 onnx_dir: str | os.PathLike | None = None):
         batch_size = options.check_value("batch_size", batch_size)
         if renderer is None:
             try:
                 resolve_device(device, half)  # a missing GPU is reported now, before anything loads
             except DeviceUnavailable as e:
                 raise _device_error(e, device) from None
+        self.backend = options.check_value("backend", backend)
+        if backend == "onnxruntime" and (compile or half):
+            raise options.OptionError("backend", "{backend} onnxruntime runs the exported float32 networks; it "
+                                      "cannot be combined with {compile} or {half}.")
+        self.onnx_dir = onnx_dir
         self.weights = weights
         self.device, self.half, self.compile = device, half, compile
         self.face_backend_name = face_backend
@@ -192,6 +200,11 @@ class Animator:
 
     @property
     def renderer(self) -> Renderer:
+        if self._renderer is None and self.backend == "onnxruntime":
+            from audio2lp.onnx_export import onnx_renderer
+
+            with weights_hint(self.weights):
+                self._renderer = onnx_renderer(resolve_weights_dir(self.weights), self.onnx_dir, self.device)
         if self._renderer is None:
             with weights_hint(self.weights):
                 self._renderer = Renderer.from_weights(resolve_weights_dir(self.weights), device=self.device,
@@ -320,7 +333,9 @@ class Animator:
         motions, eyes, lips = [], [], []
         state: dict = {}
 
-        def render_batch(batch: list[DrivingFrame]) -> list[np.ndarray]:
+        def render_batch(batch: list[DrivingFrame]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+            """The rendered 512x512 crops of a batch (one (B, 512, 512, 3) array per portrait face) and the
+            driving crops to show beside them (``concat``)."""
             if batch[0].motion is not None:
                 info = motion_to_info(np.stack([f.motion for f in batch]), device=renderer.device)
             else:
@@ -339,11 +354,15 @@ class Animator:
                 x_d = driving_keypoints(renderer, pf.source, info, state["reference"], anim_options,
                                         driving_eye_ratio=eye[:, 0], driving_lip_ratio=lip, edit=edit)
                 rendered.append(renderer.render(pf.source, x_d, batch_size=len(batch)))
+            return rendered, [fr.crop_rgb if concat else None for fr in batch]
+
+        def compose(rendered: list[np.ndarray], panels: list[np.ndarray | None]) -> list[np.ndarray]:
+            """The output frames of a batch: paste-back (and the driving crop beside it with ``concat``)."""
             outs = []
-            for j, fr in enumerate(batch):
+            for j, panel in enumerate(panels):
                 img = pt.composite([r[j] for r in rendered], pasteback=pasteback)
                 if concat:
-                    panel = fr.crop_rgb if fr.crop_rgb is not None else np.zeros((256, 256, 3), np.uint8)
+                    panel = panel if panel is not None else np.zeros((256, 256, 3), np.uint8)
                     h = img.shape[0]
                     img = np.concatenate([cv2.resize(panel, (h, h), interpolation=cv2.INTER_AREA), img], axis=1)
                 outs.append(img)
@@ -365,7 +384,7 @@ class Animator:
             try:
                 if image_out:
                     batch = list(frames)
-                    img = render_batch(batch)[0]
+                    img = compose(*render_batch(batch))[0]
                     if template_tmp is not None:
                         write_template(template_tmp)
                     _write_image_atomic(out, img)
@@ -373,22 +392,25 @@ class Animator:
                     bar.update(1)
                 else:
                     audio = src.path if src.kind == "video" and src.has_audio else None
+                    # decoding and face tracking run ahead in one thread, paste-back and encoding behind in others,
+                    # so this thread only feeds the renderer
                     with Prefetcher(frames, size=2 * self.batch_size) as pf_iter, \
-                            VideoWriter(out, src.fps, crf=crf, audio=audio, audio_fit="video") as writer:
+                            VideoWriter(out, src.fps, crf=crf, audio=audio, audio_fit="video") as writer, \
+                            Worker(lambda item: [writer.write(img) for img in compose(*item)], size=2,
+                                   name="audio2lp-paste-back") as sink:
                         batch: list[DrivingFrame] = []
                         for fr in pf_iter:
                             batch.append(fr)
                             if len(batch) == self.batch_size:
-                                for img in render_batch(batch):
-                                    writer.write(img)
+                                sink.put(render_batch(batch))
                                 written += len(batch)
                                 bar.update(len(batch))
                                 batch = []
                         if batch:
-                            for img in render_batch(batch):
-                                writer.write(img)
+                            sink.put(render_batch(batch))
                             written += len(batch)
                             bar.update(len(batch))
+                        sink.close()
                         if written == 0:
                             raise InputError(f"the driving input {src.path} has no frames to render.")
                         if template_tmp is not None:
@@ -492,16 +514,21 @@ class Animator:
 
         bar = _Progress(self.progress, n_frames, "render", progress_callback)
         try:
-            with VideoWriter(out, fps, crf=crf, audio=Path(audio), audio_fit="video") as writer:
+            def compose_and_write(rendered: list[np.ndarray]) -> None:
+                for j in range(len(rendered[0])):
+                    writer.write(pt.composite([r[j] for r in rendered], pasteback=pasteback))
+
+            # paste-back and encoding run in threads of their own while the next batch renders
+            with VideoWriter(out, fps, crf=crf, audio=Path(audio), audio_fit="video") as writer, \
+                    Worker(compose_and_write, size=2, name="audio2lp-paste-back") as sink:
                 for start in range(0, n_frames, self.batch_size):
                     idx = np.arange(start, min(n_frames, start + self.batch_size))
-                    rendered = [renderer.render(pf.source, plan.keypoints(renderer, pf, idx, expression_scale,
-                                                                          pose_scale, face_index=i, edit=edit),
-                                                batch_size=len(idx))
-                                for i, pf in enumerate(pt.faces)]
-                    for j in range(len(idx)):
-                        writer.write(pt.composite([r[j] for r in rendered], pasteback=pasteback))
+                    sink.put([renderer.render(pf.source, plan.keypoints(renderer, pf, idx, expression_scale,
+                                                                        pose_scale, face_index=i, edit=edit),
+                                              batch_size=len(idx))
+                              for i, pf in enumerate(pt.faces)])
                     bar.update(len(idx))
+                sink.close()
                 bar.close()
                 with _Stage(self.progress, "write"):  # the encoder's last frames and the audio mux
                     writer.close()

@@ -25,6 +25,7 @@ from lp_renderer.errors import InputError, NoFaceError
 from lp_renderer.faces import FaceBackend, eye_open_ratios, iter_faces_in_frames, lip_open_ratio, select_faces
 from lp_renderer.image_io import load_image
 from lp_renderer.keypoints import KeypointInfo, rotation_to_degrees
+from lp_renderer.renderer import host_to_device
 
 if TYPE_CHECKING:
     from audio2lp.media.probe import VideoInfo
@@ -43,10 +44,9 @@ def info_to_motion(info: KeypointInfo) -> np.ndarray:
 def motion_to_info(motion: np.ndarray, kp: np.ndarray | None = None, device="cpu") -> KeypointInfo:
     """(B, 70) motion -> KeypointInfo (B). ``kp`` (21, 3) fills the canonical keypoints (unused by
     relative driving; zeros when not given)."""
-    m = torch.as_tensor(np.array(motion, dtype=np.float32), device=device)
+    m = host_to_device(np.array(motion, dtype=np.float32), device)  # (B, 70); a copy, never a view
     b = m.shape[0]
-    kp_t = torch.zeros(b, 21, 3, device=device) if kp is None else \
-        torch.as_tensor(np.asarray(kp, np.float32), device=device).expand(b, 21, 3)
+    kp_t = torch.zeros(b, 21, 3, device=device) if kp is None else host_to_device(kp, device).expand(b, 21, 3)
     return KeypointInfo(kp=kp_t, exp=m[:, EXP].reshape(b, 21, 3), pitch=m[:, PITCH:PITCH + 1],
                         yaw=m[:, YAW:YAW + 1], roll=m[:, ROLL:ROLL + 1], t=m[:, T_SLICE],
                         scale=m[:, SCALE:SCALE + 1])
@@ -153,6 +153,18 @@ def _face_ratios(face) -> tuple[np.ndarray, float]:
     return np.asarray(eye_open_ratios(face), np.float32), float(lip_open_ratio(face))
 
 
+#: how often a tracked driving face is checked (see :func:`lp_renderer.faces.iter_faces_in_frames`)
+VERIFY_EVERY = 5
+
+
+def track_driving_faces(backend: FaceBackend, frames, which="largest"):
+    """``(frame, face or None)`` for the frames of a driving video: detected once (and again after it was lost),
+    tracked from the previous frame's landmarks in between, verified every :data:`VERIFY_EVERY` frames. The
+    crops stay within a few pixels of per-frame detection (``tests/audio2lp/test_drive.py``) at a fraction of
+    its cost (``benchmarks/overhead.py``)."""
+    return iter_faces_in_frames(backend, frames, which, detect_every=None, verify_every=VERIFY_EVERY)
+
+
 def iter_driving_frames(source: DrivingSource, backend: FaceBackend | None, *, which="largest",
                         keep_frames: bool = False, smooth_window: int = 5, max_frames: int | None = None,
                         progress: bool = False) -> Iterator[DrivingFrame]:
@@ -191,7 +203,7 @@ def iter_driving_frames(source: DrivingSource, backend: FaceBackend | None, *, w
     with FrameReader(source.path, max_frames=max_frames, info=source.info) as reader, \
             tqdm(reader, total=total, desc="faces", unit="frame", disable=not progress, position=1,
                  leave=False, dynamic_ncols=True) as frames:
-        faces = iter_faces_in_frames(backend, frames, "largest" if which == "all" else which)
+        faces = track_driving_faces(backend, frames, "largest" if which == "all" else which)
         # payload: (index, frame or None where the face is lost, face); ratios are measured on the frame
         payloads = (((i, frame if face is not None else None, face), face)
                     for i, (frame, face) in enumerate(faces))

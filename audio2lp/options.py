@@ -232,13 +232,19 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _slider("gaze_y", "eye gaze, vertical", "Eye gaze (vertical)", 0.01, metavar="V"),
     # ---------------------------------------------------------------------------------- runtime
     Option("weights", "path", None, "LivePortrait weights folder (official pretrained_weights layout); default "
-           "$AUDIO2LP_WEIGHTS or the cache folder (see `audio2lp weights`)", _RENDER + ("doctor", "weights"),
-           metavar="DIR", label="the weights folder"),
+           "$AUDIO2LP_WEIGHTS or the cache folder (see `audio2lp weights`)",
+           _RENDER + ("doctor", "weights", "export onnx"), metavar="DIR", label="the weights folder"),
     Option("device", "str", "auto", "where to run the networks (default: CUDA when available)", _RENDER,
            choices=("auto", "cpu", "cuda"), label="Device"),
     Option("half", "bool", None, "float16 for the warping and decoding networks (CUDA only; default on CUDA)",
            _RENDER, nullable=True, label="Half precision"),
     Option("compile", "bool", False, "torch.compile the warping and decoding networks", _RENDER, label="Compile"),
+    Option("backend", "str", "pytorch", "run the networks with PyTorch or with onnxruntime (TensorRT, CUDA or CPU "
+           "execution provider, whichever is installed and matches --device; needs the onnx extra)", ("speak", "drive"),
+           choices=("pytorch", "onnxruntime"), label="Backend"),
+    Option("onnx_dir", "path", None, "with --backend onnxruntime: a folder written by `audio2lp export onnx` (default: "
+           "the weights, exported once into the cache folder)", ("speak", "drive"), metavar="DIR",
+           label="the ONNX folder"),
     Option("batch_size", "int", None, "frames rendered together (default 8 on CUDA, 1 on the CPU)", _RENDER,
            minimum=1, nullable=True, metavar="N", label="--batch-size (when starting the app)"),
     Option("face_backend", "str", "auto", "face detector/landmarks: dlib (built in) or insightface (needs the "

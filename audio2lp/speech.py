@@ -157,9 +157,9 @@ class SpeechPlan:
         closes a portrait's open mouth first (lip ratio >= :data:`LIP_NORMALIZE_THRESHOLD`, added after stitching as
         LivePortrait's ``flag_normalize_lip`` does): the model's lip motion is relative to a closed mouth (see
         :mod:`training.motion.dataset`)."""
-        import torch
 
         from lp_renderer.keypoints import relative_motion, transform_keypoints
+        from lp_renderer.renderer import host_to_device
 
         src = pf.source
         dev = renderer.device
@@ -179,7 +179,7 @@ class SpeechPlan:
             if src.lip_ratio is not None and src.lip_ratio >= LIP_NORMALIZE_THRESHOLD:
                 x_d = x_d + renderer.retarget_lip(src.x_s, np.array([[src.lip_ratio, 0.0]], np.float32))
             return x_d
-        pose = torch.as_tensor(self.pose[idx], dtype=torch.float32, device=dev)
+        pose = host_to_device(self.pose[idx], dev)  # (B, 3) degrees
         posed = info.replace(kp=info.kp.expand(b, -1, -1), exp=info.exp.expand(b, -1, -1),
                              pitch=info.pitch + pose[:, :1], yaw=info.yaw + pose[:, 1:2], roll=info.roll + pose[:, 2:3],
                              t=info.t.expand(b, -1), scale=info.scale.expand(b, -1))

@@ -22,6 +22,12 @@ its own so its peak RSS is its own:
 * optimised - the default Renderer (folded, fast layers, NNPACK convolutions, per-source cache, the
               allocator settings of ``lp_renderer.fast.cpu_memory``, opted in as the CLI does), batch 1 and 8;
 * optimised-default-malloc - the same at batch 1 with the allocator's defaults (what those settings buy).
+* onnxruntime - the networks exported to ONNX (``lp_renderer.onnx_backend.export_onnx``: folded, plain layers,
+              no per-source cache) and run by onnxruntime's CPU execution provider with the same threads,
+              batch 1 (``audio2lp speak/drive --backend onnxruntime``); the export is not timed, but its
+              peak memory (the PyTorch networks, tracing) is in that row's peak RSS.
+
+``--paths`` picks some of them (default all; the naive one always runs first: it is the baseline).
 
 The naive path also runs with the allocator's defaults, as the official code would.
 
@@ -32,11 +38,13 @@ exact command, ready for ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,7 +90,9 @@ def child(args) -> dict:
 
     torch.set_num_threads(args.threads)
     fold = args.mode != "naive"
-    if args.weights:
+    if args.mode == "onnxruntime":
+        r = onnx_renderer(args)
+    elif args.weights:
         r = Renderer.from_weights(args.weights, device="cpu", fold=fold)
     else:
         cfg = RendererConfig.tiny() if args.quick else RendererConfig()
@@ -123,13 +133,34 @@ def child(args) -> dict:
             "per_frame": per_frame, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
+def onnx_renderer(args):
+    """The weights (or the random networks) exported to a temporary folder, loaded by onnxruntime (CPU)."""
+    from lp_renderer import RendererConfig, RendererNetworks
+    from lp_renderer.onnx_backend import OnnxRenderer, export_onnx
+    from lp_renderer.weights import load_networks, load_neutral_expression
+
+    tmp = tempfile.mkdtemp(prefix="lp_onnx_")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    if args.weights:
+        export_onnx(load_networks(args.weights), tmp, neutral_exp=load_neutral_expression(args.weights))
+    else:
+        export_onnx(RendererNetworks.random(RendererConfig.tiny() if args.quick else RendererConfig(), seed=0), tmp)
+    return OnnxRenderer(tmp, providers=["CPUExecutionProvider"], threads=args.threads)
+
+
+PATHS = ("naive", "optimised", "optimised-batch8", "optimised-default-malloc", "onnxruntime")
+
+
 def run_children(args, weights: str | None) -> list[dict]:
     runs = [("naive", 1, args.frames), ("optimised", 1, args.frames), ("optimised", 8, 16),
-            ("optimised-default-malloc", 1, args.frames)]
+            ("optimised-default-malloc", 1, args.frames), ("onnxruntime", 1, args.frames)]
+    wanted = {"naive", *args.paths.split(",")} if args.paths else set(PATHS)
+    runs = [r for r in runs if (r[0] if r[1] == 1 else f"{r[0]}-batch{r[1]}") in wanted]
     results = []
     for mode, batch, frames in runs:
         env = dict(os.environ)
-        if mode != "optimised":  # the official code runs with the allocator's defaults (lp_renderer.fast.cpu_memory)
+        if mode not in ("optimised", "onnxruntime"):
+            # the official code runs with the allocator's defaults (lp_renderer.fast.cpu_memory)
             env.update({"THP_MEM_ALLOC_ENABLE": "0", "LP_RENDERER_MALLOC_TUNING": "0"})
         cmd = [sys.executable, __file__, "--child", "--mode", mode, "--batch", str(batch), "--frames", str(frames),
                "--threads", str(args.threads)] + (["--quick"] if args.quick else []) + \
@@ -183,6 +214,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=3, help="frames per batch-1 path (batch 8 renders 2 batches)")
     ap.add_argument("--quick", action="store_true", help="tiny config, random weights: a smoke run")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--paths", help=f"comma-separated paths to run (default all: {','.join(PATHS)})")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="optimised", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)

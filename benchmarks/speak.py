@@ -21,6 +21,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def real_speech(files, seconds: float, path: Path) -> Path:
+    """Real speech: ``files`` (wav) concatenated until they last ``seconds``, written to ``path``."""
+    import numpy as np
+
+    from audio2lp.media.audio import load_audio, write_wav
+
+    chunks, total = [], 0
+    for f in files:
+        a = load_audio(f)
+        chunks.append(a)
+        total += len(a)
+        if total >= seconds * 16000:
+            break
+    return write_wav(path, np.concatenate(chunks)[: int(seconds * 16000)])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="speech duration (default 10)")
@@ -31,7 +47,6 @@ def main() -> None:
     ap.add_argument("--weights", help="a real weights folder instead of random full-size weights")
     args = ap.parse_args()
 
-    import numpy as np
     import torch
 
     # the CPU memory settings, opted in where this benchmark always did (its figures in RESULTS.md): after torch
@@ -40,7 +55,6 @@ def main() -> None:
 
     enable_cpu_memory_settings()
     from audio2lp.api import Animator
-    from audio2lp.media.audio import load_audio, write_wav
     from audio2lp.media.probe import probe_video
     from lp_renderer import RendererConfig, RendererNetworks
     from lp_renderer.weights import save_networks
@@ -53,15 +67,7 @@ def main() -> None:
         sys.exit(f"real test data not found at {data} (set AUDIO2LP_TEST_DATA)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        # real speech, concatenated until it lasts --seconds
-        chunks, total = [], 0
-        for f in speech_files:
-            a = load_audio(f)
-            chunks.append(a)
-            total += len(a)
-            if total >= args.seconds * 16000:
-                break
-        wav = write_wav(tmp / "speech.wav", np.concatenate(chunks)[: int(args.seconds * 16000)])
+        wav = real_speech(speech_files, args.seconds, tmp / "speech.wav")
         weights = args.weights
         if weights is None:
             weights = tmp / "weights"

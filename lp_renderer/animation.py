@@ -65,6 +65,16 @@ class AnimationOptions:
             raise InputError(f"--multiplier must be a non-negative number, not {self.multiplier}.")
 
 
+def _reference_multiplier(source: PreparedSource, reference: KeypointInfo, x_d0: torch.Tensor) -> float:
+    """:func:`motion_multiplier` of the source and the reference frame, computed once per (source, reference): it
+    needs the keypoints on the host (a convex hull), which on a GPU would wait for the device on every batch."""
+    key = ("motion_multiplier", id(reference))
+    hit = source.derived.get(key)
+    if hit is None or hit[0] is not reference:
+        hit = source.derived[key] = (reference, motion_multiplier(source.x_s, x_d0))
+    return hit[1]
+
+
 def driving_keypoints(renderer: Renderer, source: PreparedSource, driving: KeypointInfo,
                       reference: KeypointInfo | None, options: AnimationOptions = AnimationOptions(),
                       driving_eye_ratio: np.ndarray | None = None,
@@ -93,7 +103,9 @@ def driving_keypoints(renderer: Renderer, source: PreparedSource, driving: Keypo
                           options.region, neutral_exp=renderer.neutral_exp)
     if options.expression_friendly and reference is not None:
         x_d0 = relative_motion(base, reference.to(device), reference.to(device), options.region)
-        x_d = expression_friendly(x_d, x_d0, x_base, motion_multiplier(x_base, x_d0))
+        mult = (_reference_multiplier(source, reference, x_d0) if x_base is x_s
+                else motion_multiplier(x_base, x_d0))  # an edited portrait: its own multiplier
+        x_d = expression_friendly(x_d, x_d0, x_base, mult)
     if options.retarget_eyes or options.retarget_lip:
         x_d = retargeted_keypoints(renderer, source, options, x_d.shape[0], driving_eye_ratio, driving_lip_ratio,
                                    base=x_base)

@@ -58,6 +58,17 @@ def resolve_device(device: str | torch.device | None = None, half: bool | None =
         raise DeviceUnavailable("half", "half precision (float16) runs on CUDA only; on the CPU the networks run in "
                                         "float32, so leave half precision off.")
     return dev, bool(half)
+#: The layer sets of a folded renderer (all fold spectral norm and BatchNorm; same maths up to float rounding):
+#: ``"cpu"`` - the rewritten SPADE decoder (:mod:`.fast.spade`), W's mask convolution by FFT (:mod:`.fast.fft_conv`)
+#: and W's and G's 2-D convolutions by NNPACK (:mod:`.fast.nnpack`), G one image at a time: the CPU's default;
+#: ``"cuda"`` - the rewritten SPADE decoder only (GPUs have fast direct convolutions): every other device's default;
+#: ``"plain"`` - the folded original modules (what ONNX export writes).
+LAYER_SETS = ("cpu", "cuda", "plain")
+
+
+def default_layers(device: torch.device) -> str:
+    """The layer set a device uses by default: ``"cpu"`` on the CPU, ``"cuda"`` on any other device."""
+    return "cpu" if torch.device(device).type == "cpu" else "cuda"
 
 
 @dataclass
@@ -77,6 +88,9 @@ class PreparedSource:
     warp_cache: dict[str, torch.Tensor] = field(default_factory=dict)
     eye_ratios: tuple[float, float] | None = None
     lip_ratio: float | None = None
+    #: values derived from this source and a driving reference, computed once per reference (keyed by the
+    #: reference object's id, which the entry keeps alive): see :func:`lp_renderer.animation.driving_keypoints`
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 class Renderer:
@@ -85,7 +99,10 @@ class Renderer:
     ``half`` (CUDA only) runs W and G under float16 autocast with the keypoint and warp maths in
     float32; on CPU everything is float32. ``fold`` replaces spectral-norm and BatchNorm layers by
     plain convolutions once (eval mode only; same outputs; see :mod:`lp_renderer.fast`; the process-wide
-    allocator settings of :mod:`lp_renderer.fast.cpu_memory` are the caller's choice). ``neutral_exp``
+    allocator settings of :mod:`lp_renderer.fast.cpu_memory` are the caller's choice). ``layers`` picks the
+    layer set of a folded renderer (:data:`LAYER_SETS`; default: the one of the device, ``"cpu"`` on the CPU,
+    ``"cuda"`` elsewhere), so that any set can run on any device (tests run the CUDA set on the CPU).
+    ``neutral_exp``
     (1, 21, 3) is LivePortrait's neutral expression (``lip_array.pkl``), used when a single image drives the
     portrait; without it that case deviates from the official output (see
     :func:`lp_renderer.keypoints.relative_motion`).
@@ -93,19 +110,24 @@ class Renderer:
 
     def __init__(self, networks: RendererNetworks, device: str | torch.device | None = None,
                  half: bool | None = None, fold: bool = True, compile: bool = False,
-                 neutral_exp: torch.Tensor | None = None, _owned: bool = False):
+                 neutral_exp: torch.Tensor | None = None, _owned: bool = False, layers: str | None = None):
         self.device, self.half = resolve_device(device, half)
         self.config: RendererConfig = networks.config
         networks = networks.eval()
+        if layers is None:
+            layers = default_layers(self.device)
+        if layers not in LAYER_SETS:
+            raise ValueError(f"layers must be one of {', '.join(LAYER_SETS)}, not {layers!r}")
+        self.layers = layers if fold else "unfolded"
         if fold:
             from .fast.folding import fold_network
 
-            if self.device.type == "cpu":
+            if layers == "cpu":
                 from .fast.cpu_memory import apply_if_enabled
 
                 apply_if_enabled()  # only when the program opted in (lp_renderer.fast.cpu_memory)
-            networks = fold_network(networks, fft_conv=self.device.type == "cpu",
-                                    nnpack=self.device.type == "cpu", inplace=_owned)
+            networks = fold_network(networks, fast_layers=layers != "plain", fft_conv=layers == "cpu",
+                                    nnpack=layers == "cpu", inplace=_owned)
         self.nets = networks.to(self.device)
         self.folded = fold
         self.neutral_exp = None if neutral_exp is None else \
@@ -113,7 +135,7 @@ class Renderer:
         self._warp = self.nets.warping
         self._decode = self.nets.decoder
         # images per G call (None: the whole batch); see decode()
-        self.decode_chunk: int | None = 1 if fold and self.device.type == "cpu" else None
+        self.decode_chunk: int | None = 1 if fold and layers == "cpu" else None
         if compile:
             self._warp = torch.compile(self.nets.warping)
             self._decode = torch.compile(self.nets.decoder)
@@ -121,7 +143,8 @@ class Renderer:
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_weights(cls, weights_dir: str | Path, device=None, half: bool | None = None,
-                     fold: bool = True, compile: bool = False, require_stitching: bool = False) -> Renderer:
+                     fold: bool = True, compile: bool = False, require_stitching: bool = False,
+                     layers: str | None = None) -> Renderer:
         """Load the official release (or our safetensors) from ``weights_dir`` (see :mod:`.weights`), and
         ``lip_array.pkl`` (the neutral expression) when the folder has it."""
         from .weights import load_networks, load_neutral_expression
@@ -129,7 +152,7 @@ class Renderer:
         wdir = Path(weights_dir).expanduser()
         nets = load_networks(wdir, require_stitching=require_stitching)
         return cls(nets, device=device, half=half, fold=fold, compile=compile,
-                   neutral_exp=load_neutral_expression(wdir), _owned=True)
+                   neutral_exp=load_neutral_expression(wdir), _owned=True, layers=layers)
 
     @classmethod
     def from_config(cls, config: RendererConfig, seed: int = 0, **kwargs) -> Renderer:
@@ -171,9 +194,13 @@ class Renderer:
             raise InputError(f"expected RGB images (H, W, 3) or (B, H, W, 3), got shape {arr.shape}.")
         if arr.shape[1:3] != (256, 256):
             arr = np.stack([cv2.resize(a, (256, 256)) for a in arr])
-        x = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
-        x = x.float() / 255.0
-        return x.clamp(0, 1).permute(0, 3, 1, 2).contiguous()  # (B, H, W, 3) -> (B, 3, H, W)
+        # channels first while still uint8 (a quarter of the bytes to move), one host -> device copy
+        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))  # (B, H, W, 3) -> (B, 3, H, W)
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
+        return x.float().div_(255.0)  # in [0, 1] exactly as x / 255
 
     # ---------------------------------------------------------------- networks
     @torch.no_grad()
@@ -214,7 +241,8 @@ class Renderer:
         return apply_stitching(x_d, delta)
 
     def _retarget(self, mlp, x_s: torch.Tensor, ratios: torch.Tensor) -> torch.Tensor:
-        ratios = torch.as_tensor(ratios, dtype=torch.float32, device=self.device)
+        ratios = host_to_device(ratios, self.device) if not isinstance(ratios, torch.Tensor) else \
+            ratios.to(self.device, torch.float32)
         b = ratios.shape[0]
         x_s = x_s.expand(b, *x_s.shape[1:])
         delta = mlp(torch.cat([x_s.reshape(b, -1), ratios.reshape(b, -1)], dim=1))
@@ -283,7 +311,24 @@ class Renderer:
         return np.concatenate(outs) if outs else np.zeros((0, 512, 512, 3), np.uint8)
 
 
+def host_to_device(array, device: str | torch.device) -> torch.Tensor:
+    """A host array (any shape, cast to float32) on ``device``, copied without waiting for the device: a plain
+    ``torch.as_tensor(..., device=cuda)`` synchronises the stream, i.e. waits for every queued kernel."""
+    return torch.as_tensor(np.asarray(array, dtype=np.float32)).to(device, non_blocking=True)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8, truncating like the official ``parse_output``."""
-    arr = images.permute(0, 2, 3, 1).clamp(0, 1).cpu().numpy()
-    return (arr * 255).astype(np.uint8)
+    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8, truncating like the official ``parse_output``.
+
+    On an accelerator the conversion runs there and the batch comes back in one copy of the uint8 pixels (a
+    quarter of the float bytes) into pinned memory; the result is the same bytes as the CPU path (float32
+    ``x * 255`` truncated either way).
+    """
+    if images.device.type != "cuda":
+        arr = images.detach().permute(0, 2, 3, 1).clamp(0, 1).cpu().numpy()
+        return (arr * 255).astype(np.uint8)
+    u8 = (images.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3) on the device
+    host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(u8, non_blocking=True)
+    torch.cuda.current_stream(images.device).synchronize()  # the one wait for the device per batch
+    return host.numpy()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from audio2lp.apps import doctor, server, webapp, weights_cmd
+from audio2lp.apps import doctor, export_cmd, server, webapp, weights_cmd
 from audio2lp.apps.frontdoor import (
     EXIT_USAGE,
     add_arguments,
@@ -123,7 +123,7 @@ def run_edit(args) -> int:
 
 # ------------------------------------------------------------------------------------------ main
 PARSERS = [add_speak_parser, add_drive_parser, add_edit_parser, weights_cmd.add_weights_parser,
-           doctor.add_doctor_parser, webapp.add_app_parser, server.add_serve_parser]
+           doctor.add_doctor_parser, webapp.add_app_parser, server.add_serve_parser, export_cmd.add_export_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,7 +49,8 @@ def animator(args):
 
     return Animator(args.weights, device=None if args.device == "auto" else args.device, half=args.half,
                     compile=args.compile, face_backend=args.face_backend, insightface_dir=args.insightface_dir,
-                    batch_size=args.batch_size, progress=not args.quiet)
+                    batch_size=args.batch_size, progress=not args.quiet,
+                    backend=getattr(args, "backend", "pytorch"), onnx_dir=getattr(args, "onnx_dir", None))
 
 
 def run(command: Callable[[], int | None], *, interrupted: str = "interrupted; no partial output was kept",
@@ -91,7 +92,7 @@ def add_arguments(parser, command: str, *, skip: tuple[str, ...] = (), group_tit
     (e.g. the port of one command)."""
     defaults = dict(defaults or {})
     runtime = ("weights", "device", "half", "compile", "batch_size", "face_backend", "insightface_dir", "quiet",
-               "verbose")
+               "verbose", "backend", "onnx_dir")
     group = parser.add_argument_group("runtime")
     for o in options.options_for(command):
         if o.name in skip:

@@ -4,6 +4,9 @@ when it is stopped. It lets decoding, face work and encoding overlap with render
 * :class:`BackgroundQueue` - the queue itself: :meth:`~BackgroundQueue.put` and :meth:`~BackgroundQueue.get` wait
   in short steps and give up once :meth:`~BackgroundQueue.stop` was called; the video writer's encoding thread
   consumes from one.
+* :class:`Worker` - the other direction: runs a function on every item its user puts, in order, in a daemon thread
+  (``drive`` and ``speak`` paste the rendered crops back into the portrait and hand them to the video writer there,
+  while the next batch renders).
 * :class:`Prefetcher` - runs an iterator in a daemon thread and hands its items over through a
   :class:`BackgroundQueue` (the frame reader's decoding, the drive loop's face tracking). An exception in the
   thread is raised in the consumer where it happened; :meth:`~Prefetcher.close` (or leaving the ``with`` block, or
@@ -147,3 +150,69 @@ class Prefetcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Worker:
+    """Run ``fn(item)`` in a daemon thread for each item :meth:`put` (up to ``size`` waiting), in order.
+
+    An exception raised by ``fn`` is raised in the caller at its next :meth:`put` or at :meth:`close`, and the items
+    still waiting are dropped. :meth:`close` waits until every item was processed; :meth:`abort` (or leaving the
+    ``with`` block with an exception) drops what waits and stops the thread after the item in hand.
+    """
+
+    def __init__(self, fn: Callable[[Any], None], size: int = 8, *, name: str = "audio2lp-worker"):
+        self._fn = fn
+        self._queue = BackgroundQueue(size)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get()
+            except queue.Empty:
+                if self._queue.stopped:
+                    return
+                continue
+            if item is _END or self._queue.stopped:
+                return
+            try:
+                self._fn(item)
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                self.error = exc
+                self._queue.stop()
+                return
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+        raise RuntimeError("the worker thread stopped")
+
+    def put(self, item: Any) -> None:
+        """Queue ``item`` (waits while ``size`` items wait); raises the thread's exception if it failed."""
+        if self.error is not None or not self._queue.put(item, alive=self._thread.is_alive):
+            self._raise()
+
+    def close(self) -> None:
+        """Wait until every queued item was processed; raise the thread's exception, if any."""
+        if self._thread.is_alive():
+            self._queue.put(_END, alive=self._thread.is_alive)
+            self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        """Drop the waiting items and stop the thread (after the item in hand)."""
+        self._queue.stop()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -197,9 +197,10 @@ class FaceBackend(abc.ABC):
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
         """All faces in an ``HxWx3`` uint8 RGB image, largest box first (empty list if none)."""
 
-    def track(self, image_rgb: np.ndarray, previous: Face) -> Face | None:
+    def track(self, image_rgb: np.ndarray, previous: Face, verify: bool = True) -> Face | None:
         """The face in ``image_rgb`` that continues ``previous`` (a face of the previous frame), or None
-        if it is lost. The default re-detects and takes the best-overlapping face."""
+        if it is lost. ``verify=False`` allows a backend to skip its check that the face is really there (a
+        cheaper step between checks). The default re-detects and takes the best-overlapping face."""
         return best_overlap(self.detect(image_rgb), previous)
 
 

@@ -30,7 +30,8 @@ def test_animator_keywords_are_the_schema_names(method):
     params = set(inspect.signature(getattr(Animator, method)).parameters) - {
         "self", "portrait", "audio", "driving", "output", "progress_callback"}
     schema = {o.name for o in options.options_for(method)} - {
-        "weights", "device", "half", "compile", "batch_size", "face_backend", "insightface_dir", "quiet", "verbose"}
+        "weights", "device", "half", "compile", "batch_size", "face_backend", "insightface_dir", "quiet", "verbose",
+        "backend", "onnx_dir"}
     assert params == schema
 
 

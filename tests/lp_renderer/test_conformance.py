@@ -84,13 +84,15 @@ def renderers(official_dir):
 
     def get(variant: str) -> Renderer:
         if variant not in built:
-            built[variant] = Renderer.from_weights(official_dir, device="cpu", fold=variant == "folded")
+            layers = "cuda" if variant == "cuda-layers" else None  # the CUDA layer set, run on the CPU
+            built[variant] = Renderer.from_weights(official_dir, device="cpu", fold=variant != "unfolded",
+                                                   layers=layers)
         return built[variant]
 
     return get
 
 
-@pytest.fixture(scope="module", params=["folded", "unfolded"])
+@pytest.fixture(scope="module", params=["folded", "unfolded", "cuda-layers"])
 def renderer(request, renderers):
     return renderers(request.param)
 
@@ -203,6 +205,19 @@ def test_spade_decoder(renderer, case):
     assert diff.max() <= 1, f"G_out_uint8 from stored W_out: max diff {diff.max()}"
 
 
+def end_to_end(r: Renderer, case, batch: int = 1) -> tuple[np.ndarray, torch.Tensor]:
+    """The product's chain on a case (see :func:`test_end_to_end`): uint8 images (batch copies of the second
+    driving frame) and x_d1."""
+    src = r.prepare_source(case["input_source_rgb"])
+    drv = r.extract_motion(case["input_driving_rgb"])
+    x_d1 = driving_keypoints(r, src, drv[1], reference=drv[0], options=AnimationOptions())
+    return r.render(src, x_d1.expand(batch, -1, -1), batch_size=batch), x_d1
+
+
+def uint8_diff(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    return np.abs(out.astype(np.int32) - ref.astype(np.int32))
+
+
 def test_end_to_end(default_renderer, case):
     """The user's chain from the input images to the uint8 image: the source and driving images as they
     are (256x256 crops, no face detection), Algorithm 1 with the default options (relative motion,
@@ -211,15 +226,52 @@ def test_end_to_end(default_renderer, case):
     Only the default (folded) renderer runs it: every stage of the unfolded networks is compared with the
     stored arrays above at the stage tolerance, so a second full-size chain would add time, not coverage.
     """
-    r = default_renderer
     options = AnimationOptions()
     assert (options.region, options.stitching, options.expression_friendly, options.multiplier) == \
         ("all", True, True, 1.0) and not (options.retarget_eyes or options.retarget_lip)
-    src = r.prepare_source(case["input_source_rgb"])
-    drv = r.extract_motion(case["input_driving_rgb"])
-    x_d1 = driving_keypoints(r, src, drv[1], reference=drv[0], options=options)
-    out = r.render(src, x_d1)[0]
-    diff = np.abs(out.astype(np.int32) - case["G_out_uint8"].astype(np.int32))
+    check_end_to_end(default_renderer, case)
+
+
+def check_end_to_end(r: Renderer, case) -> None:
+    out, x_d1 = end_to_end(r, case)
+    diff = uint8_diff(out[0], case["G_out_uint8"])
     kp_err = float((x_d1 - torch.from_numpy(case["x_d1_stitched"])).abs().max())
     assert diff.mean() <= 0.5 and diff.max() <= 16, \
         f"end to end: mean {diff.mean():.3f}, max {diff.max()} (x_d1 vs x_d1_stitched: max {kp_err:.3g})"
+
+
+def test_end_to_end_cuda_layers(renderers, case):
+    """The CUDA layer set (no FFT / NNPACK layers, G on the whole batch), run on the CPU in float32: the same
+    end-to-end tolerance as the CPU's default set."""
+    r = renderers("cuda-layers")
+    assert r.layers == "cuda" and r.decode_chunk is None
+    check_end_to_end(r, case)
+
+
+# Low precision on the CPU (what ``half`` does on CUDA: W and G under autocast, the warp grid in float32), against the
+# float32 output of the same CUDA layer set. Measured on case_a (lp_fill weights, 2026-12-06): bfloat16 uint8 mean
+# 3.15, 99th percentile 43 levels; float16 (CUDA's half) mean 0.44, 99th percentile 5. bfloat16 keeps 8 bits of
+# mantissa against float16's 11, hence its looser bound.
+LOW_PRECISION_TOLERANCE = {torch.bfloat16: (4.0, 64), torch.float16: (0.75, 8)}  # uint8 mean, 99th percentile
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_cuda_layers_under_cpu_autocast(renderers, dtype):
+    require_conformance_data()
+    case = dict(np.load(CASES[0]))
+    r = renderers("cuda-layers")
+    feature, x_s = torch.from_numpy(case["F_feature_3d"]), torch.from_numpy(case["x_s"])
+    from lp_renderer.renderer import PreparedSource
+
+    src = PreparedSource(image=torch.zeros(1, 3, 256, 256), feature=feature, info=None, x_s=x_s,
+                         warp_cache=r.nets.warping.source_cache(feature, x_s))
+    x_d = torch.from_numpy(case["x_d1_stitched"])
+    ref = to_uint8(r.warp_decode(src, x_d))[0]
+    with torch.autocast("cpu", dtype=dtype):
+        warped = r.warp(src, x_d)
+        out = to_uint8(r.decode(warped["out"]))[0]
+    assert warped["out"].dtype == dtype and warped["deformation"].dtype == torch.float32
+    diff = uint8_diff(out, ref)
+    mean_tol, p99_tol = LOW_PRECISION_TOLERANCE[dtype]
+    assert diff.mean() <= mean_tol and np.percentile(diff, 99) <= p99_tol, \
+        f"{dtype}: mean {diff.mean():.3f}, 99th percentile {np.percentile(diff, 99)}"
