@@ -1,7 +1,9 @@
 """The Python API: :class:`Animator` orchestrates a run (portrait, driving motion or speech plan, renderer, video
 writer); the work is done by :mod:`audio2lp.portrait`, :mod:`audio2lp.driving`, :mod:`audio2lp.speech`,
 :mod:`lp_renderer` and :mod:`audio2lp.media`. Options are checked against :mod:`audio2lp.options`; the front doors
-(:mod:`audio2lp.apps`) are thin layers over this class.
+(:mod:`audio2lp.apps`) are thin layers over this class. The file is longer than 600 lines because it is the whole
+public surface in one class (speak, drive, edit, motion and their photo and video variants), each method only
+checking its options and wiring the stages together.
 
     from audio2lp import Animator
     anim = Animator(weights="~/liveportrait-weights")
@@ -591,28 +593,6 @@ class Animator:
                             extra={"source_ratios": [source_ratio_targets(pf.source) for pf in pt.faces]})
 
 
-def _sliders(command: str, values: dict, keep_neutral: bool = False) -> PortraitEdit | None:
-    """The editing sliders ``command`` takes, read from ``values`` (a method's ``locals()``) and checked against
-    the schema, as a :class:`~lp_renderer.editing.PortraitEdit` (None when all are neutral, unless
-    ``keep_neutral``)."""
-    edit = PortraitEdit(**options.check({k: values[k] for k in options.sliders_for(command)}))
-    return edit if keep_neutral or not edit.is_neutral else None
-
-
-def _check_stitching(face, stitching: bool) -> None:
-    if not stitching and face == "all":
-        raise OptionError("face", "{face} all pastes every face back into the photo, which needs stitching; drop "
-                          "{not_stitching}, or pick one face with {face} N or {face} largest.")
-
-
-def _pasteback_needs_stitching(pasteback: bool, stitching: bool) -> bool:
-    if pasteback and not stitching:
-        log.warning("paste-back needs stitching (shoulders would not line up); writing the 512x512 crop")
-        return False
-    return pasteback
-
-
-    # ------------------------------------------------------------------------------------ a portrait video
     def _speak_video(self, video: Path, audio, output, *, face, seed: int, pasteback: bool, crf: int,
                      whisper_checkpoint, progress_callback: ProgressCallback | None) -> RenderResult:
         """Dubbing (see :meth:`speak`): the video's frames, the speech's mouth."""
@@ -711,6 +691,28 @@ def _pasteback_needs_stitching(pasteback: bool, stitching: bool) -> bool:
         return written
 
 
+def _sliders(command: str, values: dict, keep_neutral: bool = False) -> PortraitEdit | None:
+    """The editing sliders ``command`` takes, read from ``values`` (a method's ``locals()``) and checked against
+    the schema, as a :class:`~lp_renderer.editing.PortraitEdit` (None when all are neutral, unless
+    ``keep_neutral``)."""
+    edit = PortraitEdit(**options.check({k: values[k] for k in options.sliders_for(command)}))
+    return edit if keep_neutral or not edit.is_neutral else None
+
+
+def _check_stitching(face, stitching: bool) -> None:
+    if not stitching and face == "all":
+        raise OptionError("face", "{face} all pastes every face back into the photo, which needs stitching; drop "
+                          "{not_stitching}, or pick one face with {face} N or {face} largest.")
+
+
+def _pasteback_needs_stitching(pasteback: bool, stitching: bool) -> bool:
+    if pasteback and not stitching:
+        log.warning("paste-back needs stitching (shoulders would not line up); writing the 512x512 crop")
+        return False
+    return pasteback
+
+
+    # ------------------------------------------------------------------------------------ a portrait video
 def _refuse_changed(values: dict, template: str) -> None:
     """OptionError for the first option of ``values`` not at its default (``template`` names it as ``{%s}``)."""
     for name, value in values.items():
