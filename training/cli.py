@@ -325,6 +325,8 @@ def add_default_motion_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help=f"training seed (default {d.seed})")
     p.add_argument("--workers", type=_positive_int, default=2, metavar="N",
                    help="processes measuring landmarks (default 2)")
+    p.add_argument("--results", default="benchmarks/RESULTS.md", metavar="FILE",
+                   help="Markdown file whose default-motion quality section is replaced (or appended); '' to skip")
     p.add_argument("--no-progress", dest="quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run_default_motion, verbose=False)
     return p
@@ -350,7 +352,7 @@ def run_default_motion(args) -> int:
     if args.steps != DefaultMotionTrainConfig.steps or args.seed != DefaultMotionTrainConfig.seed:
         command += f" --steps {args.steps} --seed {args.seed}"
     res = run(_talking_folder(args.data), args.output, cache_dir=args.cache, train_config=tc, workers=args.workers,
-              command=command, progress=not args.quiet)
+              command=command, results_path=args.results or None, progress=not args.quiet)
     m, t, s = res["model"], res["today"], res["split"]
     print(f"held out: {s['test_clips']} clips, {s['test_speakers']} speakers; trained on {s['train_clips']} clips, "
           f"{s['train_speakers']} speakers")

@@ -133,9 +133,11 @@ def model_card(res: dict, facts: dict, command: str) -> str:
         f"({cv.get('clips', '?')} clips, {cv.get('speakers', '?')} speakers; mean r by weight: "
         + ", ".join(f"{k}: {v}" for k, v in list(cv.get("r_by_weight", {}).items())[::4]) + ").",
         "",
-        "Pause closure: " + (f"`{facts['closure']}`; its threshold makes the fraction of those clips' pause frames "
-                             f"below 0.03 equal theirs ({cv.get('target_closed', '?')}); lip r "
-                             f"{cv.get('no_gate_r', '?')} without it." if facts.get("closure") else "none."), "",
+        "Pause closure: " + (f"`{facts['closure']}`. Candidates: every gate form x thresholds closing "
+                             "0.6x, 0.8x and 1x the real fraction of those clips' pause frames below 0.03 "
+                             f"({cv.get('target_closed', '?')}); chosen: the one costing the least lip r (closes "
+                             f"{cv.get('chosen_closed', '?')} of their pause frames; lip r {cv.get('chosen_r', '?')} "
+                             f"vs {cv.get('no_gate_r', '?')} without it)." if facts.get("closure") else "none."), "",
         "## Figures on the held-out speakers", "",
         f"Every stochastic column is the mean over seeds {', '.join(map(str, res.get('seeds', [])))}; in brackets the "
         "value as a multiple of the real one (targets: 0.5x-2x for std and speed, at most 1x for jitter). Head "
@@ -158,3 +160,38 @@ def model_card(res: dict, facts: dict, command: str) -> str:
         "recomputes this table from the shipped weights and the data folder.", "",
     ]
     return "\n".join(lines)
+
+
+RESULTS_BEGIN = "<!-- default-motion-quality:begin -->"
+RESULTS_END = "<!-- default-motion-quality:end -->"
+
+
+def results_section(res: dict, command: str) -> str:
+    """The quality section of ``benchmarks/RESULTS.md`` (between :data:`RESULTS_BEGIN` / :data:`RESULTS_END`)."""
+    s, t = res["split"], res.get("timing", {})
+    return "\n".join([
+        RESULTS_BEGIN, "## Default motion (speech -> lips, eyes, head): quality on held-out speakers", "",
+        f"Command: `{command}` ({t.get('total_seconds', '?')} s wall on 2 shared CPU cores, cache "
+        f"{'empty' if t.get('empty_cache') else 'warm'}; card: `audio2lp/assets/LANDMARK_MOTION_MODEL_CARD.md`). "
+        f"Held out: {s['test_clips']} clips / {s['test_speakers']} speakers / {s['test_seconds']} s; trained on "
+        f"{s['train_clips']} clips / {s['train_speakers']} speakers. Stochastic columns: mean over seeds "
+        f"{', '.join(map(str, res.get('seeds', [])))}.", "",
+        figures_table(res), "",
+        *[f"- {'met' if ok else '**not met**'}: {name} ({detail})" for name, ok, detail in check_targets(res)],
+        RESULTS_END, ""])
+
+
+def update_results(path, section: str):
+    """Replace the section between the markers of ``path`` (or append it); the rest of the file stays."""
+    from pathlib import Path
+
+    from training.common import write_text_atomic
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmark results\n\n"
+    if RESULTS_BEGIN in text and RESULTS_END in text:
+        text = text[:text.index(RESULTS_BEGIN)] + section.rstrip("\n") + text[text.index(RESULTS_END)
+                                                                                + len(RESULTS_END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    return write_text_atomic(path, text)

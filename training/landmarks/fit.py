@@ -31,6 +31,8 @@ BLEND_GRID = tuple(round(0.05 * i, 2) for i in range(21))
 #: threshold before closing (``hold``), the hysteresis ``delta`` and the closing/opening ramps in frames.
 PAUSE_RULES = tuple({"score": s, "hold": h, "delta": d, "ramp_close": rc, "ramp_open": ro}
                     for s in (0, 1) for h in (1, 4) for d in (0.0, 0.1) for rc, ro in ((1, 1), (3, 2), (4, 2)))
+#: Closed fractions in pauses tried, as multiples of the real one (all within the 0.5x-2x tolerance).
+CLOSED_TARGETS = (0.6, 0.8, 1.0)
 
 
 def fit_blinks(clips) -> dict:
@@ -105,7 +107,7 @@ def _mean_r(preds: dict, clips) -> float:
 def choose_lip_blend(clips, readout_oof: dict[str, np.ndarray], lipsync_lip: dict[str, np.ndarray],
                      apply_gate: Callable[[np.ndarray, np.ndarray, dict], np.ndarray],
                      scores: dict[str, np.ndarray], grid: Sequence[float] = BLEND_GRID,
-                     rules: Sequence[dict] = PAUSE_RULES, max_r_loss: float = 0.01) -> dict:
+                     rules: Sequence[dict] = PAUSE_RULES, targets: Sequence[float] = CLOSED_TARGETS) -> dict:
     """The lip blend weight and pause closure, chosen on ``clips`` (training speakers only).
 
     ``readout_oof[name] (T,)``: the read-out's lip from a fit that did not see the clip's speaker;
@@ -116,10 +118,11 @@ def choose_lip_blend(clips, readout_oof: dict[str, np.ndarray], lipsync_lip: dic
 
     1. Weight ``w`` (lip = ``w`` lip-sync + ``(1 - w)`` read-out): the grid value with the highest mean per-clip r
        at lag 0.
-    2. Closure: for each rule of ``rules``, the threshold ``on`` is bisected so that the fraction of these clips'
-       pause frames (energy-VAD silences > 200 ms) below :data:`~training.landmarks.metrics.CLOSED_RATIO` equals the
-       real fraction, and ``level`` is the median of the real closed pause frames; the chosen rule is the one with
-       the highest mean r among those losing at most ``max_r_loss`` against no gate (else the highest r).
+    2. Closure: for each rule of ``rules`` and each target of ``targets`` (multiples of the real fraction of these
+       clips' pause frames, energy-VAD silences > 200 ms, below :data:`~training.landmarks.metrics.CLOSED_RATIO`),
+       the threshold ``on`` is bisected so that the gated lip is closed in that fraction of the pause frames;
+       ``level`` is the median of the real closed pause frames. Every target lies within the 0.5x-2x of real the
+       issue allows for the other figures; the chosen candidate is the one that costs the least lip r.
     Returns ``{"weight", "closure": {...} | None, "cv": {...}}`` (``cv``: every figure tried).
     """
     from audio2lp.models.lipsync import silence_mask
@@ -153,19 +156,20 @@ def choose_lip_blend(clips, readout_oof: dict[str, np.ndarray], lipsync_lip: dic
     tried = []
     for rule in rules:
         col = np.concatenate([scores[c.name][:, rule["score"]] for c in clips])
-        lo, hi = float(np.quantile(col, 0.01)), float(np.quantile(col, 0.999))
-        for _ in range(16):
-            mid = 0.5 * (lo + hi)
-            params = {**rule, "on": mid, "off": mid - rule["delta"], "level": level}
-            lo, hi = (mid, hi) if closed_fraction(params) > target else (lo, mid)
-        on = round(0.5 * (lo + hi), 6)
-        params = {**rule, "on": on, "off": round(on - rule["delta"], 6), "level": round(level, 6)}
-        g = gated(params)
-        tried.append({"params": params, "lip_r": round(_mean_r(g, clips), 4),
-                      "closed_in_pauses": round(closed_fraction(params), 4)})
-    ok = [t for t in tried if t["lip_r"] >= no_gate - max_r_loss] or tried
+        for mult in targets:
+            lo, hi = float(np.quantile(col, 0.01)), float(np.quantile(col, 0.999))
+            for _ in range(12):
+                mid = 0.5 * (lo + hi)
+                params = {**rule, "on": mid, "off": mid - rule["delta"], "level": level}
+                lo, hi = (mid, hi) if closed_fraction(params) > mult * target else (lo, mid)
+            on = round(0.5 * (lo + hi), 6)
+            params = {**rule, "on": on, "off": round(on - rule["delta"], 6), "level": round(level, 6)}
+            tried.append({"params": params, "target": mult, "lip_r": round(_mean_r(gated(params), clips), 4),
+                          "closed_in_pauses": round(closed_fraction(params), 4)})
+    ok = [t for t in tried if 0.5 * target <= t["closed_in_pauses"] <= 2 * target] or tried
     best = max(ok, key=lambda t: t["lip_r"])
-    cv.update(no_gate_r=round(no_gate, 4), rules=tried, target_closed=round(target, 4))
+    cv.update(no_gate_r=round(no_gate, 4), rules=tried, target_closed=round(target, 4),
+              chosen_closed=best["closed_in_pauses"], chosen_r=best["lip_r"])
     logger.info("lip blend %.2f (r %.3f); pause closure %s (r %.3f, closed %.3f of pause frames, real %.3f)",
                 weight, no_gate, best["params"], best["lip_r"], best["closed_in_pauses"], target)
     return {"weight": weight, "closure": best["params"], "cv": cv}

@@ -348,10 +348,11 @@ def load_data(data_dir, cache_dir, stream_config, *, workers: int = 2, progress:
 
 def run(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
         train_config: DefaultMotionTrainConfig | None = None, workers: int = 2, command: str = COMMAND,
-        progress: bool = True) -> dict:
+        results_path: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """The one command: data -> fits -> weights -> held-out figures -> card (see the module docstring). Writes
     ``OUT/landmark_motion.safetensors``, ``OUT/LANDMARK_MOTION_MODEL_CARD.md`` and ``OUT/landmark_motion_metrics.json``;
-    returns the results dict."""
+    with ``results_path``, replaces the quality section of that Markdown file (``benchmarks/RESULTS.md``). Returns the
+    results dict."""
     from audio2lp.models.landmark_motion import LandmarkMotionConfig, save_landmark_motion
     from audio2lp.models.lipsync import load_lipsync_model
     from audio2lp.models.threads import torch_threads
@@ -395,5 +396,7 @@ def run(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, cache_dir: s
     res["facts"]["size_bytes"] = weights.stat().st_size
     write_text_atomic(out / METRICS_NAME, json.dumps(res, indent=1, sort_keys=True) + "\n")
     write_text_atomic(out / CARD_NAME, card_mod.model_card(res, res["facts"], command))
+    if results_path:
+        card_mod.update_results(results_path, card_mod.results_section(res, command))
     logger.info("wrote %s, %s and %s in %.0f s", weights, CARD_NAME, METRICS_NAME, timing["total_seconds"])
     return res

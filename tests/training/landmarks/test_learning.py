@@ -47,9 +47,9 @@ def test_model_learns_synthetic():
     from audio2lp.whisper.stream import StreamConfig
 
     torch.manual_seed(0)
-    train, test = _synthetic_clips(12, 20.0, 0), _synthetic_clips(3, 20.0, 1)
+    train, test = _synthetic_clips(8, 16.0, 0), _synthetic_clips(3, 12.0, 1)
     cfg = LandmarkMotionConfig(features=StreamConfig(block=4, lookahead=6), pad_tokens=PAD, smooth_tau=0.0)
-    tc = DefaultMotionTrainConfig(steps=400, crop=100, batch=8, ridge_lambda=10.0)
+    tc = DefaultMotionTrainConfig(steps=200, crop=60, batch=8, lr=3e-3, ridge_lambda=10.0)
     model, facts = train_model(train, cfg, tc, progress=False)
     model.head_noise = None  # the learned mean alone
     yaw_r = []
