@@ -159,9 +159,10 @@ class Animator:
               face: str | int = "largest", region: str = "all", multiplier: float = 1.0,
               stitching: bool = True, retarget_eyes: bool = False, retarget_lip: bool = False,
               pasteback: bool = True, concat: bool = False, save_template: str | os.PathLike | None = None,
-              crf: int = 18, max_frames: int | None = None,
+              crf: int = 18, max_frames: int | None = None, audio: str | os.PathLike | None = None,
               progress_callback: ProgressCallback | None = None) -> RenderResult:
-        """Animate ``portrait`` with the motion of ``driving`` (a video, an image, or a motion template).
+        """Animate ``portrait`` with the motion of ``driving`` (a video, an image, a motion template, or a motion
+        file from :meth:`motion`).
 
         The first driving frame is the reference (relative motion, as the official pipeline). The output
         is an H.264 mp4 at the driving fps with the driving video's audio, pasted back into the portrait
@@ -170,11 +171,32 @@ class Animator:
         ``save_template`` writes the extracted motion as an ``.npz`` template for later use (committed
         together with the output: if either fails, neither is left). ``crf``: H.264 quality, 0-51.
         ``progress_callback(done_frames, total_frames)`` is called after every rendered batch.
+        A motion file is rendered exactly as :meth:`speak` renders that motion, at its fps, with ``audio`` (a
+        speech file) as its sound; ``region``, ``multiplier``, retargeting, ``concat`` and ``save_template`` do
+        not apply to it.
         """
         from contextlib import ExitStack
 
+        from audio2lp.speech_motion import is_speech_motion_file
+
         v = options.check(dict(face=face, region=region, multiplier=multiplier, crf=crf, max_frames=max_frames))
         face, region, multiplier, crf, max_frames = v["face"], v["region"], v["multiplier"], v["crf"], v["max_frames"]
+        if is_speech_motion_file(driving):
+            unused = [name for name, used in (("region", region != "all"), ("multiplier", multiplier != 1.0),
+                                              ("retarget_eyes", retarget_eyes), ("retarget_lip", retarget_lip),
+                                              ("concat", concat), ("save_template", save_template is not None))
+                      if used]
+            if unused:
+                raise OptionError(unused[0], "{" + unused[0] + "} does not apply to a motion file (it already "
+                                  "holds the motion to render); drop it.")
+            if not stitching:
+                raise OptionError("stitching", "a motion file is rendered with stitching, as speak renders it; "
+                                  "drop {not_stitching}.")
+            return self._drive_motion(portrait, driving, output, face=face, pasteback=pasteback, crf=crf,
+                                      max_frames=max_frames, audio=audio, progress_callback=progress_callback)
+        if audio is not None:
+            raise OptionError("audio", "{audio} adds speech to a motion file; a driving video brings its own "
+                              "audio. Drop {audio}.")
         anim_options = AnimationOptions(region=region, stitching=stitching, retarget_eyes=retarget_eyes,
                                         retarget_lip=retarget_lip, multiplier=multiplier)
         if not stitching and face == "all":
@@ -295,6 +317,85 @@ class Animator:
                             tpath)
 
 
+    # ------------------------------------------------------------------------------------ motion
+    def motion(self, audio: str | os.PathLike, output: str | os.PathLike, *, fps: float = 25.0,
+               expression_scale: float = 1.0, pose_scale: float = 1.0, seed: int = 0, blink: bool = True,
+               blink_rate: float | None = None, pose_from: str | os.PathLike | None = None,
+               whisper_checkpoint: str | os.PathLike | None = None) -> RenderResult:
+        """Write the per-frame motion :meth:`speak` would render for ``audio`` with these options (without
+        ``motion_model``) to ``output`` (``.npz``, :mod:`audio2lp.speech_motion`), without loading the renderer or
+        any portrait. ``drive(portrait, output, ...)`` renders it; with the same options the frames are those of
+        ``speak``."""
+        from audio2lp.media.audio import load_audio
+        from audio2lp.speech import speech_motion
+        from audio2lp.speech_motion import save_speech_motion
+
+        v = options.check(dict(fps=fps, expression_scale=expression_scale, pose_scale=pose_scale, seed=seed,
+                               blink_rate=blink_rate))
+        out = check_output_path(output, (".npz",))
+        template = self._pose_template(pose_from)
+        with _Stage(self.progress, "audio"):
+            wav = load_audio(audio)
+        n_frames = max(1, int(round(len(wav) / 16000 * v["fps"])))
+        m = speech_motion(wav, n_frames, v["fps"], seed=v["seed"], pose_scale=v["pose_scale"],
+                          expression_scale=v["expression_scale"], blink=blink, blink_rate=v["blink_rate"],
+                          template=template, whisper_checkpoint=whisper_checkpoint, device=self.device or "cpu",
+                          progress=self.progress)
+        save_speech_motion(out, m)
+        return RenderResult(out, m.n_frames, m.fps, False, extra={"duration": len(wav) / 16000})
+
+    @staticmethod
+    def _pose_template(pose_from):
+        if pose_from is None:
+            return None
+        from audio2lp.driving import load_official_template
+        from audio2lp.models.motion import load_motion_template
+
+        return load_official_template(pose_from) if str(pose_from).lower().endswith(".pkl") \
+            else load_motion_template(pose_from)
+
+    def _drive_motion(self, portrait, path, output, *, face, pasteback, crf, max_frames, audio,
+                      progress_callback) -> RenderResult:
+        """``drive`` with a motion file from :meth:`motion`: the same render calls as :meth:`speak`."""
+        from audio2lp.speech import SpeechPlan
+        from audio2lp.speech_motion import load_speech_motion
+
+        m = load_speech_motion(path)
+        out = check_output_path(output, VIDEO_SUFFIXES)
+        if audio is not None and not Path(audio).is_file():
+            raise OptionError("audio", "{audio} " + options.literal(f"{audio} does not exist; check the path."))
+        n_frames = m.n_frames if max_frames is None else min(m.n_frames, max_frames)
+        plan = SpeechPlan("landmark", n_frames, landmark=m)
+        renderer = self.renderer
+        pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback)
+        self._render_plan(renderer, pt, plan, out, m.fps, crf=crf, audio=audio, pasteback=pasteback,
+                          progress_callback=progress_callback)
+        log.info("wrote %s (%d frames at %g fps from the motion file %s)", out, n_frames, m.fps, path)
+        return RenderResult(out, n_frames, m.fps, audio is not None)
+
+    def _render_plan(self, renderer, pt, plan, out, fps, *, crf, audio, pasteback, progress_callback,
+                     expression_scale: float = 1.0, pose_scale: float = 1.0) -> None:
+        """Render every frame of ``plan`` for the faces of ``pt`` into the mp4 ``out`` (with ``audio`` if given)."""
+        n_frames = plan.n_frames
+        bar = _Progress(self.progress, n_frames, "render", progress_callback)
+        try:
+            with VideoWriter(out, fps, crf=crf, audio=None if audio is None else Path(audio),
+                             audio_fit="video") as writer:
+                for start in range(0, n_frames, self.batch_size):
+                    idx = np.arange(start, min(n_frames, start + self.batch_size))
+                    rendered = [renderer.render(pf.source, plan.keypoints(renderer, pf, idx, expression_scale,
+                                                                          pose_scale, face_index=i),
+                                                batch_size=len(idx))
+                                for i, pf in enumerate(pt.faces)]
+                    for j in range(len(idx)):
+                        writer.write(pt.composite([r[j] for r in rendered], pasteback=pasteback))
+                    bar.update(len(idx))
+                bar.close()
+                with _Stage(self.progress, "write"):  # the encoder's last frames and the audio mux
+                    writer.close()
+        finally:
+            bar.close()
+
     # ------------------------------------------------------------------------------------ speak
     def speak(self, portrait, audio: str | os.PathLike, output: str | os.PathLike, *,
               motion_model: str | os.PathLike | None = None, face: str | int = "largest", fps: float = 25.0,
@@ -309,10 +410,12 @@ class Animator:
         (expression, head pose, translation, scale) and drives the renderer relative to the source:
         the dataset's mean motion maps to the portrait's own pose and expression; ``expression_scale`` and
         ``pose_scale`` scale the deviations; ``motion_noise`` (normalised units, default 0 = deterministic)
-        perturbs the frames fed back during generation, seeded by ``seed``. Without it, the shipped
-        lip-sync model drives the mouth through lip retargeting, with natural blinks (``blink``,
-        ``blink_rate`` per minute) and subtle idle head motion (``pose_scale`` x a few degrees; or the head
-        motion of the template ``pose_from``); the mouth closes in silences longer than 200 ms.
+        perturbs the frames fed back during generation, seeded by ``seed``. Without it, the shipped landmark
+        motion model (:func:`audio2lp.speech.speech_motion`, exactly what :meth:`motion` writes) drives the lips
+        and eyes through LivePortrait's retargeting networks and the head (rotation, translation, scale) relative
+        to the portrait's own pose: ``seed`` varies the head motion and the blinks (``blink``, ``blink_rate`` per
+        minute), ``pose_scale`` scales the head motion (or takes it from the template ``pose_from``) and
+        ``expression_scale`` the mouth's opening.
         The mp4 lasts as long as the audio (to the nearest frame) and carries the original audio as AAC.
         ``progress_callback(done_frames, total_frames)`` is called after every rendered batch.
         """
@@ -328,13 +431,7 @@ class Animator:
                               "lip-sync model; it cannot be combined with {motion_model}, which predicts the head "
                               "motion itself.")
         out = check_output_path(output, VIDEO_SUFFIXES)
-        template = None
-        if pose_from is not None:
-            from audio2lp.driving import load_official_template
-            from audio2lp.models.motion import load_motion_template
-
-            template = load_official_template(pose_from) if str(pose_from).lower().endswith(".pkl") \
-                else load_motion_template(pose_from)
+        template = self._pose_template(pose_from)
         if motion_model is not None:
             from audio2lp.models.motion_model import read_motion_model_metadata
 
@@ -352,25 +449,11 @@ class Animator:
         plan = speech_plan(wav, n_frames, fps, device=renderer.device, motion_model=motion_model, seed=seed,
                            style=style, blink=blink, blink_rate=blink_rate, pose_scale=pose_scale, template=template,
                            portrait=pt, whisper_checkpoint=whisper_checkpoint, motion_noise=motion_noise,
-                           progress=self.progress)
+                           expression_scale=expression_scale, progress=self.progress)
 
-        bar = _Progress(self.progress, n_frames, "render", progress_callback)
-        try:
-            with VideoWriter(out, fps, crf=crf, audio=Path(audio), audio_fit="video") as writer:
-                for start in range(0, n_frames, self.batch_size):
-                    idx = np.arange(start, min(n_frames, start + self.batch_size))
-                    rendered = [renderer.render(pf.source, plan.keypoints(renderer, pf, idx, expression_scale,
-                                                                          pose_scale, face_index=i),
-                                                batch_size=len(idx))
-                                for i, pf in enumerate(pt.faces)]
-                    for j in range(len(idx)):
-                        writer.write(pt.composite([r[j] for r in rendered], pasteback=pasteback))
-                    bar.update(len(idx))
-                bar.close()
-                with _Stage(self.progress, "write"):  # the encoder's last frames and the audio mux
-                    writer.close()
-        finally:
-            bar.close()
+        self._render_plan(renderer, pt, plan, out, fps, crf=crf, audio=audio, pasteback=pasteback,
+                          progress_callback=progress_callback, expression_scale=expression_scale,
+                          pose_scale=pose_scale)
         log.info("wrote %s (%d frames at %g fps, %.2f s of audio)", out, n_frames, fps, duration)
         return RenderResult(out, n_frames, fps, True, extra={"duration": duration, "mode": plan.mode})
 

@@ -93,8 +93,9 @@ class Option:
 
 
 _SPEAK, _DRIVE = ("speak",), ("drive",)
+_SPEAK_MOTION = ("speak", "motion")  # speak's default motion, also written by `audio2lp motion`
 _RENDER = ("speak", "drive", "serve", "app")  # commands that build an Animator
-_LOGGING = ("speak", "drive", "serve", "app", "doctor", "weights")
+_LOGGING = ("speak", "drive", "motion", "serve", "app", "doctor", "weights")
 
 OPTIONS: dict[str, Option] = {o.name: o for o in [
     # ---------------------------------------------------------------------------------- speak
@@ -104,29 +105,30 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("face", "face", "largest", "which face of the portrait to animate: largest (default), a number "
            "(0 = largest), or all (each face, stitched in place)", ("speak", "drive"), metavar="FACE",
            label="Face", ui_info="largest, all, or a face number (0 = largest)", service=True),
-    Option("fps", "float", 25.0, "output frame rate", _SPEAK, minimum=1, maximum=120, label="Frames per second",
+    Option("fps", "float", 25.0, "output frame rate", _SPEAK_MOTION, minimum=1, maximum=120, label="Frames per second",
            ui_step=1, service=True),
-    Option("expression_scale", "float", 1.0, "scale of the predicted expression around the portrait's own "
-           "(--motion-model)", _SPEAK, minimum=0, maximum=10, label="Expression scale", ui_range=(0, 2),
-           ui_step=0.05, ui_info="motion model only", service=True),
-    Option("pose_scale", "float", 1.0, "scale of the head motion (0 = still head)", _SPEAK, minimum=0, maximum=10,
-           label="Head motion scale", ui_range=(0, 2), ui_step=0.05, ui_info="0 = still head", service=True),
+    Option("expression_scale", "float", 1.0, "scale of the mouth's opening (with --motion-model: of the predicted "
+           "expression around the portrait's own)", _SPEAK_MOTION, minimum=0, maximum=10, label="Expression scale",
+           ui_range=(0, 2), ui_step=0.05, ui_info="mouth opening", service=True),
+    Option("pose_scale", "float", 1.0, "scale of the head motion (0 = still head)", _SPEAK_MOTION, minimum=0,
+           maximum=10, label="Head motion scale", ui_range=(0, 2), ui_step=0.05, ui_info="0 = still head",
+           service=True),
     Option("pose_from", "path", None, "take the head motion from a motion template (.npz from `drive "
-           "--save-template`, or .pkl)", _SPEAK, metavar="TEMPLATE", label="Head motion template"),
-    Option("blink_rate", "float", None, "average blinks per minute (default: natural, about 17)", _SPEAK, minimum=0,
-           maximum=120, nullable=True, units="blinks per minute", metavar="PER_MIN", label="Blinks per minute",
-           ui_info="empty = natural (about 17)", service=True),
-    Option("blink", "bool", True, "keep the eyes as in the photo (no blinks)", _SPEAK, label="Blink",
-           ui_info="built-in lip-sync only", service=True),
+           "--save-template`, or .pkl)", _SPEAK_MOTION, metavar="TEMPLATE", label="Head motion template"),
+    Option("blink_rate", "float", None, "average blinks per minute (default: the rate learnt from real speakers; "
+           "0 = no blinks)", _SPEAK_MOTION, minimum=0, maximum=120, nullable=True, units="blinks per minute",
+           metavar="PER_MIN", label="Blinks per minute", ui_info="empty = as real speakers blink", service=True),
+    Option("blink", "bool", True, "keep the eyes as in the photo (no blinks)", _SPEAK_MOTION, label="Blink",
+           ui_info="default motion only", service=True),
     Option("style", "int", 0, "speaker/style id of the motion model", _SPEAK, minimum=0, label="Style",
            ui_info="speaker/style id of the motion model", service=True),
-    Option("seed", "int", 0, "random seed of the blinks and idle head motion, and of --motion-noise", _SPEAK,
-           label="Seed", ui_info="blinks, head motion and sampling", service=True),
+    Option("seed", "int", 0, "random seed of the head motion and the blinks (and of --motion-noise)", _SPEAK_MOTION,
+           label="Seed", ui_info="head motion, blinks and sampling", service=True),
     Option("motion_noise", "float", 0.0, "with --motion-model: noise (normalised units) on the frames fed back "
            "while generating, for varied motion from the same audio (0: deterministic)", _SPEAK, minimum=0,
            metavar="STD", label="Motion noise"),
     Option("whisper_checkpoint", "path", None, "openai-whisper checkpoint to use instead of the cached/converted one",
-           _SPEAK, metavar="FILE", label="Whisper checkpoint"),
+           _SPEAK_MOTION, metavar="FILE", label="Whisper checkpoint"),
     # ---------------------------------------------------------------------------------- drive
     Option("region", "str", "all", "which part of the driving motion to apply", _DRIVE,
            choices=("all", "exp", "pose", "lip", "eyes"), label="Region",
@@ -148,6 +150,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("save_template", "path", None, "also save the driving motion as a template, to drive other portraits "
            "without the video", _DRIVE, metavar="FILE.npz", label="Save motion template",
            ui_info="to drive other portraits without the video"),
+    Option("audio", "path", None, "speech to put in the video when DRIVING is a motion file from `audio2lp motion`",
+           _DRIVE, metavar="SPEECH", label="Speech for a motion file"),
     Option("max_frames", "int", None, "render only the first N driving frames (the audio is cut to match)", _DRIVE,
            minimum=1, nullable=True, metavar="N", label="Max frames", service=True),
     # ---------------------------------------------------------------------------------- both

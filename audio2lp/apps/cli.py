@@ -25,8 +25,8 @@ def add_drive_parser(sub) -> None:
                     "H.264 mp4 at the driving fps with the driving video's audio, pasted back into the portrait. "
                     "The driving video always uses its largest face.")
     p.add_argument("portrait", help="the source photo (any size; jpg/png/webp/...)")
-    p.add_argument("driving", help="driving video, image, or motion template (.npz from --save-template, or "
-                                   "LivePortrait's .pkl)")
+    p.add_argument("driving", help="driving video, image, motion template (.npz from --save-template, or "
+                                   "LivePortrait's .pkl), or motion file (.npz from `audio2lp motion`)")
     p.add_argument("-o", "--output", required=True, help="output .mp4 (or an image when DRIVING is an image)")
     add_arguments(p, "drive")
     p.set_defaults(run=run_drive)
@@ -37,7 +37,7 @@ def run_drive(args) -> int:
                                multiplier=args.multiplier, stitching=args.stitching,
                                retarget_eyes=args.retarget_eyes, retarget_lip=args.retarget_lip,
                                pasteback=args.pasteback, concat=args.concat, save_template=args.save_template,
-                               crf=args.crf, max_frames=args.max_frames)
+                               crf=args.crf, max_frames=args.max_frames, audio=args.audio)
     print(f"wrote {res.output} ({res.n_frames} frames, {res.fps:.3g} fps{', with audio' if res.has_audio else ''})")
     if res.template:
         print(f"wrote motion template {res.template}")
@@ -48,10 +48,11 @@ def run_drive(args) -> int:
 def add_speak_parser(sub) -> None:
     p = sub.add_parser(
         "speak", help="make a portrait say a speech recording",
-        description="Make PORTRAIT say AUDIO. By default the built-in lip-sync model (trained on real talking "
-                    "videos) opens and closes the mouth through LivePortrait's lip retargeting, with natural "
-                    "blinks and subtle head motion; --motion-model uses a full audio-to-motion checkpoint from "
-                    "`audio2lp-train train` instead. The mp4 lasts as long as the audio and carries it as AAC.")
+        description="Make PORTRAIT say AUDIO. By default the built-in landmark motion model (a FaceFormer-style "
+                    "transformer trained on real talking videos) moves the lips, eyes and head through "
+                    "LivePortrait's retargeting and pose controls (`audio2lp motion` writes that motion to a file); "
+                    "--motion-model uses a full audio-to-motion checkpoint from `audio2lp-train train` instead. "
+                    "The mp4 lasts as long as the audio and carries it as AAC.")
     p.add_argument("portrait", help="the source photo (any size; jpg/png/webp/...)")
     p.add_argument("audio", help="speech: wav, flac, ogg, mp3, m4a/aac, or the audio track of a video")
     p.add_argument("-o", "--output", required=True, help="output .mp4")
@@ -70,9 +71,35 @@ def run_speak(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ motion
+def add_motion_parser(sub) -> None:
+    p = sub.add_parser(
+        "motion", help="write the per-frame motion speak would render for a speech recording (.npz)",
+        description="Write the motion `speak` renders by default for AUDIO (same options, same seed: the same "
+                    "frames), without loading the renderer or a portrait: fps, lip_open (T,), eyes_open (T, 2), "
+                    "pitch/yaw/roll (T,) in degrees relative to the portrait's pose, tx/ty (T,) in head sizes and "
+                    "scale (T,). Inspect or edit it, then render it with `audio2lp drive PORTRAIT MOTION.npz "
+                    "--audio AUDIO`.")
+    p.add_argument("audio", help="speech: wav, flac, ogg, mp3, m4a/aac, or the audio track of a video")
+    p.add_argument("-o", "--output", required=True, help="output .npz")
+    add_arguments(p, "motion")
+    p.set_defaults(run=run_motion)
+
+
+def run_motion(args) -> int:
+    from audio2lp.api import Animator
+
+    res = Animator(progress=not args.quiet).motion(
+        args.audio, args.output, fps=args.fps, expression_scale=args.expression_scale, pose_scale=args.pose_scale,
+        seed=args.seed, blink=args.blink, blink_rate=args.blink_rate, pose_from=args.pose_from,
+        whisper_checkpoint=args.whisper_checkpoint)
+    print(f"wrote {res.output} ({res.n_frames} frames, {res.fps:.3g} fps, {res.extra['duration']:.2f} s)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
-PARSERS = [add_speak_parser, add_drive_parser, weights_cmd.add_weights_parser, doctor.add_doctor_parser,
-           webapp.add_app_parser, server.add_serve_parser]
+PARSERS = [add_speak_parser, add_motion_parser, add_drive_parser, weights_cmd.add_weights_parser,
+           doctor.add_doctor_parser, webapp.add_app_parser, server.add_serve_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

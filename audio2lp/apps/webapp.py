@@ -40,7 +40,7 @@ from lp_renderer.errors import InputError
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MOTION = "Built-in lip-sync"
+BUILTIN_MOTION = "Built-in motion"
 FACE_CHOICES = ["largest", "all", "0", "1", "2", "3"]
 TEMPLATE_TYPES = [".npz", ".pkl"]
 
@@ -70,7 +70,7 @@ class AppHandlers:
     ``animator``: the :class:`~audio2lp.api.Animator` to render with. ``output_dir``: where results are
     written (one file per run; default a temporary folder removed when the process exits).
     ``motion_model``: an audio-to-motion checkpoint offered on the Speak tab (default: only the built-in
-    lip-sync model). Runs are serialised (one render at a time).
+    motion). Runs are serialised (one render at a time).
     """
 
     def __init__(self, animator, output_dir: str | os.PathLike | None = None,
@@ -260,7 +260,7 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
                                                 visible=len(h.motion_choices) > 1, elem_id="speak-motion")
                             s_face = _control(gr, "face")
                             s_pose_scale = _control(gr, "pose_scale")
-                            s_expr = _control(gr, "expression_scale", visible=motion_model is not None)
+                            s_expr = _control(gr, "expression_scale")
                             s_blink = _control(gr, "blink")
                         with gr.Accordion("More settings", open=False):
                             s_fps = _control(gr, "fps")
@@ -268,7 +268,7 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
                             s_seed = _control(gr, "seed")
                             s_style = _control(gr, "style", visible=motion_model is not None)
                             s_pose_from = gr.File(label=f"{options.OPTIONS['pose_from'].label} (.npz/.pkl, "
-                                                  "built-in lip-sync only)", file_types=TEMPLATE_TYPES,
+                                                  "built-in motion only)", file_types=TEMPLATE_TYPES,
                                                   type="filepath")
                             s_pasteback = _control(gr, "pasteback")
                         s_button = gr.Button("Speak", variant="primary", elem_id="speak-button")

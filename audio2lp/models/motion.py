@@ -276,24 +276,29 @@ def save_motion_template(path: str | os.PathLike, template: MotionTemplate) -> P
     return path
 
 
+def read_plain_npz(path: Path, what: str, remedy: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` file ``path`` (a ``what``), never unpickling; InputError ending in ``remedy``
+    when it is not a zip, holds pickled objects or cannot be read."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise InputError(f"{path} is not an .npz file; give a {what} written by audio2lp.")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise InputError(f"{path} holds pickled objects, which are refused for safety; {remedy}.") from None
+        raise InputError(f"{path} is not a readable .npz {what} ({e}); {remedy}.") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path} is not a readable .npz {what} ({e}); {remedy}.") from None
+
+
 def load_motion_template(path: str | os.PathLike) -> MotionTemplate:
     """Read and validate a template written by :func:`save_motion_template` (never unpickles)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"motion template {path} does not exist; check the path.")
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":
-            raise InputError(f"{path} is not an .npz file; give a motion template written by audio2lp.")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise InputError(f"{path} holds pickled objects, which are refused for safety; re-create the "
-                             f"template with audio2lp.") from None
-        raise InputError(f"{path} is not a readable .npz motion template ({e}); re-create it.") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise InputError(f"{path} is not a readable .npz motion template ({e}); re-create it.") from None
+    data = read_plain_npz(path, "motion template", "re-create the template with audio2lp")
     fmt = str(data["format"]) if "format" in data else None
     if fmt != TEMPLATE_FORMAT:
         raise InputError(f"{path} has format {fmt!r}, expected {TEMPLATE_FORMAT!r}; is it an audio2lp motion "
