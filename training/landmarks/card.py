@@ -27,7 +27,7 @@ ROWS = (  # (label, key, format)
     ("lip in silences / lip in speech (per clip)", "sil_lip_rel", "{:.2f}"),
 )
 COLUMNS = (("real (measured)", "real"), ("**new default**", "model"),
-           ("new default, pause closure off", "model_open_pauses"),
+           ("new default, pause closure off (seed 0)", "model_open_pauses"),
            ("today: lip model + sway + blinks", "today"),
            ("today as `speak` rendered it (closed in silences)", "today_gated"), ("loudness baseline", "loudness"))
 RATIO_KEYS = tuple(f"{k}_{a}" for k in ("std", "speed", "jitter") for a in ("pitch", "yaw", "roll"))
