@@ -80,8 +80,8 @@ def test_help(path, parser):
 
 def test_every_command_is_reached():
     paths = {p[1:] for p, _ in PARSERS if p[0] == "audio2lp"}
-    for expected in [("speak",), ("drive",), ("weights",), ("weights", "convert"), ("doctor",), ("serve",), ("app",),
-                     ("weights", "download"), ("weights", "import")]:
+    for expected in [("speak",), ("motion",), ("drive",), ("weights",), ("weights", "convert"), ("doctor",),
+                     ("serve",), ("app",), ("weights", "download"), ("weights", "import")]:
         assert expected in paths
     assert ("prepare",) not in paths and ("train",) not in paths  # training is audio2lp-train's
     train_paths = {p[1:] for p, _ in PARSERS if p[0] == "audio2lp-train"}
