@@ -147,3 +147,30 @@ def test_shift_moves_the_motion():
     assert s.motion[0, 0] == c.motion[2, 0] and not s.valid[-2:].any() and s.meta["offset"] == 2
     assert dataset.shift(c, 0) is c
     assert dataset.pad_tokens_for(4) == 52 and dataset.pad_tokens_for(6) == 54
+
+
+def test_measure_motion_command_bad_input(tmp_path, capsys):
+    from training.cli import main
+
+    assert main(["measure-motion", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "m.npz")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_measure_motion_command_on_a_real_clip(data_dir, tmp_path):
+    from training.cli import main
+
+    clip = data_dir / "talking" / "LipNet__sbia1a.mpg"
+    if not clip.is_file():
+        pytest.skip(f"{clip} is not in the data folder")
+    out = tmp_path / "m.npz"
+    assert main(["measure-motion", str(clip), "-o", str(out)]) == 0
+    with np.load(out) as z:
+        n = z["lip_open"].shape[0]
+        assert float(z["fps"]) == 25.0 and z["eyes_open"].shape == (n, 2) and n > 50
+        assert z["valid"].mean() > 0.9
+        for k in ("pitch", "yaw", "roll"):  # relative to the clip's own median, a few degrees of motion
+            assert abs(np.median(z[k][z["valid"]])) < 1.0 and 0.05 < z[k].std() < 15.0
+        assert 0.0 < np.percentile(z["lip_open"], 95) < 0.6
