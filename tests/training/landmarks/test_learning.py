@@ -19,8 +19,7 @@ PAD = 52
 
 def _synthetic_clips(n_clips: int, seconds: float, seed: int, dim: int = 16):
     """Clips of random 50 Hz features whose motion depends on them in a known way: the lip is linear in the frame's
-    features, the yaw a filter of feature 2 (inside the cross-attention band), one 5-frame blink every 2 s (30 per
-    minute)."""
+    features, the yaw a smooth process pushed by feature 2, one 5-frame blink every 2 s (30 per minute)."""
     rng = np.random.default_rng(seed)
     clips = []
     for i in range(n_clips):
@@ -29,7 +28,10 @@ def _synthetic_clips(n_clips: int, seconds: float, seed: int, dim: int = 16):
         fr = tok.reshape(-1, 2, dim).mean(1)[PAD // 2: PAD // 2 + n]  # (n, dim): the frames' features
         motion = np.zeros((n, 9), np.float32)
         motion[:, 0] = 0.15 + 0.05 * fr[:, 0] + 0.03 * fr[:, 1]
-        motion[:, 4] = 2.0 * fr[:, 2] + np.concatenate([[0.0], fr[:-1, 2]])  # frames t and t - 1 of feature 2
+        yaw = np.zeros(n)
+        for t in range(1, n):
+            yaw[t] = 0.9 * yaw[t - 1] + 0.5 * fr[t, 2]
+        motion[:, 4] = yaw
         eye = np.ones(n)
         for start in range(10, n - 10, 50):
             eye[start:start + 5] = [0.8, 0.5, 0.3, 0.5, 0.8]
@@ -45,9 +47,9 @@ def test_model_learns_synthetic():
     from audio2lp.whisper.stream import StreamConfig
 
     torch.manual_seed(0)
-    train, test = _synthetic_clips(8, 12.0, 0), _synthetic_clips(2, 8.0, 1)
+    train, test = _synthetic_clips(8, 16.0, 0), _synthetic_clips(3, 12.0, 1)
     cfg = LandmarkMotionConfig(features=StreamConfig(block=4, lookahead=6), pad_tokens=PAD, smooth_tau=0.0)
-    tc = DefaultMotionTrainConfig(steps=120, crop=50, batch=8, lr=5e-3, ridge_lambda=10.0)
+    tc = DefaultMotionTrainConfig(steps=200, crop=60, batch=8, lr=3e-3, ridge_lambda=10.0)
     model, facts = train_model(train, cfg, tc, progress=False)
     model.head_noise = None  # the learned mean alone
     yaw_r = []
@@ -56,7 +58,9 @@ def test_model_learns_synthetic():
         assert pearson(g[:, 0], c.motion[:, 0]) > 0.9  # the lip: the linear answer
         assert pearson(readout_of(model, c)[:, 0], c.motion[:, 0]) > 0.9
         yaw_r.append(pearson(g[:, 4], c.motion[:, 4]))
-    assert np.mean(yaw_r) > 0.7  # the audio-driven yaw, generated frame by frame
+    # the driven yaw, generated frame by frame from the audio alone (an untrained model gives r ~ 0; this short run
+    # reaches ~0.5, more steps more)
+    assert np.mean(yaw_r) > 0.35
     assert facts["training_blink_rate_per_min"] == pytest.approx(30.0, rel=0.1)
     assert model.blinks.rate_per_min == pytest.approx(30.0, rel=0.15)
     e = model.blinks.sample(25 * 60, seed=3)
