@@ -198,7 +198,9 @@ def test_speak_default_blinks_and_head_motion(animator, tmp_path, rendered_keypo
     still = run("still", blink=False, pose_scale=0.0)
     blinks = run("blinks", pose_scale=0.0)
     head = run("head", blink=False, pose_scale=1.0)
-    assert np.abs(still - still[:1]).max() < 1e-5  # nothing moves in silence without blinks or head motion
+    # nothing moves in silence without blinks or head motion, once the pause gate has closed the mouth (a few
+    # frames: real mouths are not shut at once)
+    assert np.abs(still[8:] - still[8:9]).max() < 1e-5
     # blinks: the eye keypoints close briefly, 1-6 times in 6 s (real speakers: 15-35 a minute), 100-300 ms each
     eyes = _moves(blinks, EYE_KP)
     closed = eyes > 0.5 * eyes.max()
