@@ -250,8 +250,10 @@ class Animator:
               gaze_x: float = 0.0, gaze_y: float = 0.0,
               driving_smooth_observation_variance: float = 3e-7, source_video_eye_retargeting: bool = False,
               audio_priority: str = "driving",
+              audio: str | os.PathLike | None = None,
               progress_callback: ProgressCallback | None = None) -> RenderResult:
-        """Animate ``portrait`` with the motion of ``driving`` (a video, an image, or a motion template).
+        """Animate ``portrait`` with the motion of ``driving`` (a video, an image, a motion template, or a motion
+        file from :meth:`motion`).
 
         The first driving frame is the reference (relative motion, as the official pipeline). The output
         is an H.264 mp4 at the driving fps with the driving video's audio, pasted back into the portrait
@@ -273,8 +275,13 @@ class Animator:
         ``source_video_eye_retargeting`` keeps the eyes as open as in its first frame; ``audio_priority``
         ('driving' or 'source') picks whose audio the result carries when both have one. The driving input is then
         a video or a template.
+        A motion file is rendered exactly as :meth:`speak` renders that motion, at its fps, with ``audio`` (a
+        speech file) as its sound; ``region``, ``multiplier``, retargeting, ``concat`` and ``save_template`` do
+        not apply to it.
         """
         from contextlib import ExitStack
+
+        from audio2lp.speech_motion import is_speech_motion_file
 
         edit = _sliders("drive", locals())
         v = options.check(dict(face=face, region=region, multiplier=multiplier, crf=crf, max_frames=max_frames,
@@ -288,6 +295,23 @@ class Animator:
                              "source_video_eye_retargeting": source_video_eye_retargeting,
                              "audio_priority": audio_priority},
                             "{%s} applies only when the portrait is a video; leave it out for a photo.")
+        if is_speech_motion_file(driving) and not video_portrait:
+            unused = [name for name, used in (("region", region != "all"), ("multiplier", multiplier != 1.0),
+                                              ("retarget_eyes", retarget_eyes), ("retarget_lip", retarget_lip),
+                                              ("concat", concat), ("save_template", save_template is not None))
+                      if used]
+            if unused:
+                raise OptionError(unused[0], "{" + unused[0] + "} does not apply to a motion file (it already "
+                                  "holds the motion to render); drop it.")
+            if not stitching:
+                raise OptionError("stitching", "a motion file is rendered with stitching, as speak renders it; "
+                                  "drop {not_stitching}.")
+            return self._drive_motion(portrait, driving, output, face=face, pasteback=pasteback, crf=crf,
+                                      max_frames=max_frames, audio=audio, progress_callback=progress_callback,
+                                      max_portrait_size=v["max_portrait_size"], edit=edit)
+        if audio is not None:
+            raise OptionError("audio", "{audio} adds speech to a motion file; a driving video brings its own "
+                              "audio. Drop {audio}.")
         anim_options = AnimationOptions(region=region, stitching=stitching, retarget_eyes=retarget_eyes,
                                         retarget_lip=retarget_lip, multiplier=multiplier)
         _check_stitching(face, stitching)
@@ -427,6 +451,92 @@ class Animator:
                             tpath)
 
 
+    # ------------------------------------------------------------------------------------ motion
+    def motion(self, audio: str | os.PathLike, output: str | os.PathLike, *, fps: float = 25.0,
+               expression_scale: float = 1.0, pose_scale: float = 1.0, seed: int = 0, blink: bool = True,
+               blink_rate: float | None = None, pose_from: str | os.PathLike | None = None,
+               whisper_checkpoint: str | os.PathLike | None = None) -> RenderResult:
+        """Write the per-frame motion :meth:`speak` would render for ``audio`` with these options (without
+        ``motion_model``) to ``output`` (``.npz``, :mod:`audio2lp.speech_motion`), without loading the renderer or
+        any portrait. ``drive(portrait, output, ...)`` renders it; with the same options the frames are those of
+        ``speak``."""
+        from audio2lp.media.audio import load_audio
+        from audio2lp.speech import speech_motion
+        from audio2lp.speech_motion import save_speech_motion
+
+        v = options.check(dict(fps=fps, expression_scale=expression_scale, pose_scale=pose_scale, seed=seed,
+                               blink_rate=blink_rate))
+        out = check_output_path(output, (".npz",))
+        template = self._pose_template(pose_from)
+        with _Stage(self.progress, "audio"):
+            wav = load_audio(audio)
+        n_frames = max(1, int(round(len(wav) / 16000 * v["fps"])))
+        m = speech_motion(wav, n_frames, v["fps"], seed=v["seed"], pose_scale=v["pose_scale"],
+                          expression_scale=v["expression_scale"], blink=blink, blink_rate=v["blink_rate"],
+                          template=template, whisper_checkpoint=whisper_checkpoint, device=self.device or "cpu",
+                          progress=self.progress, models=self.speech_models)
+        save_speech_motion(out, m)
+        return RenderResult(out, m.n_frames, m.fps, False, extra={"duration": len(wav) / 16000})
+
+    @staticmethod
+    def _pose_template(pose_from):
+        if pose_from is None:
+            return None
+        from audio2lp.driving import load_official_template
+        from audio2lp.models.motion import load_motion_template
+
+        return load_official_template(pose_from) if str(pose_from).lower().endswith(".pkl") \
+            else load_motion_template(pose_from)
+
+    def _drive_motion(self, portrait, path, output, *, face, pasteback, crf, max_frames, audio,
+                      progress_callback, max_portrait_size: int = 1280,
+                      edit: PortraitEdit | None = None) -> RenderResult:
+        """``drive`` with a motion file from :meth:`motion`: the same render calls as :meth:`speak`."""
+        from audio2lp.speech import SpeechPlan
+        from audio2lp.speech_motion import load_speech_motion
+
+        m = load_speech_motion(path)
+        out = check_output_path(output, VIDEO_SUFFIXES)
+        if audio is not None and not Path(audio).is_file():
+            raise OptionError("audio", "{audio} " + options.literal(f"{audio} does not exist; check the path."))
+        n_frames = m.n_frames if max_frames is None else min(m.n_frames, max_frames)
+        plan = SpeechPlan("landmark", n_frames, landmark=m)
+        renderer = self.renderer
+        pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback, max_size=max_portrait_size)
+        self._render_plan(renderer, pt, plan, out, m.fps, crf=crf, audio=audio, pasteback=pasteback,
+                          progress_callback=progress_callback, edit=edit)
+        log.info("wrote %s (%d frames at %g fps from the motion file %s)", out, n_frames, m.fps, path)
+        return RenderResult(out, n_frames, m.fps, audio is not None)
+
+    def _render_plan(self, renderer, pt, plan, out, fps, *, crf, audio, pasteback, progress_callback,
+                     expression_scale: float = 1.0, pose_scale: float = 1.0, edit: PortraitEdit | None = None) -> None:
+        """Render every frame of ``plan`` for the faces of ``pt`` into the mp4 ``out`` (with ``audio`` if given);
+        ``edit``: constant slider offsets."""
+        n_frames = plan.n_frames
+        bar = _Progress(self.progress, n_frames, "render", progress_callback)
+        try:
+            def compose_and_write(rendered: list[np.ndarray]) -> None:
+                for j in range(len(rendered[0])):
+                    writer.write(pt.composite([r[j] for r in rendered], pasteback=pasteback))
+
+            # paste-back and encoding run in threads of their own while the next batch renders
+            with VideoWriter(out, fps, crf=crf, audio=None if audio is None else Path(audio),
+                             audio_fit="video") as writer, \
+                    Worker(compose_and_write, size=2, name="audio2lp-paste-back") as sink:
+                for start in range(0, n_frames, self.batch_size):
+                    idx = np.arange(start, min(n_frames, start + self.batch_size))
+                    sink.put([renderer.render(pf.source, plan.keypoints(renderer, pf, idx, expression_scale,
+                                                                        pose_scale, face_index=i, edit=edit),
+                                              batch_size=len(idx))
+                              for i, pf in enumerate(pt.faces)])
+                    bar.update(len(idx))
+                sink.close()
+                bar.close()
+                with _Stage(self.progress, "write"):  # the encoder's last frames and the audio mux
+                    writer.close()
+        finally:
+            bar.close()
+
     # ------------------------------------------------------------------------------------ speak
     @_gpu_memory_guard
     def speak(self, portrait, audio: str | os.PathLike, output: str | os.PathLike, *,
@@ -443,15 +553,16 @@ class Animator:
         """Make ``portrait`` say ``audio``.
 
         With ``motion_model`` (a checkpoint from ``audio2lp-train train``) the model predicts the full motion
-        (expression, head pose, translation, scale) as changes from a speaker's own resting pose and mouth, applied
-        around the portrait's own pose and expression (a portrait with an open mouth has it closed first, by lip
-        retargeting); ``expression_scale`` and ``pose_scale`` scale them; ``motion_noise`` (normalised units,
-        default 0 = deterministic) perturbs the frames fed back during generation, seeded by ``seed``. Without it,
-        the shipped lip-sync model drives the mouth through lip retargeting, with subtle idle head motion
-        (``pose_scale`` x a few degrees; or the head motion of the template ``pose_from``); the mouth closes in
-        silences longer than 200 ms. Both paths blink naturally (``blink``, ``blink_rate`` per minute; eye
-        retargeting). An option that would do nothing on the path taken is refused (OptionError, see
-        :func:`audio2lp.options.check_speak_mode`).
+        (expression, head pose, translation, scale) and drives the renderer relative to the source:
+        the dataset's mean motion maps to the portrait's own pose and expression; ``expression_scale`` and
+        ``pose_scale`` scale the deviations; ``motion_noise`` (normalised units, default 0 = deterministic)
+        perturbs the frames fed back during generation, seeded by ``seed``. Without it, the shipped landmark
+        motion model (:func:`audio2lp.speech.speech_motion`, exactly what :meth:`motion` writes) drives the lips
+        and eyes through LivePortrait's retargeting networks and the head (rotation, translation, scale) relative
+        to the portrait's own pose: ``seed`` varies the head motion and the blinks (``blink``, ``blink_rate`` per
+        minute), ``pose_scale`` scales the head motion (or takes it from the template ``pose_from``) and
+        ``expression_scale`` the mouth's opening. An option that would do nothing on the path taken is refused
+        (OptionError, see :func:`audio2lp.options.check_speak_mode`).
         The mp4 lasts as long as the audio (to the nearest frame) and carries the original audio as AAC.
         ``max_portrait_size``: as for :meth:`drive`.
         ``progress_callback(done_frames, total_frames)`` is called after every rendered batch.
@@ -487,13 +598,7 @@ class Animator:
         options.check_speak_mode("lipsync" if motion_model is None else "motion-model",
                                  dict(v, blink=blink, pose_from=pose_from, whisper_checkpoint=whisper_checkpoint))
         out = check_output_path(output, VIDEO_SUFFIXES)
-        template = None
-        if pose_from is not None:
-            from audio2lp.driving import load_official_template
-            from audio2lp.models.motion import load_motion_template
-
-            template = load_official_template(pose_from) if str(pose_from).lower().endswith(".pkl") \
-                else load_motion_template(pose_from)
+        template = self._pose_template(pose_from)
         if motion_model is not None:
             from audio2lp.models.motion_model import read_motion_model_metadata
 
@@ -511,31 +616,12 @@ class Animator:
                               max_size=v["max_portrait_size"])
         plan = speech_plan(wav, n_frames, fps, device=renderer.device, motion_model=motion_model, seed=seed,
                            style=style, blink=blink, blink_rate=blink_rate, pose_scale=pose_scale, template=template,
-                           whisper_checkpoint=whisper_checkpoint, motion_noise=motion_noise, progress=self.progress,
-                           models=self.speech_models)
+                           whisper_checkpoint=whisper_checkpoint, motion_noise=motion_noise,
+                           expression_scale=expression_scale, progress=self.progress, models=self.speech_models)
 
-        bar = _Progress(self.progress, n_frames, "render", progress_callback)
-        try:
-            def compose_and_write(rendered: list[np.ndarray]) -> None:
-                for j in range(len(rendered[0])):
-                    writer.write(pt.composite([r[j] for r in rendered], pasteback=pasteback))
-
-            # paste-back and encoding run in threads of their own while the next batch renders
-            with VideoWriter(out, fps, crf=crf, audio=Path(audio), audio_fit="video") as writer, \
-                    Worker(compose_and_write, size=2, name="audio2lp-paste-back") as sink:
-                for start in range(0, n_frames, self.batch_size):
-                    idx = np.arange(start, min(n_frames, start + self.batch_size))
-                    sink.put([renderer.render(pf.source, plan.keypoints(renderer, pf, idx, expression_scale,
-                                                                        pose_scale, face_index=i, edit=edit),
-                                              batch_size=len(idx))
-                              for i, pf in enumerate(pt.faces)])
-                    bar.update(len(idx))
-                sink.close()
-                bar.close()
-                with _Stage(self.progress, "write"):  # the encoder's last frames and the audio mux
-                    writer.close()
-        finally:
-            bar.close()
+        self._render_plan(renderer, pt, plan, out, fps, crf=crf, audio=audio, pasteback=pasteback,
+                          progress_callback=progress_callback, expression_scale=expression_scale,
+                          pose_scale=pose_scale, edit=edit)
         log.info("wrote %s (%d frames at %g fps, %.2f s of audio)", out, n_frames, fps, duration)
         return RenderResult(out, n_frames, fps, True, extra={"duration": duration, "mode": plan.mode})
 
@@ -611,8 +697,8 @@ class Animator:
         tracked = track_video_portrait(video, self.faces, face, max_frames=n_frames, info=info,
                                        progress=self.progress)
         plan = speech_plan(wav, n_frames, info.fps, device=renderer.device, motion_model=None, seed=seed, style=0,
-                           blink=False, blink_rate=None, pose_scale=0.0, template=None, portrait=None,
-                           whisper_checkpoint=whisper_checkpoint, progress=self.progress)
+                           blink=False, blink_rate=None, pose_scale=0.0, template=None,
+                           whisper_checkpoint=whisper_checkpoint, progress=self.progress, models=self.speech_models)
         frames = dubbed_frames(renderer, tracked, lip_open_series(plan), pasteback=pasteback)
         self._encode(out, info.fps, frames, n_frames, crf=crf, audio=Path(audio), progress_callback=progress_callback)
         log.info("wrote %s (%d frames at %g fps from %d video frames, %.2f s of audio)", out, n_frames, info.fps,

@@ -37,9 +37,10 @@ __all__ = ["OPTIONS", "SLIDER_NAMES", "SPEAK_MODES", "Option", "OptionError", "c
 
 #: how each front door names an option: the Python API and the HTTP service use the Python name
 API, CLI, WEB = "api", "cli", "web"
-#: the paths of ``speak``: the built-in lip-sync model, or a motion model (``motion_model``)
+#: the paths of ``speak``: the built-in motion ("lipsync": the default landmark model, its lips blended with the
+#: lip-sync model's), or a motion model (``motion_model``)
 SPEAK_MODES = ("lipsync", "motion-model")
-_MODE_NAMES = {"lipsync": "the built-in lip-sync model (without {motion_model})", "motion-model": "{motion_model}"}
+_MODE_NAMES = {"lipsync": "the built-in motion (without {motion_model})", "motion-model": "{motion_model}"}
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,9 @@ class Option:
 
 _SPEAK, _DRIVE = ("speak",), ("drive",)
 _MOTION_MODEL, _LIPSYNC = ("motion-model",), ("lipsync",)
-_RENDER = ("speak", "drive", "serve", "app")  # commands that build an Animator
-_LOGGING = ("speak", "drive", "serve", "app", "doctor", "weights")
+_SPEAK_MOTION = ("speak", "motion")  # speak's default motion, also written by `audio2lp motion`
 _RENDER = ("speak", "drive", "edit", "serve", "app")  # commands that build an Animator
-_LOGGING = ("speak", "drive", "edit", "serve", "app", "doctor", "weights")
+_LOGGING = ("speak", "drive", "edit", "motion", "serve", "app", "doctor", "weights")
 _SLIDE = ("edit", "speak", "drive")  # the portrait-editing sliders: edit, and constant offsets on speak / drive
 _ANIMATED = "{%s} edits a still portrait (audio2lp edit); speak and drive move the eyes and lips themselves"
 
@@ -135,30 +135,32 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("face", "face", "largest", "which face of the portrait to animate: largest (default), a number "
            "(0 = largest), or all (each face, stitched in place)", ("speak", "drive", "edit"), metavar="FACE",
            label="Face", ui_info="largest, all, or a face number (0 = largest)", service=True),
-    Option("fps", "float", 25.0, "output frame rate", _SPEAK, minimum=1, maximum=120, label="Frames per second",
+    Option("fps", "float", 25.0, "output frame rate", _SPEAK_MOTION, minimum=1, maximum=120, label="Frames per second",
            ui_step=1, service=True),
-    Option("expression_scale", "float", 1.0, "scale of the predicted expression around the portrait's own "
-           "(--motion-model)", _SPEAK, minimum=0, maximum=10, label="Expression scale", ui_range=(0, 2),
-           ui_step=0.05, ui_info="motion model only", service=True, speak_modes=_MOTION_MODEL),
-    Option("pose_scale", "float", 1.0, "scale of the head motion (0 = still head)", _SPEAK, minimum=0, maximum=10,
-           label="Head motion scale", ui_range=(0, 2), ui_step=0.05, ui_info="0 = still head", service=True),
+    Option("expression_scale", "float", 1.0, "scale of the mouth's opening (with --motion-model: of the predicted "
+           "expression around the portrait's own)", _SPEAK_MOTION, minimum=0, maximum=10, label="Expression scale",
+           ui_range=(0, 2), ui_step=0.05, ui_info="mouth opening", service=True),
+    Option("pose_scale", "float", 1.0, "scale of the head motion (0 = still head)", _SPEAK_MOTION, minimum=0,
+           maximum=10, label="Head motion scale", ui_range=(0, 2), ui_step=0.05, ui_info="0 = still head",
+           service=True),
     Option("pose_from", "path", None, "take the head motion from a motion template (.npz from `drive "
-           "--save-template`, or .pkl); built-in lip-sync only (a motion model predicts the head motion)", _SPEAK,
+           "--save-template`, or .pkl); built-in motion only (a motion model predicts the head motion)", _SPEAK_MOTION,
            metavar="TEMPLATE", label="Head motion template", speak_modes=_LIPSYNC),
-    Option("blink_rate", "float", None, "average blinks per minute (default: natural, about 17)", _SPEAK, minimum=0,
-           maximum=120, nullable=True, units="blinks per minute", metavar="PER_MIN", label="Blinks per minute",
-           ui_info="empty = natural (about 17)", service=True, requires="blink"),
-    Option("blink", "bool", True, "keep the eyes as in the photo (no blinks; with --motion-model: as the model moves "
-           "them)", _SPEAK, label="Blink", ui_info="natural blinks", service=True),
+    Option("blink_rate", "float", None, "average blinks per minute (default: the rate learnt from real speakers; "
+           "0 = no blinks)", _SPEAK_MOTION, minimum=0, maximum=120, nullable=True, units="blinks per minute",
+           metavar="PER_MIN", label="Blinks per minute", ui_info="empty = as real speakers blink", service=True,
+           requires="blink"),
+    Option("blink", "bool", True, "keep the eyes as in the photo (no blinks)", _SPEAK_MOTION, label="Blink",
+           ui_info="default motion only", service=True),
     Option("style", "int", 0, "speaker/style id of the motion model", _SPEAK, minimum=0, label="Style",
            ui_info="speaker/style id of the motion model", service=True, speak_modes=_MOTION_MODEL),
-    Option("seed", "int", 0, "random seed of the blinks and idle head motion, and of --motion-noise", _SPEAK,
-           label="Seed", ui_info="blinks, head motion and sampling", service=True),
+    Option("seed", "int", 0, "random seed of the head motion and the blinks (and of --motion-noise)", _SPEAK_MOTION,
+           label="Seed", ui_info="head motion, blinks and sampling", service=True),
     Option("motion_noise", "float", 0.0, "with --motion-model: noise (normalised units) on the frames fed back "
            "while generating, for varied motion from the same audio (0: deterministic)", _SPEAK, minimum=0,
            metavar="STD", label="Motion noise", speak_modes=_MOTION_MODEL),
     Option("whisper_checkpoint", "path", None, "openai-whisper checkpoint to use instead of the cached/converted one",
-           _SPEAK, metavar="FILE", label="Whisper checkpoint"),
+           _SPEAK_MOTION, metavar="FILE", label="Whisper checkpoint"),
     # ---------------------------------------------------------------------------------- drive
     Option("region", "str", "all", "which part of the driving motion to apply", _DRIVE,
            choices=("all", "exp", "pose", "lip", "eyes"), label="Region",
@@ -180,6 +182,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("save_template", "path", None, "also save the driving motion as a template, to drive other portraits "
            "without the video", _DRIVE, metavar="FILE.npz", label="Save motion template",
            ui_info="to drive other portraits without the video"),
+    Option("audio", "path", None, "speech to put in the video when DRIVING is a motion file from `audio2lp motion`",
+           _DRIVE, metavar="SPEECH", label="Speech for a motion file"),
     Option("max_frames", "int", None, "render only the first N driving frames (the audio is cut to match)", _DRIVE,
            minimum=1, nullable=True, metavar="N", label="Max frames", service=True),
     # ---------------------------------------------------------------------------------- drive, a video portrait

@@ -11,6 +11,7 @@ import numpy as np
 
 from audio2lp.driving import motion_to_info
 from audio2lp.options import OptionError, literal
+from audio2lp.speech_motion import SpeechMotion, speech_motion_keypoints
 from lp_renderer.editing import PortraitEdit, edited_info
 from lp_renderer.renderer import Renderer
 
@@ -58,62 +59,119 @@ class SpeechModels:
 
 
 def speech_plan(wav, n_frames, fps, *, device, motion_model, seed, style, blink, blink_rate, pose_scale, template,
-                whisper_checkpoint, motion_noise=0.0, progress=True,
+                whisper_checkpoint, motion_noise=0.0, expression_scale=1.0, progress=True,
                 models: SpeechModels | None = None) -> SpeechPlan:
     """The per-frame motion of ``speak`` for 16 kHz ``wav``: the relative motion of ``motion_model`` (one sequence
-    shared by the faces), or the built-in lip-sync model's mouth with idle head motion (or the head motion of
-    ``template``); natural blinks on both paths (``blink``, ``blink_rate``, seeded by ``seed``). Whisper and the
-    models run on ``device``; they come from ``models`` (loaded there once; default: loaded for this call)."""
-    from audio2lp.models.idle import blink_schedule
-    from audio2lp.models.motion import resample_motion
-
+    shared by the faces) with natural blinks (``blink``, ``blink_rate``, seeded by ``seed``), or the default
+    :func:`speech_motion` (the landmark motion model: lips, eyes, head; or the head motion of ``template``).
+    Whisper and the models run on ``device``; they come from ``models`` (loaded there once; default: loaded for
+    this call)."""
     models = models or SpeechModels()
+    if motion_model is None:
+        motion = speech_motion(wav, n_frames, fps, seed=seed, pose_scale=pose_scale,
+                               expression_scale=expression_scale, blink=blink, blink_rate=blink_rate,
+                               template=template, whisper_checkpoint=whisper_checkpoint, device=device,
+                               progress=progress, models=models)
+        return SpeechPlan("landmark", n_frames, landmark=motion)
+    from audio2lp.models.idle import blink_schedule
+    from audio2lp.models.motion import NEUTRAL, from_relative, resample_motion
+
     eye = None
     if blink:
         kwargs = {} if blink_rate is None else {"rate_per_min": blink_rate}
         eye = blink_schedule(n_frames, fps=fps, seed=seed, **kwargs)
     n25 = max(1, int(round(len(wav) / 16000 * 25)))
-    if motion_model is not None:
-        from audio2lp.models.motion import NEUTRAL, from_relative
-
-        model, stats = models.motion(motion_model, device)
-        cfg = model.config
-        feats = models.whisper(cfg.whisper_model, whisper_checkpoint, device).encode(
-            wav, layers=cfg.whisper_layers, progress=progress)
-        # the call the trainer's validation scores (training.motion.trainer.Trainer.validate)
-        delta = model.rollout(feats, style=style, n_frames=n25, noise=motion_noise, seed=seed, stats=stats,
-                              progress=progress)
-        if fps != 25:
-            delta = resample_motion(delta, 25, fps, n_frames)
-        motion = from_relative(delta[:n_frames], NEUTRAL)  # the change around "no change"; see SpeechPlan
-        return SpeechPlan("motion-model", n_frames, motion=motion[None], reference=NEUTRAL.copy(), eye_open=eye)
-    from audio2lp.models.idle import idle_head_motion, pose_from_template
-
-    lips = models.lipsync(device)
-    lc = lips.config
-    feats = models.whisper(lc.whisper_model, whisper_checkpoint, device).encode(wav, layers=lc.whisper_layers,
-                                                                              progress=progress)
-    pred = lips.predict(feats, n25, audio_16k=wav)  # the mouth also closes in silences > 200 ms
-    lip = np.asarray(pred.lip_open, np.float32)
-    speaking = ~np.asarray(pred.closed, bool)
+    model, stats = models.motion(motion_model, device)
+    cfg = model.config
+    feats = models.whisper(cfg.whisper_model, whisper_checkpoint, device).encode(
+        wav, layers=cfg.whisper_layers, progress=progress)
+    # the call the trainer's validation scores (training.motion.trainer.Trainer.validate)
+    delta = model.rollout(feats, style=style, n_frames=n25, noise=motion_noise, seed=seed, stats=stats,
+                          progress=progress)
     if fps != 25:
-        lip = resample_motion(lip[:, None], 25, fps, n_frames)[:, 0]
-        speaking = resample_motion(speaking[:, None].astype(np.float32), 25, fps, n_frames)[:, 0] > 0.5
-    lip, speaking = lip[:n_frames], speaking[:n_frames]
+        delta = resample_motion(delta, 25, fps, n_frames)
+    motion = from_relative(delta[:n_frames], NEUTRAL)  # the change around "no change"; see SpeechPlan
+    return SpeechPlan("motion-model", n_frames, motion=motion[None], reference=NEUTRAL.copy(), eye_open=eye)
+
+
+def speech_motion(wav, n_frames, fps, *, seed=0, pose_scale=1.0, expression_scale=1.0, blink=True, blink_rate=None,
+                  template=None, whisper_checkpoint=None, device="cpu", progress=True, model=None,
+                  models: SpeechModels | None = None) -> SpeechMotion:
+    """The default motion of ``speak`` for 16 kHz ``wav``: ``n_frames`` frames at ``fps``
+    (:class:`audio2lp.speech_motion.SpeechMotion`; what ``audio2lp motion`` writes).
+
+    The landmark motion model (:mod:`audio2lp.models.landmark_motion`; ``model``: a loaded one or a checkpoint path,
+    default the shipped weights) makes lips, eyes and head at 25 fps from streaming Whisper features; its lip is
+    blended with the built-in lip-sync model's (:class:`audio2lp.models.processes.LipMix`, weight from the
+    checkpoint) and gated in pauses. ``seed`` drives the head process and the blinks. ``blink`` False (or
+    ``blink_rate`` 0) keeps the eyes as in the photo; ``blink_rate`` rescales the fitted blink process to that many
+    per minute. ``template``: head rotation from a motion template instead (no translation or scale change).
+    ``pose_scale`` scales the head's deviations (angles, translation, log scale), ``expression_scale`` the lip's
+    deviation from the closed level. Whisper runs on the CPU (2 s windows); the lip-sync model on ``device``.
+    ``models``: where Whisper and the lip-sync model come from (loaded once there; default: loaded for this call).
+    """
+    import copy
+
+    import torch
+
+    from audio2lp.models.idle import pose_from_template
+    from audio2lp.models.landmark_motion import (
+        EYES,
+        HEAD,
+        LIP,
+        TOKENS_PER_FRAME,
+        LandmarkMotionModel,
+        load_landmark_motion,
+        pad_audio,
+    )
+    from audio2lp.models.lipsync import read_lipsync_metadata
+    from audio2lp.models.motion import resample_motion
+    from audio2lp.whisper.stream import StreamingEncoder
+
+    model = copy.copy(model if isinstance(model, LandmarkMotionModel) else load_landmark_motion(model))
+    c = model.config
+    n25 = max(1, int(round(len(wav) / 16000 * 25)))
+    if not blink or blink_rate == 0:
+        model.blinks = None
+    elif blink_rate is not None and model.blinks is not None:
+        model.blinks = model.blinks.with_rate(blink_rate)
+    models = models or SpeechModels()
+    whisper = models.whisper(c.features.whisper_model, whisper_checkpoint, "cpu")
+    lipsync_lip = None
+    if model.lip_mix.lipsync_weight > 0:
+        lips = models.lipsync(device)
+        lc = lips.config
+        same = lc.whisper_model == whisper.model_name and torch.device(device).type == "cpu"
+        enc = whisper if same else models.whisper(lc.whisper_model, whisper_checkpoint, device)
+        feats = enc.encode(wav, layers=lc.whisper_layers, progress=progress)
+        lipsync_lip = lips.predict(feats, n25).lip_open_raw  # without its silence closing: the pause gate decides
+    need = c.pad_tokens + TOKENS_PER_FRAME * (n25 + c.lookahead_frames)  # the tokens the n25 frames read
+    feats = StreamingEncoder(c.features, whisper).encode(pad_audio(wav, c), n_tokens=need, progress=progress)
+    m = model.generate(feats, n25, seed=seed, lipsync_lip=lipsync_lip).astype(np.float64)  # (n25, 9)
+    closed = model.closure.level if model.closure is not None else read_lipsync_metadata()["config"].closed_level
+    lip = np.maximum(closed + expression_scale * (m[:, LIP] - closed), 0.0)
+    eyes = m[:, list(EYES)] if model.blinks is not None else np.ones((n25, 2))
+    head = m[:, list(HEAD)]  # pitch, yaw, roll, tx, ty, scale
     if template is not None:
-        pose = pose_from_template(template, n_frames, fps=fps) * pose_scale
-    else:
-        pose = idle_head_motion(n_frames, fps=fps, speaking=speaking, seed=seed) * pose_scale
-    return SpeechPlan("lipsync", n_frames, lip_open=lip, eye_open=eye, pose=pose)
+        head = np.zeros_like(head)
+        head[:, :3] = pose_from_template(template, n25, fps=25.0)
+        head[:, 5] = 1.0
+    head[:, :5] *= pose_scale
+    head[:, 5] = np.exp(pose_scale * np.log(np.maximum(head[:, 5], 1e-3)))
+    series = np.column_stack([lip, eyes, head]).astype(np.float32)  # (n25, 9)
+    series = resample_motion(series, 25, fps, n_frames) if fps != 25 or n25 != n_frames else series
+    cols = dict(lip_open=series[:, 0], eyes_open=series[:, 1:3], pitch=series[:, 3], yaw=series[:, 4],
+                roll=series[:, 5], tx=series[:, 6], ty=series[:, 7], scale=series[:, 8])
+    return SpeechMotion(fps=float(fps), seed=int(seed), **{k: np.ascontiguousarray(v) for k, v in cols.items()})
 
 
 def lip_open_series(plan: SpeechPlan) -> np.ndarray:
     """The lip-open ratio of every frame (T,) float32 that ``plan`` gives the mouth: what dubbing a video (``speak
     VIDEO SPEECH``) sets each source frame's mouth to. A plan that moves the mouth another way supplies its series
     here."""
-    if plan.lip_open is None:
+    if plan.landmark is None:
         raise ValueError(f"a {plan.mode!r} speech plan has no lip-open series")
-    return np.asarray(plan.lip_open, np.float32)
+    return np.asarray(plan.landmark.lip_open, np.float32)
 
 
 def whisper_encoder(model_name: str, checkpoint, device):
@@ -134,16 +192,16 @@ class SpeechPlan:
     """Per-frame motion for speak: either full motion from a motion model (``motion`` (F, T, 70): one sequence per
     face, or F = 1 shared by all faces, and the ``reference`` motion that maps onto the portrait's own; the motion
     model's plan is :data:`audio2lp.models.motion.NEUTRAL` changed by the model's relative motion, with ``NEUTRAL`` as
-    the reference), or lip-open ratios (T,) and head-pose offsets (T, 3) degrees; on both, eye-open multipliers of
-    the portrait's own eye ratios (T,) for blinks (None: no blinks)."""
+    the reference, and eye-open multipliers of the portrait's own eye ratios (T,) for blinks, None: no blinks), or
+    the default ``landmark`` motion (:class:`audio2lp.speech_motion.SpeechMotion`: lip, eyes and head through
+    LivePortrait's retargeting and pose controls; its scales are already applied)."""
 
     mode: str
     n_frames: int
     motion: np.ndarray | None = None
     reference: np.ndarray | None = None
-    lip_open: np.ndarray | None = None
+    landmark: SpeechMotion | None = None
     eye_open: np.ndarray | None = None
-    pose: np.ndarray | None = None
 
     def keypoints(self, renderer: Renderer, pf, idx: np.ndarray, expression_scale: float = 1.0,
                   pose_scale: float = 1.0, face_index: int = 0, edit: PortraitEdit | None = None):
@@ -156,43 +214,26 @@ class SpeechPlan:
         ``pose_scale``) applied around the portrait's own pose and expression, plus the blinks. Lip retargeting
         closes a portrait's open mouth first (lip ratio >= :data:`LIP_NORMALIZE_THRESHOLD`, added after stitching as
         LivePortrait's ``flag_normalize_lip`` does): the model's lip motion is relative to a closed mouth (see
-        :mod:`training.motion.dataset`)."""
-
-        from lp_renderer.keypoints import relative_motion, transform_keypoints
-        from lp_renderer.renderer import host_to_device
+        :mod:`training.motion.dataset`). The default plan: :func:`audio2lp.speech_motion.speech_motion_keypoints`."""
+        if self.landmark is not None:
+            return speech_motion_keypoints(renderer, pf, self.landmark, idx, edit=edit)
+        from audio2lp.models.motion import EXP, POSE, SCALE, T
+        from lp_renderer.keypoints import relative_motion
 
         src = pf.source
         dev = renderer.device
-        b = len(idx)
         info = src.info if edit is None else edited_info(src.info, edit)
-        if self.motion is not None:
-            from audio2lp.models.motion import EXP, POSE, SCALE, T
-
-            ref = self.reference
-            m = self.motion[min(face_index, len(self.motion) - 1)][idx].copy()
-            m[:, EXP] = ref[EXP] + expression_scale * (m[:, EXP] - ref[EXP])
-            for sl in (POSE, T):
-                m[:, sl] = ref[sl] + pose_scale * (m[:, sl] - ref[sl])
-            m[:, SCALE] = ref[SCALE] * (m[:, SCALE] / ref[SCALE]) ** pose_scale
-            x_d = relative_motion(info, motion_to_info(m, device=dev), motion_to_info(ref[None], device=dev))
-            x_d = renderer.stitch(src.x_s, x_d + self._blinks(renderer, src, idx))
-            if src.lip_ratio is not None and src.lip_ratio >= LIP_NORMALIZE_THRESHOLD:
-                x_d = x_d + renderer.retarget_lip(src.x_s, np.array([[src.lip_ratio, 0.0]], np.float32))
-            return x_d
-        pose = host_to_device(self.pose[idx], dev)  # (B, 3) degrees
-        posed = info.replace(kp=info.kp.expand(b, -1, -1), exp=info.exp.expand(b, -1, -1),
-                             pitch=info.pitch + pose[:, :1], yaw=info.yaw + pose[:, 1:2], roll=info.roll + pose[:, 2:3],
-                             t=info.t.expand(b, -1), scale=info.scale.expand(b, -1))
-        x_d = transform_keypoints(posed)
-        lip_s = src.lip_ratio if src.lip_ratio is not None else 0.0
-        lip = np.column_stack([np.full(b, lip_s), self.lip_open[idx]]).astype(np.float32)
-        x_d = x_d + renderer.retarget_lip(src.x_s, lip)
-        if self.eye_open is not None:
-            left, right = src.eye_ratios if src.eye_ratios is not None else (0.35, 0.35)
-            target = 0.5 * (left + right) * self.eye_open[idx]
-            eyes = np.column_stack([np.full(b, left), np.full(b, right), target]).astype(np.float32)
-            x_d = x_d + renderer.retarget_eyes(src.x_s, eyes)
-        return renderer.stitch(src.x_s, x_d)
+        ref = self.reference
+        m = self.motion[min(face_index, len(self.motion) - 1)][idx].copy()
+        m[:, EXP] = ref[EXP] + expression_scale * (m[:, EXP] - ref[EXP])
+        for sl in (POSE, T):
+            m[:, sl] = ref[sl] + pose_scale * (m[:, sl] - ref[sl])
+        m[:, SCALE] = ref[SCALE] * (m[:, SCALE] / ref[SCALE]) ** pose_scale
+        x_d = relative_motion(info, motion_to_info(m, device=dev), motion_to_info(ref[None], device=dev))
+        x_d = renderer.stitch(src.x_s, x_d + self._blinks(renderer, src, idx))
+        if src.lip_ratio is not None and src.lip_ratio >= LIP_NORMALIZE_THRESHOLD:
+            x_d = x_d + renderer.retarget_lip(src.x_s, np.array([[src.lip_ratio, 0.0]], np.float32))
+        return x_d
 
     def _blinks(self, renderer: Renderer, src, idx: np.ndarray):
         """The blinks on top of a motion model's motion, (B, 21, 3) or 0: the eye retargeting delta towards the

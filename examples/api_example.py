@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("audio", help="a speech recording (wav, mp3, m4a, ...)")
     p.add_argument("--driving", help="also animate the portrait with this driving video")
     p.add_argument("--weights", help="LivePortrait weights folder (default $AUDIO2LP_WEIGHTS or the cache)")
-    p.add_argument("--motion-model", help="audio-to-motion checkpoint (default: the built-in lip-sync model)")
+    p.add_argument("--motion-model", help="audio-to-motion checkpoint (default: the built-in motion model)")
     p.add_argument("--out", default=".", help="output folder")
     args = p.parse_args(argv)
     out = Path(args.out)

@@ -77,7 +77,7 @@ def make_speech(out: Path, wav: str | None, text: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", help="LivePortrait weights folder (default $AUDIO2LP_WEIGHTS or the cache folder)")
-    p.add_argument("--motion-model", help="audio-to-motion checkpoint for speak (default: the built-in lip-sync "
+    p.add_argument("--motion-model", help="audio-to-motion checkpoint for speak (default: the built-in motion "
                                           "model)")
     p.add_argument("--out", default="audio2lp-demo", help="output folder (default audio2lp-demo)")
     p.add_argument("--portrait", help="use this photo instead of the astronaut")

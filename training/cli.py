@@ -4,7 +4,11 @@
 * ``train``: train the audio-to-motion model (:mod:`training.motion.trainer`; under ``torchrun`` for several
   processes);
 * ``lipsync``: train and measure the built-in lip-sync model (:mod:`training.lipsync.train`);
-* ``lipsync-data``: fill the lip-sync data cache and print a line per clip (:mod:`training.lipsync.data`).
+* ``lipsync-data``: fill the lip-sync data cache and print a line per clip (:mod:`training.lipsync.data`);
+* ``default-motion``: train and measure the default motion model from the data folder, one command
+  (:mod:`training.landmarks.train`);
+* ``measure-motion``: the motion measured from a talking video's face landmarks, as a motion file
+  (:mod:`training.landmarks.measure`).
 
 Only this module (with :mod:`audio2lp.apps`) parses arguments, prints, exits and configures logging.
 """
@@ -304,6 +308,107 @@ def run_lipsync_data(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ default-motion
+def add_default_motion_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``default-motion`` (train and measure the default landmark motion model)."""
+    from .landmarks.train import DefaultMotionTrainConfig
+
+    d = DefaultMotionTrainConfig()
+    p = subparsers.add_parser(
+        "default-motion", help="train the default motion model (speech -> lips, eyes, head) on real talking videos",
+        description="From the talking videos of --data, with no other step: measure the motion per 25 fps frame "
+                    "from face landmarks (lip and eye ratios, head rotation, translation and scale), split by "
+                    "speaker (SPEAKERS.tsv), fit and train the FaceFormer-style landmark motion model, choose the "
+                    "lip blend and pause closure by cross-validation on the training speakers, evaluate on the "
+                    "held-out speakers and write landmark_motion.safetensors, LANDMARK_MOTION_MODEL_CARD.md and "
+                    "landmark_motion_metrics.json.",
+        epilog="example: audio2lp-train default-motion --data ../shared/data/talking -o audio2lp/assets")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="folder of talking videos with speech ($AUDIO2LP_TEST_DATA/talking; a data folder holding "
+                        "talking/ works too)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="where to write the weights, the model card and the figures (audio2lp/assets ships them)")
+    p.add_argument("--cache", metavar="DIR", help="cache of landmarks and features, outside the repository "
+                                                  "(default ~/.cache/audio2lp/default-motion-data)")
+    p.add_argument("--steps", type=_positive_int, default=d.steps, help=f"transformer steps (default {d.steps})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"training seed (default {d.seed})")
+    p.add_argument("--workers", type=_positive_int, default=2, metavar="N",
+                   help="processes measuring landmarks (default 2)")
+    p.add_argument("--results", default="benchmarks/RESULTS.md", metavar="FILE",
+                   help="Markdown file whose default-motion quality section is replaced (or appended); '' to skip")
+    p.add_argument("--no-progress", dest="quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run_default_motion, verbose=False)
+    return p
+
+
+def _talking_folder(path: str):
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_dir():
+        raise InputError(f"--data {path} is not a folder; pass the folder of talking videos (e.g. "
+                         f"$AUDIO2LP_TEST_DATA/talking).")
+    return p / "talking" if (p / "talking").is_dir() else p
+
+
+def run_default_motion(args) -> int:
+    import dataclasses
+
+    from .landmarks.train import DefaultMotionTrainConfig, run
+
+    tc = dataclasses.replace(DefaultMotionTrainConfig(), steps=args.steps, seed=args.seed)
+    command = "audio2lp-train default-motion --data $AUDIO2LP_TEST_DATA/talking -o audio2lp/assets"
+    if args.steps != DefaultMotionTrainConfig.steps or args.seed != DefaultMotionTrainConfig.seed:
+        command += f" --steps {args.steps} --seed {args.seed}"
+    res = run(_talking_folder(args.data), args.output, cache_dir=args.cache, train_config=tc, workers=args.workers,
+              command=command, results_path=args.results or None, progress=not args.quiet)
+    m, t, s = res["model"], res["today"], res["split"]
+    print(f"held out: {s['test_clips']} clips, {s['test_speakers']} speakers; trained on {s['train_clips']} clips, "
+          f"{s['train_speakers']} speakers")
+    print(f"lip r at lag 0: model {m['lip_r']:.3f} | today's lip-sync model {t['lip_r']:.3f}; closed in pauses: "
+          f"model {m.get('sil_closed', float('nan')):.3f} | real {res['real'].get('sil_closed', float('nan')):.3f}")
+    print(f"lip blend {res['facts']['blend']:.2f}; blinks/min model {m['blink_rate']:.1f} | real "
+          f"{res['real']['blink_rate']:.1f}; seeds' head r {m['seed_r']:.3f}")
+    print(f"wrote {args.output}/landmark_motion.safetensors, LANDMARK_MOTION_MODEL_CARD.md, "
+          f"landmark_motion_metrics.json in {res['timing']['total_seconds']:.0f} s")
+    return 0
+
+
+def add_measure_motion_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``measure-motion`` (a talking video's landmark motion as a motion file)."""
+    p = subparsers.add_parser(
+        "measure-motion", help="measure a talking video's motion from its face landmarks into a motion file",
+        description="Measure per 25 fps frame the lip-open ratio, both eye-open multipliers, pitch/yaw/roll "
+                    "(degrees, relative to the clip's median) and head translation and scale of the largest face "
+                    "of VIDEO, as the default motion model is trained on, and write them as a motion file "
+                    "(fps, lip_open, eyes_open, pitch, yaw, roll, tx, ty, scale, valid).",
+        epilog="example: audio2lp-train measure-motion talking.mp4 -o measured.npz")
+    p.add_argument("video", metavar="VIDEO", help="a talking-face video")
+    p.add_argument("-o", "--output", required=True, metavar="MOTION.npz", help="motion file to write")
+    p.set_defaults(run=run_measure_motion, verbose=False, quiet=False)
+    return p
+
+
+def run_measure_motion(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from audio2lp.media.atomic import atomic_output
+
+    from .landmarks.measure import measure_video
+
+    if not Path(args.video).is_file():
+        raise InputError(f"{args.video} does not exist; pass a talking-face video file.")
+    if not args.output.endswith(".npz"):
+        raise InputError(f"the output {args.output} must end in .npz")
+    cm = measure_video(args.video)
+    with atomic_output(args.output, make_folder=True) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **cm.to_npz_dict())
+    print(f"wrote {args.output}: {cm.n_frames} frames at 25 fps, face in {cm.valid.mean():.0%} of them")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ running
 def run_command(args) -> int:
     """Run a parsed ``prepare`` / ``train`` command as a CLI: logging, exit codes, messages.
@@ -337,7 +442,7 @@ def run_command(args) -> int:
         return 1
 
 
-COMMANDS = ("prepare", "train", "lipsync", "lipsync-data")
+COMMANDS = ("prepare", "train", "lipsync", "lipsync-data", "default-motion", "measure-motion")
 
 
 # ------------------------------------------------------------------------------------------ audio2lp-train
@@ -351,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_lipsync_parser(sub)
     add_lipsync_data_parser(sub)
+    add_default_motion_parser(sub)
+    add_measure_motion_parser(sub)
     return parser
 
 

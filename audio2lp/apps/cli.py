@@ -39,10 +39,11 @@ def add_drive_parser(sub) -> None:
                     "video-to-video mode), each of its frames is driven by the driving frame of the same number "
                     "(expression and rotation, smoothed; each frame keeps its own position and size), the result "
                     "has the portrait video's size and frame rate and lasts as long as the shorter video, and "
-                    "--audio-priority says whose sound it carries.", epilog=SLIDERS_EPILOG)
+                    "--audio-priority says whose sound it carries. DRIVING may also be a motion file from "
+                    "`audio2lp motion` (rendered as speak renders it; --audio adds the speech).", epilog=SLIDERS_EPILOG)
     p.add_argument("portrait", help="the source photo (any size; jpg/png/webp/...) or a video of a face")
-    p.add_argument("driving", help="driving video, image, or motion template (.npz from --save-template, or "
-                                   "LivePortrait's .pkl)")
+    p.add_argument("driving", help="driving video, image, motion template (.npz from --save-template, or "
+                                   "LivePortrait's .pkl), or motion file (.npz from `audio2lp motion`)")
     p.add_argument("-o", "--output", required=True, help="output .mp4 (or an image when DRIVING is an image)")
     add_arguments(p, "drive")
     p.set_defaults(run=run_drive)
@@ -58,7 +59,7 @@ def run_drive(args) -> int:
                                max_portrait_size=args.max_portrait_size, **sliders(args, "drive"),
                                driving_smooth_observation_variance=args.driving_smooth_observation_variance,
                                source_video_eye_retargeting=args.source_video_eye_retargeting,
-                               audio_priority=args.audio_priority)
+                               audio_priority=args.audio_priority, audio=args.audio)
     print(f"wrote {res.output} ({res.n_frames} frames, {res.fps:.3g} fps{', with audio' if res.has_audio else ''})")
     if res.template:
         print(f"wrote motion template {res.template}")
@@ -69,10 +70,11 @@ def run_drive(args) -> int:
 def add_speak_parser(sub) -> None:
     p = sub.add_parser(
         "speak", help="make a portrait say a speech recording",
-        description="Make PORTRAIT say AUDIO. By default the built-in lip-sync model (trained on real talking "
-                    "videos) opens and closes the mouth through LivePortrait's lip retargeting, with natural "
-                    "blinks and subtle head motion; --motion-model uses a full audio-to-motion checkpoint from "
-                    "`audio2lp-train train` instead. The mp4 lasts as long as the audio and carries it as AAC. "
+        description="Make PORTRAIT say AUDIO. By default the built-in landmark motion model (a FaceFormer-style "
+                    "transformer trained on real talking videos) moves the lips, eyes and head through "
+                    "LivePortrait's retargeting and pose controls (`audio2lp motion` writes that motion to a file); "
+                    "--motion-model uses a full audio-to-motion checkpoint from `audio2lp-train train` instead. "
+                    "The mp4 lasts as long as the audio and carries it as AAC. "
                     "When PORTRAIT is a video (dubbing), the person in it says AUDIO: every frame keeps its head "
                     "pose, eyes and expression and only the mouth follows the speech; the result has the video's "
                     "size and frame rate, and the video plays forward and backward as often as the speech needs "
@@ -121,8 +123,34 @@ def run_edit(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ motion
+def add_motion_parser(sub) -> None:
+    p = sub.add_parser(
+        "motion", help="write the per-frame motion speak would render for a speech recording (.npz)",
+        description="Write the motion `speak` renders by default for AUDIO (same options, same seed: the same "
+                    "frames), without loading the renderer or a portrait: fps, lip_open (T,), eyes_open (T, 2), "
+                    "pitch/yaw/roll (T,) in degrees relative to the portrait's pose, tx/ty (T,) in head sizes and "
+                    "scale (T,). Inspect or edit it, then render it with `audio2lp drive PORTRAIT MOTION.npz "
+                    "--audio AUDIO`.")
+    p.add_argument("audio", help="speech: wav, flac, ogg, mp3, m4a/aac, or the audio track of a video")
+    p.add_argument("-o", "--output", required=True, help="output .npz")
+    add_arguments(p, "motion")
+    p.set_defaults(run=run_motion)
+
+
+def run_motion(args) -> int:
+    from audio2lp.api import Animator
+
+    res = Animator(progress=not args.quiet).motion(
+        args.audio, args.output, fps=args.fps, expression_scale=args.expression_scale, pose_scale=args.pose_scale,
+        seed=args.seed, blink=args.blink, blink_rate=args.blink_rate, pose_from=args.pose_from,
+        whisper_checkpoint=args.whisper_checkpoint)
+    print(f"wrote {res.output} ({res.n_frames} frames, {res.fps:.3g} fps, {res.extra['duration']:.2f} s)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
-PARSERS = [add_speak_parser, add_drive_parser, add_edit_parser, weights_cmd.add_weights_parser,
+PARSERS = [add_speak_parser, add_motion_parser, add_drive_parser, add_edit_parser, weights_cmd.add_weights_parser,
            doctor.add_doctor_parser, webapp.add_app_parser, server.add_serve_parser, export_cmd.add_export_parser]
 
 

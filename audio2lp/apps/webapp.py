@@ -45,7 +45,7 @@ from lp_renderer.errors import InputError
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MOTION = "Built-in lip-sync"
+BUILTIN_MOTION = "Built-in motion"
 FACE_CHOICES = ["largest", "all", "0", "1", "2", "3"]
 TEMPLATE_TYPES = [".npz", ".pkl"]
 PREPARED_PORTRAITS = 4  # prepared portraits the Edit tab keeps (per upload, face and crop scale)
@@ -78,7 +78,7 @@ class AppHandlers:
     ``animator``: the :class:`~audio2lp.api.Animator` to render with. ``output_dir``: where results are
     written (one file per run; default a temporary folder removed when the process exits).
     ``motion_model``: an audio-to-motion checkpoint offered on the Speak tab (default: only the built-in
-    lip-sync model). Runs are serialised (one render at a time).
+    motion). Runs are serialised (one render at a time).
     """
 
     def __init__(self, animator, output_dir: str | os.PathLike | None = None,
@@ -132,9 +132,8 @@ class AppHandlers:
                                         pasteback=pasteback))
             kwargs.update(motion_model=motion_model, pose_from=pose_p if motion_model is None else None,
                           **_sliders("speak", sliders))
-            if motion_model is None:  # the form sends every control; the motion model's are not the user's choice here
-                kwargs.update(expression_scale=options.OPTIONS["expression_scale"].default,
-                              style=options.OPTIONS["style"].default)
+            if motion_model is None:  # the form sends every control; the motion model's style is not the user's here
+                kwargs.update(style=options.OPTIONS["style"].default)
             out = self._new_output(portrait_p, "speak", ".mp4")
             res = self._run(self.animator.speak, (portrait_p, audio_p, out), kwargs, progress)
             secs = res.extra.get("duration", res.n_frames / res.fps)
@@ -361,7 +360,7 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
                                                 visible=len(h.motion_choices) > 1, elem_id="speak-motion")
                             s_face = _control(gr, "face")
                             s_pose_scale = _control(gr, "pose_scale")
-                            s_expr = _control(gr, "expression_scale", visible=motion_model is not None)
+                            s_expr = _control(gr, "expression_scale")
                             s_blink = _control(gr, "blink")
                         with gr.Accordion("More settings", open=False):
                             s_fps = _control(gr, "fps")
@@ -369,7 +368,7 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
                             s_seed = _control(gr, "seed")
                             s_style = _control(gr, "style", visible=motion_model is not None)
                             s_pose_from = gr.File(label=f"{options.OPTIONS['pose_from'].label} (.npz/.pkl, "
-                                                  "built-in lip-sync only)", file_types=TEMPLATE_TYPES,
+                                                  "built-in motion only)", file_types=TEMPLATE_TYPES,
                                                   type="filepath")
                             s_pasteback = _control(gr, "pasteback")
                         with gr.Accordion("Expression (constant offsets)", open=False):

@@ -363,6 +363,23 @@ def _check_archive(path: Path, max_frames: int) -> None:
                                  f"shorter template.")
 
 
+def read_plain_npz(path: Path, what: str, remedy: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` file ``path`` (a ``what``), never unpickling; InputError ending in ``remedy``
+    when it is not a zip, holds pickled objects or cannot be read."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise InputError(f"{path} is not an .npz file; give a {what} written by audio2lp.")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise InputError(f"{path} holds pickled objects, which are refused for safety; {remedy}.") from None
+        raise InputError(f"{path} is not a readable .npz {what} ({e}); {remedy}.") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path} is not a readable .npz {what} ({e}); {remedy}.") from None
+
+
 def load_motion_template(path: str | os.PathLike, *, max_frames: int | None = None) -> MotionTemplate:
     """Read and validate a template written by :func:`save_motion_template` (never unpickles). The archive is
     checked before anything is unpacked (member sizes and array headers; see :func:`_check_archive`): at most
@@ -375,15 +392,9 @@ def load_motion_template(path: str | os.PathLike, *, max_frames: int | None = No
             raise InputError(f"{path} is not an .npz file; give a motion template written by audio2lp.")
     try:
         _check_archive(path, DEFAULT_MAX_TEMPLATE_FRAMES if max_frames is None else int(max_frames))
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise InputError(f"{path} holds pickled objects, which are refused for safety; re-create the "
-                             f"template with audio2lp.") from None
-        raise InputError(f"{path} is not a readable .npz motion template ({e}); re-create it.") from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"{path} is not a readable .npz motion template ({e}); re-create it.") from None
+    data = read_plain_npz(path, "motion template", "re-create the template with audio2lp")
     fmt = str(data["format"]) if "format" in data else None
     if fmt != TEMPLATE_FORMAT:
         raise InputError(f"{path} has format {fmt!r}, expected {TEMPLATE_FORMAT!r}; is it an audio2lp motion "

@@ -138,14 +138,17 @@ def alibi_slopes(n_heads: int) -> list[float]:
     return pow2(closest) + alibi_slopes(2 * closest)[0::2][: n_heads - closest]
 
 
-def periodic_causal_bias(n_frames: int, period: int, n_heads: int, device=None) -> Tensor:
+def periodic_causal_bias(n_frames: int, period: int, n_heads: int, device=None, max_context: int | None = None
+                         ) -> Tensor:
     """FaceFormer's self-attention bias, float32 ``(n_heads, T, T)``: ``-floor((i-j)/period) * slope_h``
-    for key ``j <= i`` and ``-inf`` for ``j > i`` (query ``i``, key ``j``)."""
+    for key ``j <= i`` and ``-inf`` for ``j > i`` (query ``i``, key ``j``); with ``max_context`` also ``-inf``
+    for ``i - j >= max_context`` (a sliding window of keys)."""
     i = torch.arange(n_frames, device=device)[:, None]
     j = torch.arange(n_frames, device=device)[None, :]
     steps = torch.div(i - j, period, rounding_mode="floor").float()  # (T, T)
     slopes = torch.tensor(alibi_slopes(n_heads), device=device)[:, None, None]  # (H, 1, 1)
-    return (-steps * slopes).masked_fill(j > i, float("-inf"))  # (H, T, T)
+    hidden = (j > i) if max_context is None else (j > i) | (i - j >= max_context)
+    return (-steps * slopes).masked_fill(hidden, float("-inf"))  # (H, T, T)
 
 
 def alignment_mask(n_frames: int, n_tokens: int, device=None) -> Tensor:

@@ -23,12 +23,14 @@ def test_every_option_is_complete():
             assert o.minimum <= o.ui_range[0] <= o.ui_range[1] <= o.maximum, o.name
 
 
-@pytest.mark.parametrize("method", ["speak", "drive", "edit"])
+@pytest.mark.parametrize("method", ["speak", "drive", "edit", "motion"])
 def test_animator_keywords_are_the_schema_names(method):
-    """Every option of speak / drive / edit is a keyword of Animator's method of the same name (and the other way
-    round, except the inputs and the progress hook)."""
-    params = set(inspect.signature(getattr(Animator, method)).parameters) - {
-        "self", "portrait", "audio", "driving", "output", "progress_callback"}
+    """Every option of speak / drive / edit / motion is a keyword of Animator's method of the same name (and the other
+    way round, except the inputs and the progress hook)."""
+    inputs = {"speak": {"portrait", "audio"}, "drive": {"portrait", "driving"}, "edit": {"portrait"},
+              "motion": {"audio"}}[method]
+    params = set(inspect.signature(getattr(Animator, method)).parameters) - inputs - {
+        "self", "output", "progress_callback"}
     schema = {o.name for o in options.options_for(method)} - {
         "weights", "device", "half", "compile", "batch_size", "face_backend", "insightface_dir", "quiet", "verbose",
         "backend", "onnx_dir"}

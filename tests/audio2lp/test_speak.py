@@ -157,9 +157,9 @@ def _moves(kp: np.ndarray, rows: list[int]) -> np.ndarray:
     return np.abs(kp[:, rows] - kp[:1, rows]).max(axis=(1, 2))
 
 
-def test_speak_default_lip_sync_from_the_cli(tiny_weights, tmp_path, capsys, rendered_keypoints):
+def test_speak_default_motion_from_the_cli(tiny_weights, tmp_path, capsys, rendered_keypoints):
     """The README's command: `audio2lp speak examples/portrait.jpg examples/speech.flac` with only renderer
-    weights: the shipped lip-sync model moves the mouth with the speech and keeps it closed in the silences."""
+    weights: the shipped landmark motion model moves the mouth with the speech and holds it in the silences."""
     from tests.conftest import REPO
 
     audio = REPO / "examples" / "speech.flac"
@@ -174,16 +174,18 @@ def test_speak_default_lip_sync_from_the_cli(tiny_weights, tmp_path, capsys, ren
     assert info.has_audio and info.audio_codec == "aac" and abs(info.duration - duration) <= 1 / 25 + 0.03
     kp = np.concatenate(rendered_keypoints)
     assert kp.shape == (info.n_frames, 21, 3)
-    # the clip starts and ends with 0.25 s of silence (6 frames): the mouth stays put there and moves in speech
+    # the clip starts and ends with 0.25 s of silence (6 frames): the mouth holds (nearly) still there (the model
+    # reads up to 240 ms ahead) and moves in speech
     lips = _moves(kp, LIP_KP)
     speech = lips[8:-8]
-    assert lips[:5].max() < 1e-6 and lips[-5:].max() < 0.1 * speech.max()
+    assert lips[:3].max() < 0.25 * speech.max() and lips[-3:].max() < 0.3 * speech.max()
     assert np.percentile(speech, 75) > 5 * max(lips[:5].max(), 1e-4)
     assert (np.diff(speech) != 0).mean() > 0.8  # it keeps moving, frame after frame
 
 
 def test_speak_default_blinks_and_head_motion(animator, tmp_path, rendered_keypoints):
-    """Blinks and idle head motion are on by default; --no-blink and --pose-scale 0 keep eyes and head still."""
+    """Blinks and head motion are on by default (also in silence); --no-blink and --pose-scale 0 keep eyes and
+    head still."""
     from tests.conftest import REPO
 
     silent = write_wav(tmp_path / "silence.wav", np.zeros(6 * 16000, np.float32))  # 6 s, mouth closed
@@ -194,17 +196,17 @@ def test_speak_default_blinks_and_head_motion(animator, tmp_path, rendered_keypo
         res = animator.speak(portrait, silent, tmp_path / f"{name}.mp4", pasteback=False, seed=3, **kw)
         kp = np.concatenate(rendered_keypoints)
         assert res.n_frames == kp.shape[0] == 150
-        return kp
+        return kp[8:]  # after the pause gate has closed the mouth (a few frames: real mouths are not shut at once)
 
     still = run("still", blink=False, pose_scale=0.0)
     blinks = run("blinks", pose_scale=0.0)
     head = run("head", blink=False, pose_scale=1.0)
     assert np.abs(still - still[:1]).max() < 1e-5  # nothing moves in silence without blinks or head motion
-    # blinks: the eye keypoints close briefly, 1-3 times in 6 s (15 a minute, 2-6 s apart), ~150-250 ms each
+    # blinks: the eye keypoints close briefly, 1-6 times in 5.7 s (real speakers: 15-35 a minute), 100-300 ms each
     eyes = _moves(blinks, EYE_KP)
     closed = eyes > 0.5 * eyes.max()
     starts = np.flatnonzero(np.diff(np.r_[0, closed.astype(int)]) == 1)
-    assert eyes.max() > 1e-5 and 1 <= len(starts) <= 3  # (tiny random networks: small but clear deltas)
+    assert eyes.max() > 1e-5 and 1 <= len(starts) <= 6  # (tiny random networks: small but clear deltas)
     assert closed.sum() <= 8 * len(starts)
     # head motion: every keypoint moves, smoothly
     moves = _moves(head, list(range(21)))

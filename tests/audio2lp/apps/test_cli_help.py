@@ -79,9 +79,11 @@ def test_help(path, parser):
 
 
 EXPECTED = {
-    "audio2lp": [("speak",), ("drive",), ("weights", "convert"), ("weights", "download"), ("weights", "import"),
+    "audio2lp": [("speak",), ("motion",), ("drive",), ("edit",), ("export", "onnx"), ("weights", "convert"),
+                 ("weights", "download"), ("weights", "import"),
                  ("doctor",), ("serve",), ("app",)],
-    "audio2lp-train": [("prepare",), ("train",), ("lipsync",), ("lipsync-data",)],
+    "audio2lp-train": [("prepare",), ("train",), ("lipsync",), ("lipsync-data",), ("default-motion",),
+                       ("measure-motion",)],
 }
 
 

@@ -151,7 +151,7 @@ def test_page_message_names_uploads_and_controls(tmp_path):
 def test_speak_handler_passes_the_settings_and_reports_progress(tmp_path):
     anim = StubAnimator()
     h = AppHandlers(anim, output_dir=tmp_path, motion_model=tmp_path / "mm.safetensors")
-    assert h.motion_choices == ["Motion model (mm.safetensors)", "Built-in lip-sync"]
+    assert h.motion_choices == ["Motion model (mm.safetensors)", "Built-in motion"]
     prog = Progress()
     video, info = h.speak("/up/p.png", "/up/s.wav", h.motion_choices[0], "1", 30, 0.5, 0.0, False, 12, 3.0, 0,
                           None, True, progress=prog)
@@ -163,9 +163,8 @@ def test_speak_handler_passes_the_settings_and_reports_progress(tmp_path):
     assert kw["blink_rate"] == 12 and kw["seed"] == 3 and isinstance(kw["seed"], int) and kw["pose_from"] is None
     assert "10 frames at 25 fps" in info
     assert prog.calls[0][0] == 0.0 and ((5, 10), "Rendering", "frames") in prog.calls
-    # the built-in lip-sync model; a Gradio FileData-like dict for the upload; a head-motion template
-    # (the motion model's controls keep their values but do not reach the lip-sync path, which would refuse them)
-    h.speak({"path": "/up/q.png"}, "/up/s.wav", "Built-in lip-sync", "largest", 25, 0.5, 1, True, None, 0, 2,
+    # the built-in motion; a Gradio FileData-like dict for the upload; a head-motion template
+    h.speak({"path": "/up/q.png"}, "/up/s.wav", "Built-in motion", "largest", 25, 1, 1, True, None, 0, 0,
             "/up/t.npz", True)
     _, portrait, _, out2, kw = anim.calls[1]
     assert portrait == "/up/q.png" and kw["motion_model"] is None and kw["blink_rate"] is None
