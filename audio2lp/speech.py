@@ -49,6 +49,13 @@ class SpeechModels:
 
         return self._get(("lipsync", str(device)), lambda: load_lipsync_model(device=device))
 
+    def landmark(self, path=None):
+        """The default motion model (:mod:`audio2lp.models.landmark_motion`; ``path`` None: the shipped weights)."""
+        from audio2lp.models.landmark_motion import load_landmark_motion
+
+        key = ("landmark", None if path is None else os.path.abspath(path))
+        return self._get(key, lambda: load_landmark_motion(path))
+
     def motion(self, path, device):
         """A motion model checkpoint and its stats (loaded again when the file changes)."""
         from audio2lp.models.motion_model import load_motion_model
@@ -121,21 +128,20 @@ def speech_motion(wav, n_frames, fps, *, seed=0, pose_scale=1.0, expression_scal
         LIP,
         TOKENS_PER_FRAME,
         LandmarkMotionModel,
-        load_landmark_motion,
         pad_audio,
     )
     from audio2lp.models.lipsync import read_lipsync_metadata
     from audio2lp.models.motion import resample_motion
     from audio2lp.whisper.stream import StreamingEncoder
 
-    model = copy.copy(model if isinstance(model, LandmarkMotionModel) else load_landmark_motion(model))
+    models = models or SpeechModels()
+    model = copy.copy(model if isinstance(model, LandmarkMotionModel) else models.landmark(model))
     c = model.config
     n25 = max(1, int(round(len(wav) / 16000 * 25)))
     if not blink or blink_rate == 0:
         model.blinks = None
     elif blink_rate is not None and model.blinks is not None:
         model.blinks = model.blinks.with_rate(blink_rate)
-    models = models or SpeechModels()
     whisper = models.whisper(c.features.whisper_model, whisper_checkpoint, "cpu")
     lipsync_lip = None
     if model.lip_mix.lipsync_weight > 0:

@@ -126,7 +126,7 @@ def test_speak_options_declare_the_paths_they_act_on():
     for o in options.options_for("speak"):
         assert o.speak_modes is None or (o.speak_modes and set(o.speak_modes) <= set(options.SPEAK_MODES)), o.name
     assert OPTIONS["style"].speak_modes == OPTIONS["motion_noise"].speak_modes == ("motion-model",)
-    assert OPTIONS["expression_scale"].speak_modes == ("motion-model",)
+    assert OPTIONS["expression_scale"].speak_modes is None  # the default motion scales the mouth's opening with it
     assert OPTIONS["pose_from"].speak_modes == ("lipsync",)
     assert OPTIONS["blink"].speak_modes is None and OPTIONS["blink_rate"].speak_modes is None
 
@@ -134,7 +134,6 @@ def test_speak_options_declare_the_paths_they_act_on():
 @pytest.mark.parametrize("mode, values, flag", [
     ("lipsync", dict(style=1), "--style"),
     ("lipsync", dict(motion_noise=0.2), "--motion-noise"),
-    ("lipsync", dict(expression_scale=1.5), "--expression-scale"),
     ("motion-model", dict(pose_from="t.npz"), "--pose-from"),
     ("motion-model", dict(blink=False, blink_rate=20.0), "--blink-rate"),
 ])
