@@ -434,7 +434,8 @@ def _add_job_routes(app, jobs: JobManager, config: ServeConfig, uploads: Uploads
 
     def checked(kind: str, fields: dict) -> dict:
         try:
-            values = options.check({k: v for k, v in fields.items() if k in options.OPTIONS})
+            uploaded = {name for name, _, _ in _UPLOADS[kind]}  # e.g. speak's "audio" file, not drive's option
+            values = options.check({k: v for k, v in fields.items() if k in options.OPTIONS and k not in uploaded})
         except OptionError as e:
             raise fastapi.HTTPException(422, e.describe(API)) from None
         if kind == "speak" and n_styles is not None and values["style"] >= n_styles:
