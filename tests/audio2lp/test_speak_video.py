@@ -82,7 +82,7 @@ def test_dub_longer_speech_pingpongs(animator, data_dir, tmp_path, dub_spy):
     # the mouth: the speech's lip series at the video's frame rate, each frame's own lip ratio as the source's
     tracked = track_video_portrait(clip, animator.faces)
     plan = speech_plan(load_audio(speech), n_out, src.fps, device="cpu", motion_model=None, seed=0, style=0,
-                       blink=False, blink_rate=None, pose_scale=0.0, template=None, portrait=None,
+                       blink=False, blink_rate=None, pose_scale=0.0, template=None,
                        whisper_checkpoint=None, progress=False)
     np.testing.assert_allclose(dub_spy["target"], lip_open_series(plan), atol=1e-6)
     np.testing.assert_allclose(dub_spy["lip_s"], tracked.lip_ratios[order], atol=1e-6)
