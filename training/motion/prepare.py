@@ -263,13 +263,13 @@ def _init_worker(opts_dict: dict) -> None:
 
 def process_video(video: Path, tools: _Tools, opts: PrepareOptions) -> tuple[ClipData, dict]:
     """Arrays and facts of one video (see the module docstring). Raises ``_Skip`` with the reason to skip it."""
-    from audio2lp.driving import driving_crop
+    from audio2lp.driving import driving_crop, track_driving_faces
     from audio2lp.errors import AudioError, VideoError
     from audio2lp.media.audio import load_audio
     from audio2lp.media.probe import probe_video
     from audio2lp.media.reader import FrameReader
     from lp_renderer.crop import DRIVING_CROP, iter_crops_for_frames
-    from lp_renderer.faces import eye_open_ratios, iter_faces_in_frames, lip_open_ratio
+    from lp_renderer.faces import eye_open_ratios, lip_open_ratio
 
     try:
         info = probe_video(video)
@@ -298,7 +298,7 @@ def process_video(video: Path, tools: _Tools, opts: PrepareOptions) -> tuple[Cli
     last_ratio = None
     try:
         with FrameReader(video, fps=fps_arg, info=info) as reader:
-            faces = iter_faces_in_frames(tools.backend, reader, "largest")
+            faces = track_driving_faces(tools.backend, reader, "largest")  # as drive tracks a driving video
             payloads = (((frame, face), face) for frame, face in faces)
             for (frame, face), crop in iter_crops_for_frames(payloads, window=5, **DRIVING_CROP):
                 if face is not None:
