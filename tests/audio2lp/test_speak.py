@@ -180,7 +180,7 @@ def test_speak_default_motion_from_the_cli(tiny_weights, tmp_path, capsys, rende
     lips = _moves(kp, LIP_KP)
     speech = lips[8:-8]
     assert lips[:3].max() < 0.25 * speech.max() and np.ptp(lips[-3:]) < 0.1 * speech.max()
-    assert np.percentile(speech, 75) > 5 * max(lips[:5].max(), 1e-4)
+    assert np.percentile(speech, 75) > max(5 * lips[:3].max(), 1e-4)  # well above the leading silence
     assert (np.diff(speech) != 0).mean() > 0.8  # it keeps moving, frame after frame
 
 
