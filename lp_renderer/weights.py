@@ -136,16 +136,23 @@ def _torch_load(path: Path) -> dict:
     return obj
 
 
-def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path: str | os.PathLike, with_tensors: bool = True,
+                     remedy: str = "convert or download it again") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors (CPU; none unless ``with_tensors``) and the string metadata of a safetensors file; WeightsError
+    ending in ``remedy`` when it cannot be read. The one safetensors reader, for the renderer and for the
+    small models stored beside it."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
+            return ({k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}), meta
     except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{path} is not a readable safetensors file ({e}); convert or download it again.") \
-            from None
+        raise WeightsError(f"{path} is not a readable safetensors file ({e}); {remedy}.") from None
+
+
+def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    return read_safetensors(path)
 
 
 def _stitching_subdicts(path: Path, obj: dict) -> dict[str, dict[str, torch.Tensor]]:

@@ -465,16 +465,11 @@ def save_landmark_motion(path: str | os.PathLike, model: LandmarkMotionModel, ex
 
 
 def _read(path: Path, with_tensors: bool) -> tuple[dict, dict[str, Tensor]]:
-    from safetensors import SafetensorError, safe_open
+    from lp_renderer.weights import read_safetensors
 
     if not path.is_file():
         raise WeightsError(f"landmark motion model {path} does not exist; reinstall audio2lp or check the path.")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{path} is not a readable safetensors file ({e}); reinstall or retrain it.") from None
+    tensors, meta = read_safetensors(path, with_tensors, remedy="reinstall or retrain it")
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}; is it an audio2lp "
                            f"landmark motion model?")

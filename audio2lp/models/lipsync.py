@@ -383,17 +383,12 @@ def save_lipsync_model(path: str | os.PathLike, model: LipSync, extra: dict | No
 
 
 def _read(path: Path, with_tensors: bool) -> tuple[dict, dict[str, Tensor]]:
-    from safetensors import SafetensorError, safe_open
+    from lp_renderer.weights import read_safetensors
 
     if not path.is_file():
         raise WeightsError(f"lip-sync model {path} does not exist; check the path (the default one ships with "
                            f"audio2lp: reinstall the package if it is missing).")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{path} is not a readable safetensors file ({e}); train or download it again.") from None
+    tensors, meta = read_safetensors(path, with_tensors, remedy="train or download it again")
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}; is it an audio2lp "
                            f"lip-sync model?")
