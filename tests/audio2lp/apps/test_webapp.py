@@ -377,19 +377,22 @@ def test_handlers_render_a_real_portrait_video(tiny_weights, data_dir, short_spe
     """A real talking video as the portrait of the Speak tab (re-voiced with another person's speech: the video's
     size and frame rate, the speech's length) and of the Drive tab (driven by another video: the shorter length)."""
     from audio2lp.api import Animator
+    from audio2lp.media.audio import load_audio, write_wav
     from audio2lp.media.probe import probe_video
     from tests.audio2lp.test_drive import cut_clip
 
     h = AppHandlers(Animator(tiny_weights, device="cpu", progress=False), output_dir=tmp_path / "out")
     video = cut_clip(data_dir / VIDEO_PORTRAIT, tmp_path / "me.mp4", 0.4)  # 160x160 at 25 fps
     src = probe_video(video)
+    speech = write_wav(tmp_path / "speech.wav", load_audio(short_speech)[:8000])  # 0.5 s
     prog = Progress()
-    out, info = h.speak(None, str(short_speech), portrait_video=str(video), progress=prog, fps=30)
+    out, info = h.speak(None, str(speech), portrait_video=str(video), progress=prog, fps=30)
     v = probe_video(out)
-    assert (v.width, v.height, v.n_frames, v.has_audio) == (src.width, src.height, 25, True)  # 1 s at 25 fps
-    assert info == (f"Re-voiced the video: 25 frames at 25 fps (1.00 s of the new speech; {src.n_frames} video "
+    n = round(0.5 * src.fps)
+    assert (v.width, v.height, v.n_frames, v.has_audio) == (src.width, src.height, n, True)
+    assert info == (f"Re-voiced the video: {n} frames at 25 fps (0.50 s of the new speech; {src.n_frames} video "
                     f"frames). Not used with this portrait: Frames per second")
-    assert prog.calls[-1][0] == (25, 25)
+    assert prog.calls[-1][0] == (n, n)
     driving = cut_clip(data_dir / VIDEO, tmp_path / "driving.mp4", 0.24)
     out, template, info = h.drive(None, str(driving), None, portrait_video=str(video), audio_priority="source")
     v = probe_video(out)
