@@ -376,7 +376,7 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
         return [options.OPTIONS[n].default if options.OPTIONS[n].default is not None else gr.update() for n in edits]
 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:
-        gr.Markdown(f"# {title}\nA portrait photo and speech (or a driving video) → a talking-head video, "
+        gr.Markdown(f"# {title}\nA portrait photo (or a video) and speech (or a driving video) → a talking-head video, "
                     "rendered with LivePortrait on this computer.")
         with gr.Tabs():
             with gr.Tab("Speak", id="speak", elem_id="speak-tab"):

@@ -3,7 +3,8 @@
 The browser test starts the app on a free localhost port in a subprocess and runs tests/web/drive_app.mjs
 (playwright-core with Debian's chromium): it uploads a portrait and a speech clip, presses Speak and checks
 that a playable mp4 appears; then, in the Edit tab, it uploads the portrait, drags a slider and checks that the
-edited image is re-rendered. Screenshots go to $AUDIO2LP_ARTIFACTS (default artifacts/ at the repo root).
+edited image is re-rendered; then, in the Drive tab, it drives a portrait video (by itself). Screenshots go to
+$AUDIO2LP_ARTIFACTS (default artifacts/ at the repo root).
 """
 
 from __future__ import annotations
@@ -479,8 +480,11 @@ def test_webapp_in_browser(tiny_weights, motion_ckpt, data_dir, short_speech, tm
             time.sleep(0.5)
         started = time.monotonic() - t0
         shot = artifacts_dir() / "webapp_speak.png"
+        from tests.audio2lp.test_drive import cut_clip
+
+        video = cut_clip(data_dir / VIDEO_PORTRAIT, tmp_path / "me.mp4", 0.2)  # the Drive tab's portrait video
         proc = subprocess.run(["node", str(WEB / "drive_app.mjs"), url, str(data_dir / PORTRAIT), str(short_speech),
-                               str(shot)], cwd=WEB, capture_output=True, text=True, timeout=900,
+                               str(shot), str(video)], cwd=WEB, capture_output=True, text=True, timeout=900,
                               env={**os.environ, "CHROMIUM": CHROMIUM, "NO_PROXY": "127.0.0.1,localhost"})
         lines = proc.stdout.strip().splitlines()
         report = json.loads(lines[-1]) if lines else {}
@@ -505,5 +509,7 @@ def test_webapp_in_browser(tiny_weights, motion_ckpt, data_dir, short_speech, tm
     assert edit["smile"] > 0.5 and edit["after"]["src"] != edit["before"]["src"] and edit["png"] == "PNG"
     assert (edit["after"]["width"], edit["after"]["height"]) == (256, 256)  # the photo's size (pasted back)
     assert edit["info"].startswith("Edited: Smile")
+    drove = report["driveVideo"]  # the Drive tab with a portrait video: each of its 5 frames driven
+    assert drove["box"] == "ftyp" and drove["info"].startswith("Drove each frame of the video: 5 frames at 25 fps")
     assert shot.is_file()
     print(f"app ready in {started:.1f} s, render {report['renderSeconds']:.1f} s; screenshots in {shot.parent}")
