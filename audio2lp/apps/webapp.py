@@ -8,6 +8,7 @@ It runs on the same :class:`~audio2lp.api.Animator` as the command line. The pag
     from audio2lp.apps.webapp import build_app, launch_app
     launch_app(build_app(Animator("pretrained_weights")), port=7860)
 
+The portrait of Speak and Drive is a photo or a video (dubbing, video-to-video: :mod:`audio2lp.apps.webapp_portrait`).
 The Edit tab has the sliders of LivePortrait's image-retargeting tab (from :mod:`audio2lp.options`, like every
 control); the portrait is prepared once per upload (cached), and releasing a slider only re-renders. Speak and Drive
 offer the same sliders (without the target ratios) as constant offsets.
@@ -520,10 +521,11 @@ def add_app_parser(sub) -> None:
     """Register the ``audio2lp app`` subcommand on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser(
         "app", help="serve the web app (Speak, Drive and Edit tabs) on this computer",
-        description="Serve a local web page with three tabs: Speak (a portrait and a speech clip or a microphone "
-                    "recording -> a talking-head video), Drive (a portrait and a driving video or motion "
-                    "template) and Edit (a portrait's expression and head pose with live sliders). It renders "
-                    "with the same engine as `audio2lp speak`, `drive` and `edit`, "
+        description="Serve a local web page with three tabs: Speak (a portrait photo and a speech clip or a "
+                    "microphone recording -> a talking-head video, or a portrait video re-voiced), Drive (a portrait "
+                    "photo or video and a driving video or motion template) and Edit (a portrait's expression and "
+                    "head pose with live sliders). It renders with the same engine as `audio2lp speak`, `drive` and "
+                    "`edit`, "
                     "needs no internet, and is reachable only from this computer unless --host says otherwise. "
                     'Needs Gradio: pip install "audio2lp[app]".')
     add_arguments(p, "app", defaults={"port": 7860})
