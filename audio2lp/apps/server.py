@@ -422,6 +422,7 @@ def form_signature(kind: str, fastapi):
 
 def _add_job_routes(app, jobs: JobManager, config: ServeConfig, uploads: Uploads, n_styles, fastapi, responses):
     """``POST /speak`` and ``POST /drive``: check the form, save and check the uploads, queue the job (202)."""
+    from audio2lp.api import check_portrait_options
 
     def start(kind: str, folder: Path, job_id: str, inputs: dict, opts: dict, frames_total: int):
         job = Job(job_id, kind, folder, inputs, opts, frames_total=frames_total)
@@ -456,6 +457,11 @@ def _add_job_routes(app, jobs: JobManager, config: ServeConfig, uploads: Uploads
                 portrait = uploads.check_portrait(inputs["portrait"], videos=kind != "edit",
                                                   max_frames=values.get("max_frames"), trimmable=kind == "drive")
                 inputs["portrait"] = portrait.path
+                if kind != "edit":
+                    try:  # e.g. fps for dubbing, or a portrait video's smoothing for a photo: 422 before queueing
+                        check_portrait_options(kind, values, video=portrait.is_video)
+                    except OptionError as e:
+                        raise fastapi.HTTPException(422, e.describe(API)) from None
                 if kind == "speak":
                     seconds = uploads.check_audio(inputs["audio"])
                     # dubbing renders the speech at the video's frame rate, and never with a motion model

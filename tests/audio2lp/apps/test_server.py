@@ -226,7 +226,8 @@ def test_video_portrait_jobs(inputs, motion_ckpt):
     """A portrait video is accepted by speak (dubbing: the speech's length at the video's frame rate, never the
     server's motion model) and drive (the shorter of the two videos), whatever name it was sent under."""
     stub = StubAnimator()
-    with running(create_app(stub, motion_model=motion_ckpt)) as url, httpx.Client(base_url=url, timeout=30) as c:
+    app = create_app(stub, motion_model=motion_ckpt)
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as c:
         r = c.post("/speak", files=_files(portrait=inputs["portrait_video"], audio=inputs["audio"]))
         assert r.status_code == 202, r.text
         assert r.json()["frames_total"] == 20  # one second of speech at the video's 20 fps
@@ -250,6 +251,18 @@ def test_video_portrait_jobs(inputs, motion_ckpt):
                                     "audio": ("a.wav", inputs["audio"].read_bytes())})
         assert r.status_code == 202 and r.json()["frames_total"] == 20, r.text
         assert _wait(c, r.json()["id"])["state"] == "done" and stub.portraits[-1].name == "portrait.mp4"
+        # what does not apply to the portrait sent: 422 naming the field, before a job is queued
+        n = len(stub.calls)
+        r = c.post("/speak", files=_files(portrait=inputs["portrait_video"], audio=inputs["audio"]), data={"fps": "30"})
+        assert r.status_code == 422 and r.json()["detail"].startswith("fps does not apply when the portrait is a video")
+        r = c.post("/drive", files=_files(portrait=inputs["portrait_video"], driving=inputs["video"]),
+                   data={"smile": "0.5"})
+        assert r.status_code == 422 and r.json()["detail"].startswith("smile offsets a portrait photo")
+        r = c.post("/drive", files=_files(portrait=inputs["portrait"], driving=inputs["video"]),
+                   data={"audio_priority": "source"})
+        assert r.status_code == 422 and r.json()["detail"] == ("audio_priority applies only when the portrait is a "
+                                                              "video; leave it out for a photo.")
+        assert len(stub.calls) == n == 5 and len(list(app.state.jobs.root.iterdir())) == 5  # no folder left
 
 
 def test_bad_video_portraits(inputs):
