@@ -57,7 +57,7 @@ class ServeConfig:
     workers: int = 1  # jobs rendered at the same time (they share one renderer)
     queue_size: int = 8  # jobs waiting for a worker; one more is refused with 429
     max_upload_mb: float = 200.0  # limit of one request body (all its files), in MB (10^6 bytes)
-    max_duration: float = 600.0  # longest accepted audio / driving video, in seconds
+    max_duration: float = 600.0  # longest accepted audio / driving or portrait video, in seconds
     ttl: float = 3600.0  # seconds a finished job (and its video) is kept
     jobs_dir: Path | None = None  # where job folders live (default: a temporary folder, removed at shutdown)
     motion_model: Path | None = None  # audio-to-motion checkpoint used by every speak job
