@@ -802,6 +802,11 @@ _NOT_FOR_PORTRAIT = {
 }
 
 
+def options_not_for(command: str, video: bool) -> tuple[str, ...]:
+    """The options ``command`` does not apply to a portrait video (``video``) or photo (the web app leaves them out)."""
+    return _NOT_FOR_PORTRAIT.get((command, video), ((), ""))[0]
+
+
 def check_portrait_options(command: str, values: dict, video: bool) -> None:
     """OptionError for the first option of ``values`` (name -> value; others are ignored) that ``command`` does not
     apply to a portrait video (``video``) or photo, when it is not at its default. :meth:`Animator.speak` and

@@ -141,7 +141,7 @@ class AppHandlers:
             unused = []
             if _path(portrait_video) is not None:  # dubbing: the video's head, eyes and frame rate, the speech's mouth
                 kwargs["motion_model"] = None  # (the Motion choice is for a photo)
-                kwargs, unused = applicable(kwargs, ("face", "seed", "pasteback"))
+                kwargs, unused = applicable(kwargs, "speak", video=True)
             out = self._new_output(portrait_p, "speak", ".mp4")
             res = self._run(self.animator.speak, (portrait_p, audio_p, out), kwargs, progress)
             secs = res.extra.get("duration", res.n_frames / res.fps)
@@ -178,9 +178,7 @@ class AppHandlers:
                                         driving_smooth_observation_variance=driving_smooth_observation_variance,
                                         source_video_eye_retargeting=source_video_eye_retargeting,
                                         audio_priority=audio_priority))
-            video_options = ("driving_smooth_observation_variance", "source_video_eye_retargeting", "audio_priority")
-            keep = set(kwargs) - set(options.sliders_for("drive") if _path(portrait_video) else video_options)
-            kwargs, unused = applicable(kwargs, keep)
+            kwargs, unused = applicable(kwargs, "drive", video=_path(portrait_video) is not None)
             out = self._new_output(portrait_p, "drive", ".mp4")
             kwargs["save_template"] = out.with_suffix(".npz") if save_template else None
             res = self._run(self.animator.drive, (portrait_p, video_p or tmpl_p, out), kwargs, progress)

@@ -24,19 +24,22 @@ def one_portrait(photo: str | None, video: str | None) -> str:
     return photo or video
 
 
-def applicable(kwargs: dict[str, Any], keep) -> tuple[dict[str, Any], list[str]]:
-    """``kwargs`` reduced to the names in ``keep`` (the settings that apply to this kind of portrait), and the labels
-    of the dropped ones a person changed from their defaults (the form sends every control)."""
+def applicable(kwargs: dict[str, Any], command: str, video: bool) -> tuple[dict[str, Any], list[str]]:
+    """``kwargs`` without the settings ``command`` does not apply to a portrait video (``video``) or photo
+    (:func:`audio2lp.api.options_not_for`), and the labels of those a person changed from their defaults (the form
+    sends every control)."""
+    from audio2lp.api import options_not_for
+
+    drop = set(options_not_for(command, video))
     unused = []
-    for name, value in kwargs.items():
-        if name in keep or name not in options.OPTIONS:
-            continue
-        default = options.OPTIONS[name].default
+    for name in drop & set(kwargs):
+        value, default = kwargs[name], options.OPTIONS[name].default
         same = (value == default or isinstance(value, float) and isinstance(default, float)
                 and math.isclose(value, default, rel_tol=1e-6, abs_tol=1e-12))
         if not same:
-            unused.append(options.OPTIONS[name].label or name)
-    return {k: v for k, v in kwargs.items() if k in keep or k not in options.OPTIONS}, unused
+            unused.append(name)
+    labels = [options.OPTIONS[n].label or n for n in kwargs if n in unused]  # in the form's order
+    return {k: v for k, v in kwargs.items() if k not in drop}, labels
 
 
 def unused_note(unused: list[str]) -> str:
