@@ -291,10 +291,7 @@ class Animator:
         face, region, multiplier, crf, max_frames = v["face"], v["region"], v["multiplier"], v["crf"], v["max_frames"]
         video_portrait = is_video_portrait(portrait)
         if not video_portrait:
-            _refuse_changed({"driving_smooth_observation_variance": driving_smooth_observation_variance,
-                             "source_video_eye_retargeting": source_video_eye_retargeting,
-                             "audio_priority": audio_priority},
-                            "{%s} applies only when the portrait is a video; leave it out for a photo.")
+            check_portrait_options("drive", locals(), video=False)
         if is_speech_motion_file(driving) and not video_portrait:
             unused = [name for name, used in (("region", region != "all"), ("multiplier", multiplier != 1.0),
                                               ("retarget_eyes", retarget_eyes), ("retarget_lip", retarget_lip),
@@ -336,10 +333,7 @@ class Animator:
                                   "used with it.")
         pasteback = _pasteback_needs_stitching(pasteback, stitching)
         if video_portrait:
-            if edit is not None:
-                _refuse_changed({n: getattr(edit, n) for n in options.sliders_for("drive")},
-                                "{%s} offsets a portrait photo; a portrait video keeps each frame's own face "
-                                "(video-to-video): leave it out.")
+            check_portrait_options("drive", locals(), video=True)
             if image_out or src.kind == "image":
                 raise InputError("a portrait video is driven by a driving video or a motion template, and gives a "
                                  "video: give a driving video (or .npz/.pkl template) and an .mp4 output.")
@@ -586,12 +580,7 @@ class Animator:
         face, fps, expression_scale, pose_scale = v["face"], v["fps"], v["expression_scale"], v["pose_scale"]
         seed, style, blink_rate, crf, motion_noise = v["seed"], v["style"], v["blink_rate"], v["crf"], v["motion_noise"]
         if is_video_portrait(portrait):
-            _refuse_changed({"motion_model": motion_model, "fps": fps, "expression_scale": expression_scale,
-                             "pose_scale": pose_scale, "pose_from": pose_from, "blink": blink,
-                             "blink_rate": blink_rate, "style": style, "motion_noise": motion_noise,
-                             **({} if edit is None else {n: getattr(edit, n) for n in options.sliders_for("speak")})},
-                            "{%s} does not apply when the portrait is a video: dubbing keeps the video's own head "
-                            "motion, eyes and frame rate and moves only the mouth; leave it out.")
+            check_portrait_options("speak", locals(), video=True)
             return self._speak_video(Path(portrait), audio, output, face=face, seed=seed, pasteback=pasteback,
                                      crf=crf, whisper_checkpoint=whisper_checkpoint,
                                      progress_callback=progress_callback)
@@ -799,6 +788,33 @@ def _pasteback_needs_stitching(pasteback: bool, stitching: bool) -> bool:
 
 
     # ------------------------------------------------------------------------------------ a portrait video
+#: the options of a command that apply to one kind of portrait only: by (command, the portrait is a video), those
+#: that do not apply to it, and the refusal (an OptionError template naming the option as ``{%s}``)
+_NOT_FOR_PORTRAIT = {
+    ("speak", True): (("motion_model", "fps", "expression_scale", "pose_scale", "pose_from", "blink", "blink_rate",
+                       "style", "motion_noise", *options.sliders_for("speak")),
+                      "{%s} does not apply when the portrait is a video: dubbing keeps the video's own head motion, "
+                      "eyes and frame rate and moves only the mouth; leave it out."),
+    ("drive", True): (tuple(options.sliders_for("drive")), "{%s} offsets a portrait photo; a portrait video keeps "
+                      "each frame's own face (video-to-video): leave it out."),
+    ("drive", False): (("driving_smooth_observation_variance", "source_video_eye_retargeting", "audio_priority"),
+                       "{%s} applies only when the portrait is a video; leave it out for a photo."),
+}
+
+
+def options_not_for(command: str, video: bool) -> tuple[str, ...]:
+    """The options ``command`` does not apply to a portrait video (``video``) or photo (the web app leaves them out)."""
+    return _NOT_FOR_PORTRAIT.get((command, video), ((), ""))[0]
+
+
+def check_portrait_options(command: str, values: dict, video: bool) -> None:
+    """OptionError for the first option of ``values`` (name -> value; others are ignored) that ``command`` does not
+    apply to a portrait video (``video``) or photo, when it is not at its default. :meth:`Animator.speak` and
+    :meth:`Animator.drive` call it; the HTTP service calls it before it queues a job."""
+    names, template = _NOT_FOR_PORTRAIT.get((command, video), ((), ""))
+    _refuse_changed({n: values[n] for n in names if n in values}, template)
+
+
 def _refuse_changed(values: dict, template: str) -> None:
     """OptionError for the first option of ``values`` not at its default (``template`` names it as ``{%s}``)."""
     for name, value in values.items():

@@ -275,7 +275,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("max_upload_mb", "float", 200.0, "largest request (all uploaded files together) in MB; larger ones get "
            "413 (default 200)", ("serve",), minimum=0, metavar="MB", hint="it must be positive",
            label="Largest upload"),
-    Option("max_duration", "float", 600.0, "longest accepted audio or driving video in seconds (default 600)",
+    Option("max_duration", "float", 600.0, "longest accepted audio, driving or portrait video in seconds (default 600)",
            ("serve",), minimum=0, metavar="SECONDS", hint="it must be positive", label="Longest input"),
     Option("ttl", "float", 3600.0, "how long finished jobs and their videos are kept, in seconds (default 3600)",
            ("serve",), minimum=0, metavar="SECONDS", hint="it must be positive", label="Time to live"),

@@ -1,7 +1,7 @@
-"""The limits of ``audio2lp serve`` that are not routes: the checks of the uploads (:class:`Uploads`), which upload
-names are kept (a name cannot choose an ffmpeg demuxer), how much of a driving input a job may use (``max_frames``
-never gets past the duration limit), how a running job is stopped (its wall-time limit, ``DELETE /jobs/{id}``),
-and each worker's torch thread count.
+"""The limits of ``audio2lp serve`` that are not routes: the checks of the uploads (:class:`Uploads`: a portrait photo
+or video, the audio, the driving input), which upload names are kept (a name cannot choose an ffmpeg demuxer), how
+much of a driving input a job may use (``max_frames`` never gets past the duration limit), how a running job is
+stopped (its wall-time limit, ``DELETE /jobs/{id}``), and each worker's torch thread count.
 
 A job is stopped where it can stop cleanly: every ffmpeg run in the worker's thread is bounded by the job's
 :func:`audio2lp.media.ffmpeg.budget` (killed at the deadline or on cancellation), and the render loop checks the
@@ -11,15 +11,21 @@ the job stops at its next check after them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from audio2lp.media.ffmpeg import budget
 from lp_renderer.errors import InputError
+
+if TYPE_CHECKING:
+    from audio2lp.media.probe import VideoInfo
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff",
                             ".caf", ".wma", ".amr", ".ac3", ".webm", ".mp4", ".mov", ".mkv", ".3gp"})
@@ -29,10 +35,12 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 TEMPLATE_SUFFIXES = frozenset({".npz", ".pkl"})
 #: the suffixes an upload of each kind keeps; any other name (a playlist ``.m3u8``, an ``.ffconcat`` script, ...)
 #: is stored under the kind's default suffix, so that ffmpeg never picks a demuxer from a name the client chose
-ALLOWED_SUFFIXES = {"portrait": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES,
+ALLOWED_SUFFIXES = {"portrait": IMAGE_SUFFIXES | VIDEO_SUFFIXES, "audio": AUDIO_SUFFIXES,
                     "driving": VIDEO_SUFFIXES | IMAGE_SUFFIXES | TEMPLATE_SUFFIXES}
 MAX_VIDEO_PIXELS = 3840 * 2160
-"""Largest accepted driving video frame (4K UHD)."""
+"""Largest accepted frame of a driving or portrait video (4K UHD)."""
+PORTRAIT_TYPES = "a JPEG, PNG or WebP photo"
+PORTRAIT_VIDEO_TYPES = "an MP4, MOV, WebM or MKV video"
 UPLOAD_DECODE_TIMEOUT = 120.0
 """Seconds the check of one upload may decode or probe."""
 MAX_FPS = 120.0
@@ -124,6 +132,20 @@ def set_thread_count(n: int) -> None:
         torch.set_num_threads(n)
 
 
+@dataclass
+class PortraitUpload:
+    """A checked portrait upload: its file, and for a video its header (``info``; None for a photo) and the number of
+    its frames a job may use (``n_frames``; 1 for a photo)."""
+
+    path: Path
+    info: VideoInfo | None = None
+    n_frames: int = 1
+
+    @property
+    def is_video(self) -> bool:
+        return self.info is not None
+
+
 class Uploads:
     """Saving uploads into a job folder (size-limited) and checking them before a job is queued (400)."""
 
@@ -144,14 +166,63 @@ class Uploads:
             raise self.http(400, f"the {stem} upload is empty; send the file's contents.")
         return path
 
-    def check_portrait(self, path: Path) -> None:
+    def check_portrait(self, path: Path, *, videos: bool = False, max_frames: int | None = None,
+                       trimmable: bool = False) -> PortraitUpload:
+        """The saved portrait upload: a photo (it decodes), or with ``videos`` a video (its header probed, no
+        decoding: it has frames, at most :data:`MAX_VIDEO_PIXELS` a frame, and the frames a job may use of it, the
+        first ``max_frames`` when given, last at most the duration limit; ``trimmable``: the form has
+        ``max_frames``, which the message then suggests). An upload stored under an image name that
+        is not an image is probed as a video too (renamed ``portrait.mp4`` when it is one). 400 otherwise."""
+        from audio2lp.media.probe import probe_video
+        from audio2lp.video_portrait import is_video_portrait
         from lp_renderer.image_io import load_image
 
+        info = None
+        if not is_video_portrait(path):
+            try:
+                load_image(path)
+                return PortraitUpload(path)
+            except InputError:
+                if not videos:
+                    raise self.http(400, f"the portrait is not an image this server can read; send "
+                                         f"{PORTRAIT_TYPES}.") from None
+            try:  # a video sent under an image's name (or none): ffmpeg reads it by its content
+                info = probe_video(path, count_frames=False, timeout=UPLOAD_DECODE_TIMEOUT)
+            except InputError:
+                raise self.http(400, f"the portrait is neither an image nor a video this server can read; send "
+                                     f"{PORTRAIT_TYPES} or {PORTRAIT_VIDEO_TYPES}.") from None
+            path = path.rename(path.with_suffix(".mp4"))  # the Animator takes a non-image name for a video
+            info = dataclasses.replace(info, path=str(path))
+        elif not videos:
+            raise self.http(400, f"the portrait must be a photo here; send {PORTRAIT_TYPES}.")
+        return self.check_portrait_video(path, max_frames, trimmable, info=info)
+
+    def check_portrait_video(self, path: Path, max_frames: int | None = None, trimmable: bool = False, *,
+                             info: VideoInfo | None = None) -> PortraitUpload:
+        """A portrait video: probed from its header within :data:`UPLOAD_DECODE_TIMEOUT` (unless ``info`` is its
+        probe already); 400 when it cannot be read, has no frames, has frames over :data:`MAX_VIDEO_PIXELS` or is
+        longer than the duration limit."""
+        from audio2lp.media.probe import probe_video
+
+        limit = self.config.max_duration
         try:
-            load_image(path)
-        except InputError:
-            raise self.http(400, "the portrait is not an image this server can read; send a JPEG, PNG or WebP "
-                                 "photo.") from None
+            info = info or probe_video(path, count_frames=False, timeout=UPLOAD_DECODE_TIMEOUT)
+        except InputError as e:
+            reason = str(e).replace(str(path), "the portrait upload")
+            raise self.http(400, f"the portrait video cannot be used: {reason} Send {PORTRAIT_VIDEO_TYPES} (or "
+                                 f"{PORTRAIT_TYPES}).") from None
+        if info.n_frames <= 0:
+            raise self.http(400, "the portrait video has no frames; send a video with at least one frame.")
+        if info.width * info.height > MAX_VIDEO_PIXELS:
+            raise self.http(400, f"the portrait video's frames are {info.width}x{info.height}; this server accepts "
+                                 f"at most {MAX_VIDEO_PIXELS} pixels per frame; send a smaller video.")
+        try:
+            used, _ = driving_frames(info.n_frames, info.fps, max_frames, limit)
+        except ValueError as e:
+            more = " (or max_frames to use its beginning)" if trimmable else ""
+            raise self.http(400, f"the portrait video {e}; this server accepts at most {limit:g} s: send a shorter "
+                                 f"video{more}.") from None
+        return PortraitUpload(path, info, used)
 
     def check_audio(self, path: Path) -> float:
         from audio2lp.media.audio import load_audio
@@ -167,9 +238,10 @@ class Uploads:
                                  f"{self.config.max_duration:g} s.")
         return seconds
 
-    def check_driving(self, path: Path, max_frames: int | None) -> tuple[int, int | None]:
+    def check_driving(self, path: Path, max_frames: int | None, *, image: bool = True) -> tuple[int, int | None]:
         """``(frames the job renders, the max_frames it runs with)``: the video's length from its header (no
-        decoding), a template's archive checked before it is loaded; 400 past the limits."""
+        decoding), a template's archive checked before it is loaded; 400 past the limits, and for a driving image
+        when ``image`` is False (a portrait video is driven by a video or a template)."""
         from audio2lp.driving import open_driving
 
         limit = self.config.max_duration
@@ -180,6 +252,10 @@ class Uploads:
             reason = str(e).replace(str(path), "the driving upload")
             raise self.http(400, f"the driving input cannot be used: {reason}") from None
         if src.kind == "image":
+            if not image:
+                raise self.http(400, "the portrait is a video, which is driven by a driving video or a motion "
+                                     "template (.npz/.pkl), not a driving image; send one of those (or a portrait "
+                                     "photo).")
             return 1, max_frames
         if src.info is not None and src.info.width * src.info.height > MAX_VIDEO_PIXELS:
             raise self.http(400, f"the driving video's frames are {src.info.width}x{src.info.height}; this server "

@@ -2,21 +2,22 @@
 
     POST /speak            portrait + audio (multipart) and options  -> 202 {"id": ..., "status_url": ...}
     POST /drive            portrait + driving (video, image or template) and options -> 202
+                           (the portrait of both: a photo, or a video: speak re-voices it, drive drives each frame)
     POST /edit             portrait (multipart) and editing sliders -> 200, the edited PNG (waits for it)
     GET  /jobs/{id}        state (queued, running, done, failed), frames done / total, error
     GET  /jobs/{id}/video  the result (when done)
     DELETE /jobs/{id}      forget a finished or queued job and its files; cancel a running one (202)
     GET  /health           liveness, device, queue
 
-Jobs run in a bounded worker pool (default one worker: on a CPU one job already uses every core) behind a
-queue limit (429 when full). The whole request body is limited (413). Uploads are checked before a job is
-queued (the image decodes; the audio's duration is read from its header before anything is decoded, then it
-decodes within the time and byte bounds of that duration; the driving video's header is probed, a template's
-archive is checked before it is loaded: 400 with the reason otherwise; bad form fields give 422); ``max_frames``
-never gets past the duration limit. Every ffmpeg run reads local files only. A job runs at most ``job_timeout``
-seconds and ``DELETE`` cancels it while it runs (:mod:`audio2lp.apps.serve_limits`). Each job has a folder
-under the jobs directory; finished jobs and their files are removed ``ttl`` seconds after they finish (404
-afterwards).
+Jobs run in a bounded worker pool (default one worker: on a CPU one job already uses every core) behind a queue
+limit (429 when full). The whole request body is limited (413). Uploads are checked before a job is queued (the
+image decodes, or a portrait video's header is probed and limited as a driving video's; the audio's duration is read
+from its header before anything is decoded, then it decodes within the time and byte bounds of that duration; the
+driving video's header is probed, a template's archive is checked before it is loaded: 400 with the reason
+otherwise; bad form fields give 422); ``max_frames`` never gets past the duration limit. Every ffmpeg run reads
+local files only. A job runs at most ``job_timeout`` seconds and ``DELETE`` cancels it while it runs
+(:mod:`audio2lp.apps.serve_limits`). Each job has a folder under the jobs directory; finished jobs and their files
+are removed ``ttl`` seconds after they finish (404 afterwards).
 
 FastAPI, uvicorn and python-multipart are optional (``pip install "audio2lp[serve]"``); nothing here imports
 them until :func:`create_app` runs.
@@ -56,7 +57,7 @@ class ServeConfig:
     workers: int = 1  # jobs rendered at the same time (they share one renderer)
     queue_size: int = 8  # jobs waiting for a worker; one more is refused with 429
     max_upload_mb: float = 200.0  # limit of one request body (all its files), in MB (10^6 bytes)
-    max_duration: float = 600.0  # longest accepted audio / driving video, in seconds
+    max_duration: float = 600.0  # longest accepted audio / driving or portrait video, in seconds
     ttl: float = 3600.0  # seconds a finished job (and its video) is kept
     jobs_dir: Path | None = None  # where job folders live (default: a temporary folder, removed at shutdown)
     motion_model: Path | None = None  # audio-to-motion checkpoint used by every speak job
@@ -265,8 +266,8 @@ class JobManager:
                          result={"internal_error": True})
         else:
             result = {"n_frames": res.n_frames, "fps": res.fps, "has_audio": res.has_audio}
-            if "duration" in getattr(res, "extra", {}):
-                result["duration"] = res.extra["duration"]
+            extra = getattr(res, "extra", {})
+            result.update({k: extra[k] for k in ("duration", "mode") if k in extra})  # mode: dubbing, source-video
             self._finish(job, "done", result=result, frames=res.n_frames)
             log.info("job %s done (%d frames)", job.id, res.n_frames)
         finally:
@@ -388,9 +389,11 @@ def _body_limit(limit: int, too_large: str, fastapi, responses):
     return BodyLimit
 
 
-_UPLOADS = {"speak": (("portrait", "the photo (jpg/png/webp)", ".png"),
+_UPLOADS = {"speak": (("portrait", "the photo (jpg/png/webp) or video (mp4/mov/webm/mkv, ...): a video is re-voiced "
+                                   "(dubbing: its frames, the new speech's mouth)", ".png"),
                       ("audio", "speech: wav, flac, ogg, mp3, m4a, ...", ".wav")),
-            "drive": (("portrait", "the photo (jpg/png/webp)", ".png"),
+            "drive": (("portrait", "the photo (jpg/png/webp) or video (mp4/mov/webm/mkv, ...): each frame of a video "
+                                   "takes the driving motion (video-to-video)", ".png"),
                       ("driving", "driving video, image, or motion template (.npz/.pkl)", ".mp4")),
             "edit": (("portrait", "the photo (jpg/png/webp)", ".png"),)}
 
@@ -419,6 +422,7 @@ def form_signature(kind: str, fastapi):
 
 def _add_job_routes(app, jobs: JobManager, config: ServeConfig, uploads: Uploads, n_styles, fastapi, responses):
     """``POST /speak`` and ``POST /drive``: check the form, save and check the uploads, queue the job (202)."""
+    from audio2lp.api import check_portrait_options
 
     def start(kind: str, folder: Path, job_id: str, inputs: dict, opts: dict, frames_total: int):
         job = Job(job_id, kind, folder, inputs, opts, frames_total=frames_total)
@@ -449,13 +453,25 @@ def _add_job_routes(app, jobs: JobManager, config: ServeConfig, uploads: Uploads
             job_id, folder = jobs.new_folder()
             try:
                 inputs = {name: uploads.save(fields[name], folder, name, suffix) for name, _, suffix in _UPLOADS[kind]}
-                uploads.check_portrait(inputs["portrait"])
+                # a portrait video (speak: dubbing, drive: video-to-video) is checked as a driving video is
+                portrait = uploads.check_portrait(inputs["portrait"], videos=kind != "edit",
+                                                  max_frames=values.get("max_frames"), trimmable=kind == "drive")
+                inputs["portrait"] = portrait.path
+                if kind != "edit":
+                    try:  # e.g. fps for dubbing, or a portrait video's smoothing for a photo: 422 before queueing
+                        check_portrait_options(kind, values, video=portrait.is_video)
+                    except OptionError as e:
+                        raise fastapi.HTTPException(422, e.describe(API)) from None
                 if kind == "speak":
                     seconds = uploads.check_audio(inputs["audio"])
-                    total = max(1, int(round(seconds * values["fps"])))
-                    values["motion_model"] = config.motion_model
+                    # dubbing renders the speech at the video's frame rate, and never with a motion model
+                    total = max(1, int(round(seconds * (portrait.info.fps if portrait.is_video else values["fps"]))))
+                    values["motion_model"] = None if portrait.is_video else config.motion_model
                 elif kind == "drive":
-                    total, values["max_frames"] = uploads.check_driving(inputs["driving"], values["max_frames"])
+                    total, values["max_frames"] = uploads.check_driving(inputs["driving"], values["max_frames"],
+                                                                        image=not portrait.is_video)
+                    if portrait.is_video:  # as long as the shorter of the two videos
+                        total = min(total, portrait.n_frames)
                 else:
                     total = 1
                 return start(kind, folder, job_id, inputs, values, total)
@@ -467,9 +483,11 @@ def _add_job_routes(app, jobs: JobManager, config: ServeConfig, uploads: Uploads
         handler.__signature__ = form_signature(kind, fastapi)
         return handler
 
-    app.post("/speak", status_code=202, summary="Make the portrait say the audio (starts a job)")(endpoint("speak"))
+    app.post("/speak", status_code=202,
+             summary="Make the portrait (a photo, or a video to re-voice) say the audio (starts a job)")(
+        endpoint("speak"))
     app.post("/drive", status_code=202,
-             summary="Animate the portrait with a driving video (starts a job)")(endpoint("drive"))
+             summary="Animate the portrait (a photo or a video) with a driving video (starts a job)")(endpoint("drive"))
     app.post("/edit", summary="Edit the portrait's expression and head pose; answers with the PNG",
              response_class=responses.Response,
              responses={200: {"content": {"image/png": {}}, "description": "the edited portrait"}})(endpoint("edit"))
@@ -533,7 +551,8 @@ def add_serve_parser(sub) -> None:
     p = sub.add_parser(
         "serve", help="run the HTTP service (POST /speak, POST /drive, POST /edit, GET /jobs/ID)",
         description="Serve audio2lp over HTTP with one shared renderer. POST /speak (multipart: portrait, audio) "
-                    "and POST /drive (portrait, driving) start jobs and answer 202 with the job id; GET /jobs/ID "
+                    "and POST /drive (portrait, driving) start jobs and answer 202 with the job id; the portrait is "
+                    "a photo or a video (speak re-voices a video, drive drives each of its frames); GET /jobs/ID "
                     "reports the state and progress, GET /jobs/ID/video returns the mp4; POST /edit (portrait and "
                     "editing sliders) answers with the edited PNG. Jobs run in a bounded "
                     "worker pool behind a queue limit (429 when full); uploads are size-limited (413) and checked "

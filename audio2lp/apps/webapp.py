@@ -8,6 +8,7 @@ It runs on the same :class:`~audio2lp.api.Animator` as the command line. The pag
     from audio2lp.apps.webapp import build_app, launch_app
     launch_app(build_app(Animator("pretrained_weights")), port=7860)
 
+The portrait of Speak and Drive is a photo or a video (dubbing, video-to-video: :mod:`audio2lp.apps.webapp_portrait`).
 The Edit tab has the sliders of LivePortrait's image-retargeting tab (from :mod:`audio2lp.options`, like every
 control); the portrait is prepared once per upload (cached), and releasing a slider only re-renders. Speak and Drive
 offer the same sliders (without the target ratios) as constant offsets.
@@ -40,6 +41,7 @@ from typing import Any
 from audio2lp import options
 from audio2lp.apps.frontdoor import add_arguments, prepare_process, run, setup_logging
 from audio2lp.apps.frontdoor import animator as animator_from_args
+from audio2lp.apps.webapp_portrait import applicable, one_portrait, unused_note
 from audio2lp.options import WEB, OptionError, check_value
 from lp_renderer.errors import InputError
 
@@ -106,18 +108,20 @@ class AppHandlers:
     def speak(self, portrait, audio, motion: str | None = None, face: Any = "largest", fps: float = 25.0,
               expression_scale: float = 1.0, pose_scale: float = 1.0, blink: bool = True,
               blink_rate: float | None = None, seed: Any = 0, style: Any = 0, pose_from=None,
-              pasteback: bool = True, progress: Callable | None = None, **sliders) -> tuple[str, str]:
+              pasteback: bool = True, progress: Callable | None = None, portrait_video=None,
+              **sliders) -> tuple[str, str]:
         """Make ``portrait`` say ``audio``; returns (the mp4's path, a one-line summary). ``sliders``: the editing
         sliders as constant offsets (``smile=0.4``, ...; see :meth:`audio2lp.Animator.speak`).
 
-        ``motion``: one of :attr:`motion_choices` (default: the motion model when there is one).
-        ``progress``: a ``gradio.Progress`` (or any callable taking ``(done, total)`` or a fraction, and
-        ``desc=``). Raises ``gradio.Error`` with a readable message for user-fixable problems."""
-        portrait_p, audio_p, pose_p = _path(portrait), _path(audio), _path(pose_from)
-        names = {p: Path(p).name for p in (portrait_p, audio_p, pose_p) if p}
+        ``portrait_video`` instead of ``portrait``: dubbing, the person in the video says ``audio`` (its frames,
+        the speech's mouth); the settings of a photo's motion do not apply to it and are not used (the summary
+        names those that were changed). ``motion``: one of :attr:`motion_choices` (default: the motion model when
+        there is one). ``progress``: a ``gradio.Progress`` (or any callable taking ``(done, total)`` or a fraction,
+        and ``desc=``). Raises ``gradio.Error`` with a readable message for user-fixable problems."""
+        audio_p, pose_p = _path(audio), _path(pose_from)
+        names = {p: Path(p).name for p in (_path(portrait), _path(portrait_video), audio_p, pose_p) if p}
         with _page_errors(names):
-            if portrait_p is None:
-                raise InputError("Upload a portrait photo first.")
+            portrait_p = one_portrait(_path(portrait), _path(portrait_video))
             if audio_p is None:
                 raise InputError("Upload or record a speech clip first.")
             if motion in (None, ""):
@@ -134,36 +138,58 @@ class AppHandlers:
                           **_sliders("speak", sliders))
             if motion_model is None:  # the form sends every control; the motion model's style is not the user's here
                 kwargs.update(style=options.OPTIONS["style"].default)
+            unused = []
+            if _path(portrait_video) is not None:  # dubbing: the video's head, eyes and frame rate, the speech's mouth
+                kwargs["motion_model"] = None  # (the Motion choice is for a photo)
+                kwargs, unused = applicable(kwargs, "speak", video=True)
             out = self._new_output(portrait_p, "speak", ".mp4")
             res = self._run(self.animator.speak, (portrait_p, audio_p, out), kwargs, progress)
             secs = res.extra.get("duration", res.n_frames / res.fps)
-            return str(res.output), f"{res.n_frames} frames at {res.fps:g} fps ({secs:.2f} s, with audio)"
+            summary = f"{res.n_frames} frames at {res.fps:g} fps ({secs:.2f} s, with audio)"
+            if res.extra.get("mode") == "dubbing":
+                summary = (f"Re-voiced the video: {res.n_frames} frames at {res.fps:.4g} fps ({secs:.2f} s of the new "
+                           f"speech; {res.extra['source_frames']} video frames)")
+            return str(res.output), summary + unused_note(unused)
 
     # ------------------------------------------------------------------------------ drive
     def drive(self, portrait, driving_video=None, driving_template=None, face: Any = "largest",
               region: str = "all", multiplier: float = 1.0, stitching: bool = True, retarget_eyes: bool = False,
               retarget_lip: bool = False, pasteback: bool = True, concat: bool = False,
-              save_template: bool = False, progress: Callable | None = None,
-              **sliders) -> tuple[str, str | None, str]:
+              save_template: bool = False, progress: Callable | None = None, portrait_video=None,
+              driving_smooth_observation_variance: float = 3e-7, source_video_eye_retargeting: bool = False,
+              audio_priority: str = "driving", **sliders) -> tuple[str, str | None, str]:
         """Animate ``portrait`` with a driving video (or a motion template); returns (the mp4's path, the
-        saved motion template's path or None, a one-line summary). Errors and ``sliders`` as :meth:`speak`."""
+        saved motion template's path or None, a one-line summary). Errors and ``sliders`` as :meth:`speak`.
+        ``portrait_video`` instead of ``portrait``: video-to-video, each of its frames takes the driving motion
+        (``driving_smooth_observation_variance``, ``source_video_eye_retargeting`` and ``audio_priority`` apply to
+        it only; the constant offsets apply to a photo only: what does not apply is not used, and the summary
+        names what was changed)."""
         portrait_p, video_p, tmpl_p = _path(portrait), _path(driving_video), _path(driving_template)
-        names = {p: Path(p).name for p in (portrait_p, video_p, tmpl_p) if p}
+        names = {p: Path(p).name for p in (portrait_p, _path(portrait_video), video_p, tmpl_p) if p}
         with _page_errors(names):
-            if portrait_p is None:
-                raise InputError("Upload a portrait photo first.")
+            portrait_p = one_portrait(portrait_p, _path(portrait_video))
             if video_p is None and tmpl_p is None:
                 raise InputError("Upload a driving video (or a motion template) first.")
             if video_p is not None and tmpl_p is not None:
                 raise InputError("Give either a driving video or a motion template, not both; clear one of them.")
             kwargs = options.check(dict(face=face, region=region, multiplier=multiplier, stitching=stitching,
                                         retarget_eyes=retarget_eyes, retarget_lip=retarget_lip, pasteback=pasteback,
-                                        concat=concat, **_sliders("drive", sliders)))
+                                        concat=concat, **_sliders("drive", sliders),
+                                        driving_smooth_observation_variance=driving_smooth_observation_variance,
+                                        source_video_eye_retargeting=source_video_eye_retargeting,
+                                        audio_priority=audio_priority))
+            kwargs, unused = applicable(kwargs, "drive", video=_path(portrait_video) is not None)
             out = self._new_output(portrait_p, "drive", ".mp4")
             kwargs["save_template"] = out.with_suffix(".npz") if save_template else None
             res = self._run(self.animator.drive, (portrait_p, video_p or tmpl_p, out), kwargs, progress)
             audio = ", with audio" if res.has_audio else ""
             summary = f"{res.n_frames} frames at {res.fps:.3g} fps{audio}"
+            if res.extra.get("mode") == "source-video":
+                own = Path(res.extra.get("audio_from") or "") == Path(portrait_p)
+                whose = "the portrait video's" if own else "the driving video's"
+                audio = f", with {whose} sound" if res.has_audio else ", without sound"
+                summary = f"Drove each frame of the video: {res.n_frames} frames at {res.fps:.4g} fps{audio}"
+            summary += unused_note(unused)
             return str(res.output), (str(res.template) if res.template else None), summary
 
     # ------------------------------------------------------------------------------ edit
@@ -318,16 +344,21 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
     # the sliders: constant offsets on Speak and Drive, the image-retargeting tab's on Edit
     speak_offsets, drive_offsets, edits = (options.sliders_for(c) for c in ("speak", "drive", "edit"))
 
-    def speak(portrait, audio, motion, face, fps, expression_scale, pose_scale, blink, blink_rate, seed, style,
-              pose_from, pasteback, *values, progress=gr.Progress()):
+    def speak(portrait, portrait_video, audio, motion, face, fps, expression_scale, pose_scale, blink, blink_rate,
+              seed, style, pose_from, pasteback, *values, progress=gr.Progress()):
         return h.speak(portrait, audio, motion, face, fps, expression_scale, pose_scale, blink, blink_rate, seed,
-                       style, pose_from, pasteback, progress=progress, **dict(zip(speak_offsets, values)))
+                       style, pose_from, pasteback, progress=progress, portrait_video=portrait_video,
+                       **dict(zip(speak_offsets, values)))
 
-    def drive(portrait, driving_video, driving_template, face, region, multiplier, stitching, retarget_eyes,
-              retarget_lip, pasteback, concat, save_template, *values, progress=gr.Progress()):
+    def drive(portrait, portrait_video, driving_video, driving_template, face, region, multiplier, stitching,
+              retarget_eyes, retarget_lip, pasteback, concat, save_template, smoothing, first_eyes, audio_from,
+              *values, progress=gr.Progress()):
         video, template, summary = h.drive(portrait, driving_video, driving_template, face, region, multiplier,
                                            stitching, retarget_eyes, retarget_lip, pasteback, concat,
-                                           save_template, progress=progress, **dict(zip(drive_offsets, values)))
+                                           save_template, progress=progress, portrait_video=portrait_video,
+                                           driving_smooth_observation_variance=smoothing,
+                                           source_video_eye_retargeting=first_eyes, audio_priority=audio_from,
+                                           **dict(zip(drive_offsets, values)))
         return video, gr.update(value=template, visible=template is not None), summary
 
     def edit_prepare(portrait, face, crop_scale):
@@ -344,7 +375,7 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
         return [options.OPTIONS[n].default if options.OPTIONS[n].default is not None else gr.update() for n in edits]
 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:
-        gr.Markdown(f"# {title}\nA portrait photo and speech (or a driving video) → a talking-head video, "
+        gr.Markdown(f"# {title}\nA portrait photo (or a video) and speech (or a driving video) → a talking-head video, "
                     "rendered with LivePortrait on this computer.")
         with gr.Tabs():
             with gr.Tab("Speak", id="speak", elem_id="speak-tab"):
@@ -353,6 +384,8 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
                         s_portrait = gr.Image(label="Portrait", type="filepath", format="png",
                                               sources=["upload", "clipboard"], elem_id="speak-portrait",
                                               height=320)
+                        s_portrait_video = gr.Video(label="…or a portrait video to re-voice (dubbing)",
+                                                    sources=["upload"], elem_id="speak-portrait-video", height=240)
                         s_audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"],
                                            elem_id="speak-audio")
                         with gr.Group():
@@ -371,15 +404,16 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
                                                   "built-in motion only)", file_types=TEMPLATE_TYPES,
                                                   type="filepath")
                             s_pasteback = _control(gr, "pasteback")
-                        with gr.Accordion("Expression (constant offsets)", open=False):
+                        with gr.Accordion("Expression (constant offsets, portrait photo)", open=False):
                             s_offsets = [_slider_control(gr, n, "speak") for n in speak_offsets]
                         s_button = gr.Button("Speak", variant="primary", elem_id="speak-button")
                     with gr.Column():
                         s_video = gr.Video(label="Result", interactive=False, buttons=["download"],
                                            elem_id="speak-video", height=480)
                         s_info = gr.Markdown(elem_id="speak-info")
-                s_button.click(speak, [s_portrait, s_audio, s_motion, s_face, s_fps, s_expr, s_pose_scale, s_blink,
-                                       s_blink_rate, s_seed, s_style, s_pose_from, s_pasteback, *s_offsets],
+                s_button.click(speak, [s_portrait, s_portrait_video, s_audio, s_motion, s_face, s_fps, s_expr,
+                                       s_pose_scale, s_blink, s_blink_rate, s_seed, s_style, s_pose_from, s_pasteback,
+                                       *s_offsets],
                                [s_video, s_info], api_name="speak", concurrency_id="render", concurrency_limit=1,
                                show_progress_on=[s_video])
 
@@ -389,6 +423,8 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
                         d_portrait = gr.Image(label="Portrait", type="filepath", format="png",
                                               sources=["upload", "clipboard"], elem_id="drive-portrait",
                                               height=320)
+                        d_portrait_video = gr.Video(label="…or a portrait video (each frame is driven)",
+                                                    sources=["upload"], elem_id="drive-portrait-video", height=240)
                         d_video = gr.Video(label="Driving video", sources=["upload"], elem_id="drive-driving")
                         d_template = gr.File(label="…or a motion template (.npz/.pkl)", file_types=TEMPLATE_TYPES,
                                              type="filepath", elem_id="drive-template")
@@ -404,7 +440,11 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
                             d_concat = _control(gr, "concat")
                             d_save = gr.Checkbox(value=False, label=options.OPTIONS["save_template"].label,
                                                  info=options.OPTIONS["save_template"].ui_info)
-                        with gr.Accordion("Expression (constant offsets)", open=False):
+                        with gr.Accordion("Portrait video", open=False):
+                            d_smoothing = _control(gr, "driving_smooth_observation_variance")
+                            d_first_eyes = _control(gr, "source_video_eye_retargeting")
+                            d_audio_from = _control(gr, "audio_priority")
+                        with gr.Accordion("Expression (constant offsets, portrait photo)", open=False):
                             d_offsets = [_slider_control(gr, n, "drive") for n in drive_offsets]
                         d_button = gr.Button("Drive", variant="primary", elem_id="drive-button")
                     with gr.Column():
@@ -413,8 +453,9 @@ def build_app(animator, *, motion_model: str | os.PathLike | None = None,
                         d_template_out = gr.File(label="Motion template", visible=False, interactive=False,
                                                  elem_id="drive-template-out")
                         d_info = gr.Markdown(elem_id="drive-info")
-                d_button.click(drive, [d_portrait, d_video, d_template, d_face, d_region, d_mult, d_stitch, d_eyes,
-                                       d_lip, d_pasteback, d_concat, d_save, *d_offsets],
+                d_button.click(drive, [d_portrait, d_portrait_video, d_video, d_template, d_face, d_region, d_mult,
+                                       d_stitch, d_eyes, d_lip, d_pasteback, d_concat, d_save, d_smoothing,
+                                       d_first_eyes, d_audio_from, *d_offsets],
                                [d_out, d_template_out, d_info], api_name="drive", concurrency_id="render",
                                concurrency_limit=1, show_progress_on=[d_out])
 
@@ -478,10 +519,11 @@ def add_app_parser(sub) -> None:
     """Register the ``audio2lp app`` subcommand on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser(
         "app", help="serve the web app (Speak, Drive and Edit tabs) on this computer",
-        description="Serve a local web page with three tabs: Speak (a portrait and a speech clip or a microphone "
-                    "recording -> a talking-head video), Drive (a portrait and a driving video or motion "
-                    "template) and Edit (a portrait's expression and head pose with live sliders). It renders "
-                    "with the same engine as `audio2lp speak`, `drive` and `edit`, "
+        description="Serve a local web page with three tabs: Speak (a portrait photo and a speech clip or a "
+                    "microphone recording -> a talking-head video, or a portrait video re-voiced), Drive (a portrait "
+                    "photo or video and a driving video or motion template) and Edit (a portrait's expression and "
+                    "head pose with live sliders). It renders with the same engine as `audio2lp speak`, `drive` and "
+                    "`edit`, "
                     "needs no internet, and is reachable only from this computer unless --host says otherwise. "
                     'Needs Gradio: pip install "audio2lp[app]".')
     add_arguments(p, "app", defaults={"port": 7860})

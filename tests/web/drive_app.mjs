@@ -6,10 +6,12 @@
 //   3. saves a screenshot of the page (and one with the progress bar, SCREENSHOT-progress.png);
 //   4. opens the Drive tab and checks its uploads are there (SCREENSHOT-drive-tab.png);
 //   5. opens the Edit tab, uploads the portrait, waits for the edited image, drags the Smile slider and releases
-//      it, and waits for the image to be re-rendered (SCREENSHOT-edit.png).
+//      it, and waits for the image to be re-rendered (SCREENSHOT-edit.png);
+//   6. with PORTRAIT_VIDEO: opens the Drive tab again, uploads that video as the portrait video and as the driving
+//      video, presses Drive and waits for the result video and its summary (SCREENSHOT-drive-video.png).
 // Every request to a host other than the app's is blocked and reported (the page must work offline).
 //
-// usage: node drive_app.mjs URL PORTRAIT AUDIO SCREENSHOT.png
+// usage: node drive_app.mjs URL PORTRAIT AUDIO SCREENSHOT.png [PORTRAIT_VIDEO]
 // env:   CHROMIUM (default /usr/bin/chromium), TIMEOUT_MS (default 600000 for the render)
 // Prints one JSON line with what it saw; exits non-zero on failure (after a screenshot when it can).
 
@@ -18,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const [url, portrait, audio, screenshot] = process.argv.slice(2);
+const [url, portrait, audio, screenshot, portraitVideo] = process.argv.slice(2);
 if (!url || !portrait || !audio || !screenshot) {
   console.error('usage: node drive_app.mjs URL PORTRAIT AUDIO SCREENSHOT.png');
   process.exit(2);
@@ -204,6 +206,31 @@ try {
   step(`re-rendered: ${JSON.stringify(report.edit)}`);
   report.editScreenshot = extra('edit');
   await page.screenshot({ path: report.editScreenshot, fullPage: true, timeout: 30000 });
+
+  // 6. A portrait video in the Drive tab (video-to-video), driven by itself.
+  if (portraitVideo) {
+    step('open the Drive tab, upload a portrait video and a driving video, press Drive');
+    await page.getByRole('tab', { name: 'Drive' }).click();
+    await page.locator('#drive-portrait-video input[type=file]').setInputFiles(portraitVideo);
+    await page.locator('#drive-driving input[type=file]').setInputFiles(portraitVideo);
+    await page.waitForFunction(() => document.querySelectorAll('#drive-portrait-video video, #drive-driving video').length >= 2,
+      null, { timeout: 60000 });
+    await page.locator('#drive-button').click();
+    await page.locator('#drive-video video[src]').first().waitFor({ state: 'attached', timeout: renderTimeout });
+    await page.waitForFunction(() => /Drove each frame/.test(document.querySelector('#drive-info')?.innerText || ''),
+      null, { timeout: 60000 });
+    report.driveVideo = {
+      info: (await page.locator('#drive-info').innerText()).trim(),
+      box: await page.evaluate(async () => {
+        const v = document.querySelector('#drive-video video[src]');
+        const b = new Uint8Array(await (await fetch(v.currentSrc || v.src)).arrayBuffer());
+        return String.fromCharCode(...b.slice(4, 8));
+      }),
+    };
+    step(`drive with a portrait video: ${JSON.stringify(report.driveVideo)}`);
+    report.driveVideoScreenshot = extra('drive-video');
+    await page.screenshot({ path: report.driveVideoScreenshot, fullPage: true, timeout: 30000 });
+  }
 } catch (e) {
   failed = e;
   report.error = String(e && e.stack ? e.stack : e).slice(0, 2000);

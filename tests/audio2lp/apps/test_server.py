@@ -29,6 +29,7 @@ from lp_renderer.weights import save_networks  # noqa: E402
 PORTRAIT = "portraits/EAMM__14.png"
 SPEECH = "speech/MakeItTalk__M6_04_16k.wav"
 TALKING = "talking/Talking-Face_PC-AVS__00010.mp4"
+VIDEO_PORTRAIT = "talking/deep_avsr__00008.mp4"  # 160x160 at 25 fps, someone talking
 
 
 @contextlib.contextmanager
@@ -65,6 +66,7 @@ class StubAnimator:
         self.gate, self.n_frames = gate, n_frames
         self.fail: Exception | None = None
         self.calls: list[tuple[str, dict]] = []
+        self.portraits: list[Path | None] = []  # the portrait file of each speak / drive call
         self.mid = threading.Event()  # set once a job has reported some progress
 
     def _work(self, kind, output, kw):
@@ -83,9 +85,11 @@ class StubAnimator:
         return RenderResult(Path(output), self.n_frames, 25.0, True, extra={"duration": self.n_frames / 25})
 
     def speak(self, portrait, audio, output, **kw):
+        self.portraits.append(Path(portrait))
         return self._work("speak", output, kw)
 
     def drive(self, portrait, driving, output, **kw):
+        self.portraits.append(Path(portrait))
         return self._work("drive", output, kw)
 
     def edit(self, portrait, output, **kw):
@@ -115,7 +119,17 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     with VideoWriter(d / "clip.mp4", 25.0) as w:
         for i in range(10):
             w.write(np.full((64, 64, 3), 10 * i, np.uint8))
-    return {"portrait": d / "face.png", "audio": d / "tone.wav", "text": d / "notes.txt", "video": d / "clip.mp4"}
+    with VideoWriter(d / "portrait.mov", 20.0) as w:  # a portrait video: 6 frames at 20 fps
+        for i in range(6):
+            w.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    import subprocess
+
+    from audio2lp.media.ffmpeg import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=red:s=64x64:r=25", "-frames:v",
+                    "0", "-c:v", "mpeg4", str(d / "zero.avi")], check=True)  # a video stream without frames
+    return {"portrait": d / "face.png", "audio": d / "tone.wav", "text": d / "notes.txt", "video": d / "clip.mp4",
+            "portrait_video": d / "portrait.mov", "zero": d / "zero.avi"}
 
 
 def _files(**named: Path) -> dict:
@@ -208,10 +222,91 @@ def test_drive_job_and_failures(inputs):
         assert c.get("/health").json()["status"] == "ok"  # the worker survived
 
 
+def test_video_portrait_jobs(inputs, motion_ckpt):
+    """A portrait video is accepted by speak (dubbing: the speech's length at the video's frame rate, never the
+    server's motion model) and drive (the shorter of the two videos), whatever name it was sent under."""
+    stub = StubAnimator()
+    app = create_app(stub, motion_model=motion_ckpt)
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/speak", files=_files(portrait=inputs["portrait_video"], audio=inputs["audio"]))
+        assert r.status_code == 202, r.text
+        assert r.json()["frames_total"] == 20  # one second of speech at the video's 20 fps
+        assert _wait(c, r.json()["id"])["state"] == "done"
+        kind, kw = stub.calls[-1]
+        assert kind == "speak" and kw["motion_model"] is None and kw["fps"] == 25  # fps: the (unused) default
+        assert stub.portraits[-1].name == "portrait.mov"
+        r = c.post("/speak", files=_files(portrait=inputs["portrait"], audio=inputs["audio"]))  # a photo: as before
+        assert r.json()["frames_total"] == 25 and _wait(c, r.json()["id"])["state"] == "done"
+        assert stub.calls[-1][1]["motion_model"] == motion_ckpt and stub.portraits[-1].name == "portrait.png"
+        r = c.post("/drive", files=_files(portrait=inputs["portrait_video"], driving=inputs["video"]))
+        assert r.status_code == 202, r.text
+        assert r.json()["frames_total"] == 6  # the portrait video's 6 frames, shorter than the driving video's 10
+        assert _wait(c, r.json()["id"])["state"] == "done" and stub.portraits[-1].suffix == ".mov"
+        r = c.post("/drive", files=_files(portrait=inputs["portrait_video"], driving=inputs["video"]),
+                   data={"max_frames": "4", "audio_priority": "source"})
+        assert r.json()["frames_total"] == 4 and _wait(c, r.json()["id"])["state"] == "done"
+        assert stub.calls[-1][1]["max_frames"] == 4 and stub.calls[-1][1]["audio_priority"] == "source"
+        # a video sent without a name it can be told by is probed by its content, and kept as a video
+        r = c.post("/speak", files={"portrait": ("blob", inputs["portrait_video"].read_bytes()),
+                                    "audio": ("a.wav", inputs["audio"].read_bytes())})
+        assert r.status_code == 202 and r.json()["frames_total"] == 20, r.text
+        assert _wait(c, r.json()["id"])["state"] == "done" and stub.portraits[-1].name == "portrait.mp4"
+        # what does not apply to the portrait sent: 422 naming the field, before a job is queued
+        n = len(stub.calls)
+        r = c.post("/speak", files=_files(portrait=inputs["portrait_video"], audio=inputs["audio"]), data={"fps": "30"})
+        assert r.status_code == 422 and r.json()["detail"].startswith("fps does not apply when the portrait is a video")
+        r = c.post("/drive", files=_files(portrait=inputs["portrait_video"], driving=inputs["video"]),
+                   data={"smile": "0.5"})
+        assert r.status_code == 422 and r.json()["detail"].startswith("smile offsets a portrait photo")
+        r = c.post("/drive", files=_files(portrait=inputs["portrait"], driving=inputs["video"]),
+                   data={"audio_priority": "source"})
+        assert r.status_code == 422 and r.json()["detail"] == ("audio_priority applies only when the portrait is a "
+                                                              "video; leave it out for a photo.")
+        assert len(stub.calls) == n == 5 and len(list(app.state.jobs.root.iterdir())) == 5  # no folder left
+
+
+def test_bad_video_portraits(inputs):
+    """A portrait that is neither a photo nor a usable video, too long, frameless, or a video where a photo is
+    needed: a 400 that says which and what to send; nothing is queued."""
+    stub = StubAnimator()
+    with running(create_app(stub, max_duration=0.25)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        def post(kind, portrait, second, data=None, name=None):
+            files = _files(portrait=portrait, **({"audio": second} if kind == "speak" else {"driving": second}))
+            if name is not None:
+                files["portrait"] = (name, portrait.read_bytes())
+            return c.post(f"/{kind}", files=files, data=data or {})
+
+        r = post("speak", inputs["text"], inputs["audio"])
+        assert r.status_code == 400, r.text
+        assert r.json()["detail"].startswith("the portrait is neither an image nor a video this server can read")
+        r = post("drive", inputs["text"], inputs["video"], name="clip.mp4")
+        assert r.status_code == 400 and r.json()["detail"].startswith("the portrait video cannot be used: ")
+        assert "/tmp" not in r.json()["detail"] and "MP4" in r.json()["detail"]  # no server path; what to send
+        r = post("speak", inputs["zero"], inputs["audio"])
+        assert r.status_code == 400 and "the portrait video cannot be used" in r.json()["detail"]
+        assert "no video frames" in r.json()["detail"]
+        r = post("speak", inputs["portrait_video"], inputs["audio"])  # 0.3 s of video, the limit is 0.25 s
+        assert r.status_code == 400, r.text
+        assert r.json()["detail"] == ("the portrait video lasts 0.3 s; this server accepts at most 0.25 s: send a "
+                                      "shorter video.")
+        r = post("drive", inputs["portrait_video"], inputs["video"])
+        assert r.status_code == 400 and "portrait video lasts 0.3 s" in r.json()["detail"]
+        assert "max_frames to use its beginning" in r.json()["detail"]  # drive's output is the shorter of the two
+        r = post("drive", inputs["portrait_video"], inputs["portrait"], {"max_frames": "4"})
+        assert r.status_code == 400 and "not a driving image" in r.json()["detail"]
+        r = c.post("/edit", files=_files(portrait=inputs["portrait_video"]))
+        assert r.status_code == 400 and r.json()["detail"].startswith("the portrait must be a photo here")
+        assert stub.calls == []
+        r = post("drive", inputs["portrait_video"], inputs["video"], {"max_frames": "4"})  # 0.2 s and 0.16 s
+        assert r.status_code == 202 and r.json()["frames_total"] == 4 and _wait(c, r.json()["id"])["state"] == "done"
+
+
 def test_bad_uploads(inputs):
     stub = StubAnimator()
     with running(create_app(stub)) as url, httpx.Client(base_url=url, timeout=30) as c:
         r = c.post("/speak", files=_files(portrait=inputs["text"], audio=inputs["audio"]))
+        assert r.status_code == 400 and "portrait is neither an image nor a video" in r.json()["detail"]
+        r = c.post("/edit", files=_files(portrait=inputs["text"]))
         assert r.status_code == 400 and "portrait is not an image" in r.json()["detail"]
         r = c.post("/speak", files=_files(portrait=inputs["portrait"], audio=inputs["text"]))
         assert r.status_code == 400 and r.json()["detail"].startswith("the audio cannot be used")
@@ -443,3 +538,41 @@ def test_real_edit(tiny_animator, data_dir):
             images.append(cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR))
     assert images[0].shape == images[1].shape == photo.shape and images[2].shape == (512, 512, 3)
     assert np.abs(images[0].astype(int) - images[1]).max() > 10
+
+
+@pytest.mark.realdata
+def test_real_video_portrait_speak_and_drive(tiny_animator, motion_ckpt, data_dir, tmp_path):
+    """A real talking video as the portrait (tiny random networks): POST /speak re-voices it with another person's
+    speech (the video's size and frame rate, as long as the speech, with the speech as its sound; the server's
+    motion model is not used), POST /drive drives it with another video (the shorter length, the driving sound)."""
+    from audio2lp.media.audio import load_audio
+    from audio2lp.media.probe import probe_video
+    from tests.audio2lp.test_drive import cut_clip
+
+    video = cut_clip(data_dir / VIDEO_PORTRAIT, tmp_path / "portrait.mp4", 0.4)  # 160x160 at 25 fps, 10 frames
+    driving = cut_clip(data_dir / TALKING, tmp_path / "driving.mp4", 0.24)
+    speech = write_wav(tmp_path / "speech.wav", load_audio(data_dir / SPEECH)[: int(0.6 * 16000)])
+    src, drv = probe_video(video), probe_video(driving)
+    app = create_app(tiny_animator, motion_model=motion_ckpt)
+    with running(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+        s = c.post("/speak", files=_files(portrait=video, audio=speech))
+        assert s.status_code == 202, s.text
+        d = c.post("/drive", files=_files(portrait=video, driving=driving))
+        assert d.status_code == 202, d.text
+        results = {}
+        for name, r in (("speak", s), ("drive", d)):
+            js = _wait(c, r.json()["id"], timeout=600)
+            assert js["state"] == "done", js
+            out = tmp_path / f"{name}.mp4"
+            out.write_bytes(c.get(js["video_url"]).content)
+            results[name] = js, probe_video(out), out
+    js, info, out = results["speak"]
+    n = round(0.6 * src.fps)  # the speech's length at the video's frame rate: ping-pong past the video's end
+    assert js["mode"] == "dubbing" and js["n_frames"] == js["frames_total"] == info.n_frames == n > src.n_frames
+    assert (info.width, info.height, info.fps) == (src.width, src.height, pytest.approx(src.fps))
+    assert info.has_audio and abs(len(load_audio(out)) / 16000 - 0.6) <= 1 / src.fps
+    js, info, out = results["drive"]
+    n = min(src.n_frames, drv.n_frames)
+    assert js["mode"] == "source-video" and js["n_frames"] == js["frames_total"] == info.n_frames == n
+    assert (info.width, info.height, info.fps) == (src.width, src.height, pytest.approx(src.fps))
+    assert info.has_audio and js["has_audio"]  # the driving video's sound (audio_priority 'driving')

@@ -3,7 +3,8 @@
 The browser test starts the app on a free localhost port in a subprocess and runs tests/web/drive_app.mjs
 (playwright-core with Debian's chromium): it uploads a portrait and a speech clip, presses Speak and checks
 that a playable mp4 appears; then, in the Edit tab, it uploads the portrait, drags a slider and checks that the
-edited image is re-rendered. Screenshots go to $AUDIO2LP_ARTIFACTS (default artifacts/ at the repo root).
+edited image is re-rendered; then, in the Drive tab, it drives a portrait video (by itself). Screenshots go to
+$AUDIO2LP_ARTIFACTS (default artifacts/ at the repo root).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ WEB = REPO / "tests" / "web"
 PORTRAIT = "portraits/EAMM__14.png"
 SPEECH = "speech/MakeItTalk__M6_04_16k.wav"
 VIDEO = "talking/LipNet__bbaf2n.mpg"
+VIDEO_PORTRAIT = "talking/deep_avsr__00008.mp4"  # 160x160 at 25 fps, someone talking
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
@@ -120,8 +122,11 @@ class StubAnimator:
             cb(5, 10)
             cb(10, 10)
         Path(output).write_bytes(b"")
-        return RenderResult(Path(output), 10, 25.0, True, template=kw.get("save_template"),
-                            extra={"duration": 0.4})
+        extra = {"duration": 0.4}
+        if Path(a).suffix == ".mp4":  # a portrait video: what the Animator tells of dubbing / video-to-video
+            extra = {**extra, "mode": "dubbing", "source_frames": 6} if name == "speak" else \
+                {"mode": "source-video", "audio_from": b if kw.get("audio_priority") != "source" else a}
+        return RenderResult(Path(output), 10, 25.0, True, template=kw.get("save_template"), extra=extra)
 
 
 class Progress:
@@ -186,7 +191,10 @@ def test_drive_handler_passes_the_settings(tmp_path):
 
 
 @pytest.mark.parametrize(("call", "expected"), [
-    (lambda h: h.speak(None, "/up/s.wav"), "Upload a portrait photo first."),
+    (lambda h: h.speak(None, "/up/s.wav"), "Upload a portrait photo (or a portrait video) first."),
+    (lambda h: h.speak("/up/p.png", "/up/s.wav", portrait_video="/up/v.mp4"), "either a portrait photo or a portrait "
+                                                                               "video, not both"),
+    (lambda h: h.drive(None, "/up/d.mp4"), "Upload a portrait photo (or a portrait video) first."),
     (lambda h: h.speak("/up/p.png", None), "Upload or record a speech clip first."),
     (lambda h: h.speak("/up/p.png", "/up/s.wav", face="left"), "Face takes 'largest', 'all' or a face number"),
     (lambda h: h.speak("/up/p.png", "/up/s.wav", seed=1.5), "Seed must be a whole number"),
@@ -264,6 +272,39 @@ def test_speak_and_drive_handlers_pass_the_sliders(tmp_path):
     assert e.value.message == "Wink must be between 0 and 39, not 40."
 
 
+def test_handlers_with_a_portrait_video(tmp_path):
+    """Speak and Drive take a portrait video instead of the photo: dubbing gets only the settings that apply to it
+    (the photo's motion settings and offsets are not used, and the summary names those that were changed); drive
+    gets the portrait video's settings, and with a photo they are not used."""
+    anim = StubAnimator()
+    h = AppHandlers(anim, output_dir=tmp_path, motion_model=tmp_path / "mm.safetensors")
+    _, info = h.speak(None, "/up/s.wav", h.motion_choices[0], "1", 25, 1.0, 1.0, True, None, 7, 0, None, False,
+                      portrait_video={"path": "/up/me.mp4"})
+    name, portrait, audio, out, kw = anim.calls[-1]
+    assert (name, portrait, audio) == ("speak", "/up/me.mp4", "/up/s.wav") and out.name == "me-speak.mp4"
+    assert kw.keys() == {"face", "seed", "pasteback"}  # the video's own motion; none of the photo's settings
+    assert (kw["face"], kw["seed"], kw["pasteback"]) == (1, 7, False)
+    assert info == "Re-voiced the video: 10 frames at 25 fps (0.40 s of the new speech; 6 video frames)"
+    _, info = h.speak(None, "/up/s.wav", "Built-in motion", fps=30, pose_scale=0.5, smile=0.4,
+                      portrait_video="/up/me.mp4")
+    assert anim.calls[-1][4].keys() == {"face", "seed", "pasteback"}
+    assert info.endswith("Not used with this portrait: Frames per second, Head motion scale, Smile"), info
+    # drive: the portrait video's settings go to the Animator; the constant offsets are not used with it
+    _, _, info = h.drive(None, "/up/d.mp4", None, portrait_video="/up/me.mp4", driving_smooth_observation_variance=1e-6,
+                         source_video_eye_retargeting=True, audio_priority="source", region="exp", yaw=10)
+    name, portrait, driving, _, kw = anim.calls[-1]
+    assert (name, portrait, driving, kw["region"]) == ("drive", "/up/me.mp4", "/up/d.mp4", "exp")
+    assert kw["driving_smooth_observation_variance"] == 1e-6 and kw["source_video_eye_retargeting"] is True
+    assert kw["audio_priority"] == "source" and "yaw" not in kw
+    assert info == ("Drove each frame of the video: 10 frames at 25 fps, with the portrait video's sound. Not used "
+                    "with this portrait: Relative yaw")
+    # a photo: the portrait video's settings are not passed (the slider's 3e-7 may come back as 3.0000000000000004e-7)
+    _, _, info = h.drive("/up/p.png", "/up/d.mp4", None, driving_smooth_observation_variance=3 * 1e-7, yaw=10)
+    kw = anim.calls[-1][4]
+    assert "audio_priority" not in kw and "driving_smooth_observation_variance" not in kw and kw["yaw"] == 10
+    assert "Not used" not in info
+
+
 def test_build_app_has_the_tabs_and_endpoints(tmp_path):
     from audio2lp.options import OPTIONS, sliders_for
 
@@ -273,6 +314,7 @@ def test_build_app_has_the_tabs_and_endpoints(tmp_path):
     assert {"Speak", "Drive", "Edit", "Portrait", "Speech", "Driving video", "Result", "Edited portrait"} <= labels
     ids = {c["props"].get("elem_id") for c in cfg["components"]}
     assert {"speak-button", "speak-video", "drive-button", "drive-video", "edit-portrait", "edit-result"} <= ids
+    assert {"speak-portrait-video", "drive-portrait-video"} <= ids  # a photo or a video as the portrait
     public = {d.get("api_name") for d in cfg["dependencies"] if d.get("api_visibility", "public") == "public"}
     assert public == {"speak", "drive", "edit"}
     # every slider of the Edit tab (and the offsets of Speak / Drive) from the schema: range, step, label
@@ -329,6 +371,35 @@ def test_handlers_render_real_inputs(tiny_weights, motion_ckpt, data_dir, short_
         cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
         h.speak(str(blank), str(short_speech))
     assert e.value.message.startswith("No face was found in blank.png")
+
+
+@pytest.mark.realdata
+def test_handlers_render_a_real_portrait_video(tiny_weights, data_dir, short_speech, tmp_path):
+    """A real talking video as the portrait of the Speak tab (re-voiced with another person's speech: the video's
+    size and frame rate, the speech's length) and of the Drive tab (driven by another video: the shorter length)."""
+    from audio2lp.api import Animator
+    from audio2lp.media.audio import load_audio, write_wav
+    from audio2lp.media.probe import probe_video
+    from tests.audio2lp.test_drive import cut_clip
+
+    h = AppHandlers(Animator(tiny_weights, device="cpu", progress=False), output_dir=tmp_path / "out")
+    video = cut_clip(data_dir / VIDEO_PORTRAIT, tmp_path / "me.mp4", 0.4)  # 160x160 at 25 fps
+    src = probe_video(video)
+    speech = write_wav(tmp_path / "speech.wav", load_audio(short_speech)[:8000])  # 0.5 s
+    prog = Progress()
+    out, info = h.speak(None, str(speech), portrait_video=str(video), progress=prog, fps=30)
+    v = probe_video(out)
+    n = round(0.5 * src.fps)
+    assert (v.width, v.height, v.n_frames, v.has_audio) == (src.width, src.height, n, True)
+    assert info == (f"Re-voiced the video: {n} frames at 25 fps (0.50 s of the new speech; {src.n_frames} video "
+                    f"frames). Not used with this portrait: Frames per second")
+    assert prog.calls[-1][0] == (n, n)
+    driving = cut_clip(data_dir / VIDEO, tmp_path / "driving.mp4", 0.24)
+    out, template, info = h.drive(None, str(driving), None, portrait_video=str(video), audio_priority="source")
+    v = probe_video(out)
+    n = min(src.n_frames, probe_video(driving).n_frames)
+    assert (v.width, v.height, v.n_frames) == (src.width, src.height, n) and template is None
+    assert info == f"Drove each frame of the video: {n} frames at 25 fps, with the portrait video's sound"
 
 
 @pytest.mark.realdata
@@ -409,8 +480,11 @@ def test_webapp_in_browser(tiny_weights, motion_ckpt, data_dir, short_speech, tm
             time.sleep(0.5)
         started = time.monotonic() - t0
         shot = artifacts_dir() / "webapp_speak.png"
+        from tests.audio2lp.test_drive import cut_clip
+
+        video = cut_clip(data_dir / VIDEO_PORTRAIT, tmp_path / "me.mp4", 0.2)  # the Drive tab's portrait video
         proc = subprocess.run(["node", str(WEB / "drive_app.mjs"), url, str(data_dir / PORTRAIT), str(short_speech),
-                               str(shot)], cwd=WEB, capture_output=True, text=True, timeout=900,
+                               str(shot), str(video)], cwd=WEB, capture_output=True, text=True, timeout=900,
                               env={**os.environ, "CHROMIUM": CHROMIUM, "NO_PROXY": "127.0.0.1,localhost"})
         lines = proc.stdout.strip().splitlines()
         report = json.loads(lines[-1]) if lines else {}
@@ -426,7 +500,7 @@ def test_webapp_in_browser(tiny_weights, motion_ckpt, data_dir, short_speech, tm
     v = report["video"]
     assert v["box"] == "ftyp" and v["duration"] == pytest.approx(1.0, abs=0.1) and v["readyState"] >= 2
     assert v["width"] > 0 and v["height"] > 0 and v["played"]
-    assert report["emptyError"].endswith("Upload a portrait photo first.")
+    assert report["emptyError"].endswith("Upload a portrait photo (or a portrait video) first.")
     texts = report["progressTexts"]  # e.g. "Rendering - 32.0%", "8/25 frames"
     assert any("Rendering" in t for t in texts) and any(re.fullmatch(r"\d+/25 frames", t) for t in texts), texts
     assert report["blocked"] == [], f"the page tried to reach other hosts: {report['blocked']}"
@@ -435,5 +509,7 @@ def test_webapp_in_browser(tiny_weights, motion_ckpt, data_dir, short_speech, tm
     assert edit["smile"] > 0.5 and edit["after"]["src"] != edit["before"]["src"] and edit["png"] == "PNG"
     assert (edit["after"]["width"], edit["after"]["height"]) == (256, 256)  # the photo's size (pasted back)
     assert edit["info"].startswith("Edited: Smile")
+    drove = report["driveVideo"]  # the Drive tab with a portrait video: each of its 5 frames driven
+    assert drove["box"] == "ftyp" and drove["info"].startswith("Drove each frame of the video: 5 frames at 25 fps")
     assert shot.is_file()
     print(f"app ready in {started:.1f} s, render {report['renderSeconds']:.1f} s; screenshots in {shot.parent}")
