@@ -95,6 +95,22 @@ def check_targets(res: dict) -> list[tuple[str, bool, str]]:
     return out
 
 
+def _closure_text(closure: dict, cv: dict) -> str:
+    """The card's sentence on the pause closure and how it was chosen (see
+    :func:`training.landmarks.fit.choose_lip_blend`)."""
+    best = cv.get("chosen_oof", {})
+    rules = cv.get("rules", [])
+    return (f"`{closure}`. Chosen by nested speaker-disjoint cross-validation on the same clips ({cv.get('folds', '?')}"
+            f" folds): each of {len(rules)} candidates (gate form x a closed fraction of 0.5x-1x the real one to fit "
+            "its threshold to) was fitted without each fold's speakers and scored on them; chosen: the one costing "
+            "the least lip r among those that close, out of fold, 0.5x-2x the real fraction of pause frames below "
+            f"0.03 (out of fold: costs r {best.get('oof_cost', '?')}, closes {best.get('oof_closed', '?')} vs real "
+            f"{best.get('oof_real_closed', '?')}, {best.get('oof_ratio', '?')}x), then refitted on all of them (closes "
+            f"{cv.get('chosen_closed', '?')} of their pause frames vs real {cv.get('target_closed', '?')}; lip r "
+            f"{cv.get('chosen_r', '?')} vs {cv.get('no_gate_r', '?')} without it). Fitting the threshold on the "
+            "clips it is scored on (the previous rule) picked gates that close far less on new speakers.")
+
+
 def model_card(res: dict, facts: dict, command: str) -> str:
     """The whole card. ``facts``: training facts (``params``, ``size_bytes``, ``blend``, ``closure``, ``cv``,
     ``offsets``, ``timing``, ``machine``, ``stream``, ``train_config``)."""
@@ -133,11 +149,7 @@ def model_card(res: dict, facts: dict, command: str) -> str:
         f"({cv.get('clips', '?')} clips, {cv.get('speakers', '?')} speakers; mean r by weight: "
         + ", ".join(f"{k}: {v}" for k, v in list(cv.get("r_by_weight", {}).items())[::4]) + ").",
         "",
-        "Pause closure: " + (f"`{facts['closure']}`. Candidates: every gate form x thresholds closing "
-                             "0.6x, 0.8x and 1x the real fraction of those clips' pause frames below 0.03 "
-                             f"({cv.get('target_closed', '?')}); chosen: the one costing the least lip r (closes "
-                             f"{cv.get('chosen_closed', '?')} of their pause frames; lip r {cv.get('chosen_r', '?')} "
-                             f"vs {cv.get('no_gate_r', '?')} without it)." if facts.get("closure") else "none."), "",
+        "Pause closure: " + (_closure_text(facts["closure"], cv) if facts.get("closure") else "none."), "",
         "## Figures on the held-out speakers", "",
         f"Every stochastic column is the mean over seeds {', '.join(map(str, res.get('seeds', [])))}; in brackets the "
         "value as a multiple of the real one (targets: 0.5x-2x for std and speed, at most 1x for jitter). Head "
