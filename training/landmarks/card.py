@@ -95,6 +95,17 @@ def check_targets(res: dict) -> list[tuple[str, bool, str]]:
     return out
 
 
+def _cpu_text(timing: dict) -> str:
+    """The CPU time of the training run and what it means on an idle 2-core machine ('' when not recorded)."""
+    if "cpu_seconds" not in timing:
+        return ""
+    cpu = float(timing["cpu_seconds"])
+    return (f"CPU time (user + system, including the landmark worker processes): {cpu:.0f} s, so about "
+            f"{cpu / 2 / 60:.1f} min of wall time on 2 otherwise idle cores (load average, 1/5/15 min, before: "
+            f"{' / '.join(map(str, timing.get('load_before', [])))}, after: "
+            f"{' / '.join(map(str, timing.get('load_after', [])))}). ")
+
+
 def _closure_text(closure: dict, cv: dict) -> str:
     """The card's sentence on the pause closure and how it was chosen (see
     :func:`training.landmarks.fit.choose_lip_blend`)."""
@@ -168,8 +179,8 @@ def model_card(res: dict, facts: dict, command: str) -> str:
         f"{timing.get('data_seconds', '?')} s, fits and training {timing.get('train_seconds', '?')} s, "
         f"held-out evaluation {timing.get('eval_seconds', '?')} s; cache "
         f"{'empty' if timing.get('empty_cache') else 'warm'} at the start) on {facts.get('machine', '?')}; "
-        "the machine was shared with other jobs. `tests/training/landmarks/test_card.py` (slow, realdata) "
-        "recomputes this table from the shipped weights and the data folder.", "",
+        f"the machine was shared with other jobs. {_cpu_text(timing)}`tests/training/landmarks/test_card.py` (slow, "
+        "realdata) recomputes this table from the shipped weights and the data folder.", "",
     ]
     return "\n".join(lines)
 
@@ -185,6 +196,7 @@ def results_section(res: dict, command: str) -> str:
         RESULTS_BEGIN, "## Default motion (speech -> lips, eyes, head): quality on held-out speakers", "",
         f"Command: `{command}` ({t.get('total_seconds', '?')} s wall on 2 shared CPU cores, cache "
         f"{'empty' if t.get('empty_cache') else 'warm'}; card: `audio2lp/assets/LANDMARK_MOTION_MODEL_CARD.md`). "
+        + _cpu_text(t) +
         f"Held out: {s['test_clips']} clips / {s['test_speakers']} speakers / {s['test_seconds']} s; trained on "
         f"{s['train_clips']} clips / {s['train_speakers']} speakers. Stochastic columns: mean over seeds "
         f"{', '.join(map(str, res.get('seeds', [])))}.", "",
