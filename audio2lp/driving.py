@@ -91,11 +91,9 @@ def open_driving(path: str | os.PathLike, *, count_frames: bool | None = None,
     if p.is_dir():
         raise InputError(f"driving input {p} is a folder; give a video, an image or a motion template.")
     suffix = p.suffix.lower()
-    if suffix == ".npz":
-        tp = load_motion_template(p, max_frames=max_template_frames)
-        return DrivingSource(p, "template", tp.fps, tp.n_frames, template=tp)
-    if suffix == ".pkl":
-        tp = load_official_template(p, max_frames=max_template_frames)
+    if suffix in (".npz", ".pkl"):
+        load = load_motion_template if suffix == ".npz" else load_official_template
+        tp = check_drivable_template(load(p, max_frames=max_template_frames), p)
         return DrivingSource(p, "template", tp.fps, tp.n_frames, template=tp)
     if is_image_path(p):
         return DrivingSource(p, "image", 25.0, 1)
@@ -105,6 +103,19 @@ def open_driving(path: str | os.PathLike, *, count_frames: bool | None = None,
     if info.n_frames <= 0:
         raise InputError(f"driving video {p} has no frames; give a video with at least one frame.")
     return DrivingSource(p, "video", info.fps, info.n_frames, has_audio=info.has_audio, info=info)
+
+
+def check_drivable_template(tp: MotionTemplate, path: str | os.PathLike) -> MotionTemplate:
+    """``tp`` if it can drive the renderer, else InputError: every frame's scale (column 69, LivePortrait's
+    absolute head scale) must be > 0 (a scale of 0 collapses the keypoints to a point, and the first frame's scale
+    divides the others in the relative mode)."""
+    scale = tp.motion[:, SCALE]
+    if (scale <= 0).any():
+        bad = int(np.flatnonzero(scale <= 0)[0])
+        raise InputError(f"{path}: the head scale (motion column {SCALE}) is {float(scale[bad]):g} at frame {bad}; "
+                         f"it must be > 0 in every frame (a template written by `audio2lp drive --save-template` "
+                         f"has scales near 1); fix or re-create the template.")
+    return tp
 
 
 def load_official_template(path: str | os.PathLike, *, max_frames: int | None = None) -> MotionTemplate:

@@ -378,3 +378,36 @@ def test_tracked_driving_crops_match_per_frame_detection(data_dir, video):
     centre = np.array([np.hypot(p.center[0] - q.center[0], p.center[1] - q.center[1]) for p, q in zip(a, b)])
     size = np.array([abs(p.size - q.size) / p.size for p, q in zip(a, b)])
     assert centre.max() <= 4.0 and size.max() <= 0.025, (centre.max(), size.max())
+
+
+@pytest.mark.parametrize("kind", ["npz", "pkl"])
+def test_template_with_a_zero_or_negative_scale_is_a_clean_error(tiny_weights, tmp_path, capsys, kind):
+    """A template whose scale column is 0 (all frames, or one) or negative: one error line, exit 2, no output
+    (it used to end in an internal error: NaN keypoints from dividing by the first frame's scale)."""
+    from audio2lp.driving import open_driving
+    from audio2lp.models.motion import MOTION_DIM, SCALE, MotionTemplate, save_motion_template
+    from tests.conftest import REPO
+
+    def write(name, scale):
+        m = np.zeros((4, MOTION_DIM), np.float32)
+        m[:, SCALE] = scale
+        path = tmp_path / f"{name}.{kind}"
+        if kind == "npz":
+            return save_motion_template(path, MotionTemplate(m, 25.0))
+        frames = [{"scale": m[i:i + 1, SCALE:SCALE + 1], "R": np.eye(3, dtype=np.float32)[None],
+                   "exp": np.zeros((1, 21, 3), np.float32), "t": np.zeros((1, 3), np.float32)} for i in range(4)]
+        path.write_bytes(pickle.dumps({"motion": frames, "output_fps": 25}, protocol=4))
+        return path
+
+    assert open_driving(write("fine", [1.0, 1.1, 0.9, 1.0])).n_frames == 4
+    base = ["drive", str(REPO / "examples" / "portrait.jpg"), "--weights", str(tiny_weights), "--device", "cpu", "-q"]
+    for name, scale, needle in (("zeros", 0.0, "is 0 at frame 0"), ("one_zero", [1.0, 1.0, 0.0, 1.0], "frame 2"),
+                                ("negative", [-1.0, 1.0, 1.0, 1.0], "is -1 at frame 0")):
+        path = write(name, scale)
+        with pytest.raises(InputError, match="head scale"):
+            open_driving(path)
+        out = tmp_path / f"{name}.mp4"
+        code, err = _run_cli(base + [str(path), "-o", str(out)], capsys)
+        assert code == 2, (name, err)
+        assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0] and "> 0" in err[0], (name, err)
+        assert not out.exists()

@@ -95,6 +95,33 @@ def check_targets(res: dict) -> list[tuple[str, bool, str]]:
     return out
 
 
+def _cpu_text(timing: dict) -> str:
+    """The CPU time of the training run and what it means on an idle 2-core machine ('' when not recorded)."""
+    if "cpu_seconds" not in timing:
+        return ""
+    cpu = float(timing["cpu_seconds"])
+    return (f"CPU time (user + system, including the landmark worker processes): {cpu:.0f} s, so about "
+            f"{cpu / 2 / 60:.1f} min of wall time on 2 otherwise idle cores (load average, 1/5/15 min, before: "
+            f"{' / '.join(map(str, timing.get('load_before', [])))}, after: "
+            f"{' / '.join(map(str, timing.get('load_after', [])))}). ")
+
+
+def _closure_text(closure: dict, cv: dict) -> str:
+    """The card's sentence on the pause closure and how it was chosen (see
+    :func:`training.landmarks.fit.choose_lip_blend`)."""
+    best = cv.get("chosen_oof", {})
+    rules = cv.get("rules", [])
+    return (f"`{closure}`. Chosen by nested speaker-disjoint cross-validation on the same clips ({cv.get('folds', '?')}"
+            f" folds): each of {len(rules)} candidates (gate form x a closed fraction of 0.5x-1x the real one to fit "
+            "its threshold to) was fitted without each fold's speakers and scored on them; chosen: the one costing "
+            "the least lip r among those that close, out of fold, 0.5x-2x the real fraction of pause frames below "
+            f"0.03 (out of fold: costs r {best.get('oof_cost', '?')}, closes {best.get('oof_closed', '?')} vs real "
+            f"{best.get('oof_real_closed', '?')}, {best.get('oof_ratio', '?')}x), then refitted on all of them (closes "
+            f"{cv.get('chosen_closed', '?')} of their pause frames vs real {cv.get('target_closed', '?')}; lip r "
+            f"{cv.get('chosen_r', '?')} vs {cv.get('no_gate_r', '?')} without it). Fitting the threshold on the "
+            "clips it is scored on (the previous rule) picked gates that close far less on new speakers.")
+
+
 def model_card(res: dict, facts: dict, command: str) -> str:
     """The whole card. ``facts``: training facts (``params``, ``size_bytes``, ``blend``, ``closure``, ``cv``,
     ``offsets``, ``timing``, ``machine``, ``stream``, ``train_config``)."""
@@ -133,11 +160,7 @@ def model_card(res: dict, facts: dict, command: str) -> str:
         f"({cv.get('clips', '?')} clips, {cv.get('speakers', '?')} speakers; mean r by weight: "
         + ", ".join(f"{k}: {v}" for k, v in list(cv.get("r_by_weight", {}).items())[::4]) + ").",
         "",
-        "Pause closure: " + (f"`{facts['closure']}`. Candidates: every gate form x thresholds closing "
-                             "0.6x, 0.8x and 1x the real fraction of those clips' pause frames below 0.03 "
-                             f"({cv.get('target_closed', '?')}); chosen: the one costing the least lip r (closes "
-                             f"{cv.get('chosen_closed', '?')} of their pause frames; lip r {cv.get('chosen_r', '?')} "
-                             f"vs {cv.get('no_gate_r', '?')} without it)." if facts.get("closure") else "none."), "",
+        "Pause closure: " + (_closure_text(facts["closure"], cv) if facts.get("closure") else "none."), "",
         "## Figures on the held-out speakers", "",
         f"Every stochastic column is the mean over seeds {', '.join(map(str, res.get('seeds', [])))}; in brackets the "
         "value as a multiple of the real one (targets: 0.5x-2x for std and speed, at most 1x for jitter). Head "
@@ -156,8 +179,8 @@ def model_card(res: dict, facts: dict, command: str) -> str:
         f"{timing.get('data_seconds', '?')} s, fits and training {timing.get('train_seconds', '?')} s, "
         f"held-out evaluation {timing.get('eval_seconds', '?')} s; cache "
         f"{'empty' if timing.get('empty_cache') else 'warm'} at the start) on {facts.get('machine', '?')}; "
-        "the machine was shared with other jobs. `tests/training/landmarks/test_card.py` (slow, realdata) "
-        "recomputes this table from the shipped weights and the data folder.", "",
+        f"the machine was shared with other jobs. {_cpu_text(timing)}`tests/training/landmarks/test_card.py` (slow, "
+        "realdata) recomputes this table from the shipped weights and the data folder.", "",
     ]
     return "\n".join(lines)
 
@@ -173,6 +196,7 @@ def results_section(res: dict, command: str) -> str:
         RESULTS_BEGIN, "## Default motion (speech -> lips, eyes, head): quality on held-out speakers", "",
         f"Command: `{command}` ({t.get('total_seconds', '?')} s wall on 2 shared CPU cores, cache "
         f"{'empty' if t.get('empty_cache') else 'warm'}; card: `audio2lp/assets/LANDMARK_MOTION_MODEL_CARD.md`). "
+        + _cpu_text(t) +
         f"Held out: {s['test_clips']} clips / {s['test_speakers']} speakers / {s['test_seconds']} s; trained on "
         f"{s['train_clips']} clips / {s['train_speakers']} speakers. Stochastic columns: mean over seeds "
         f"{', '.join(map(str, res.get('seeds', [])))}.", "",

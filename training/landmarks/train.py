@@ -305,6 +305,14 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, 1 training thread"
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (the landmark workers)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def model_generators(model, lipsync_model):
     """``(gen(clip, seed), open_pauses_gen(clip))`` of the model for :func:`training.landmarks.evaluate.evaluate`:
     the product's motion for a clip (its padded streaming features and today's lip-sync model's lip)."""
@@ -364,6 +372,7 @@ def run(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, cache_dir: s
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     out = Path(out_dir)
     empty_cache = not cache.is_dir() or not any(cache.iterdir())
+    load_before = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()
     stream = StreamConfig()
     with torch_threads(1):
@@ -385,7 +394,9 @@ def run(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, cache_dir: s
         res = evaluate(train, test, gen, open_pauses_gen=gen_open, lipsync_model=lipsync_model)
         t_eval = time.perf_counter() - t2
     timing = {"data_seconds": round(t_data, 1), "train_seconds": round(t_train, 1), "eval_seconds": round(t_eval, 1),
-              "total_seconds": round(time.perf_counter() - t0, 1), "empty_cache": empty_cache}
+              "total_seconds": round(time.perf_counter() - t0, 1), "empty_cache": empty_cache,
+              "cpu_seconds": round(_cpu_seconds(), 1), "load_before": load_before,
+              "load_after": [round(x, 2) for x in os.getloadavg()]}
     res["timing"] = timing
     res["facts"] = {**facts, "offsets": extra["offsets"], "params": sum(p.numel() for p in model.parameters()),
                     "size_bytes": weights.stat().st_size, "machine": extra["machine"], "timing": timing,

@@ -62,8 +62,10 @@ def media(tmp_path_factory):
     write_wav(d / "one.wav", (0.2 * np.sin(2 * np.pi * 220 * t[:16000])).astype(np.float32))
     make_video(d / "two_seconds.mp4", 50, 25)
     make_video(d / "short.mp4", 10, 25)
-    save_motion_template(d / "long.npz", MotionTemplate(np.zeros((100, MOTION_DIM), np.float32), 25.0))
-    save_motion_template(d / "ok.npz", MotionTemplate(np.zeros((10, MOTION_DIM), np.float32), 25.0))
+    still = np.zeros((100, MOTION_DIM), np.float32)
+    still[:, -1] = 1.0  # a still head at scale 1 (a scale of 0 is refused)
+    save_motion_template(d / "long.npz", MotionTemplate(still, 25.0))
+    save_motion_template(d / "ok.npz", MotionTemplate(still[:10], 25.0))
     _bomb(d / "bomb.npz", 400_000)  # 112 MB unpacked from a ~110 kB file
     return d
 

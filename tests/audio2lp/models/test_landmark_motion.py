@@ -178,6 +178,21 @@ def test_lip_mix_and_pause_closure():
     assert np.allclose(CLOSURE.apply(ro, np.zeros((20, 2))), 0.2)  # no pause, no closing
 
 
+def test_lip_conditioned_pause_closure():
+    """With ``lip_below`` only the pause frames whose lip is already below it close; the rest keep their lip."""
+    import dataclasses
+
+    gate = dataclasses.replace(CLOSURE, hold=1, ramp_close=1, ramp_open=1, lip_below=0.1)
+    lip = np.array([0.2, 0.05, 0.2, 0.05, 0.15, 0.02, 0.2])
+    scores = np.zeros((7, 2))
+    scores[1:6, 1] = 1.0  # a pause over frames 1-5
+    out = gate.apply(lip, scores)
+    np.testing.assert_allclose(out, [0.2, gate.level, 0.2, gate.level, 0.15, gate.level, 0.2])
+    assert PauseClosure.from_dict(gate.to_dict()) == gate and PauseClosure.from_dict(CLOSURE.to_dict()) == CLOSURE
+    with pytest.raises(ValueError, match="lip_below"):
+        dataclasses.replace(gate, lip_below=0.0)
+
+
 def test_blink_rate_and_head_noise():
     b = BLINKS.with_rate(30.0)
     assert abs(b.rate_per_min - BLINKS.rate_per_min) < 1e-9 and abs(b.rate_scale * b.rate_per_min - 30) < 1e-6

@@ -125,9 +125,17 @@ def test_lip_blend_and_pause_closure_choice():
     assert 0.35 <= both["weight"] <= 0.65  # two equally noisy estimates: about half each
     cv = both["cv"]
     assert cv["real_closed_in_pauses"] == pytest.approx(6 / 25, abs=0.01)
-    chosen = [r for r in cv["rules"] if r["params"] == both["closure"]][0]
-    assert chosen["closed_in_pauses"] == pytest.approx(6 / 25, abs=0.05)  # closes as often as the real mouths
+    best = cv["chosen_oof"]  # chosen on speakers its threshold was not fitted on (nested CV) ...
+    assert len(cv["rules"]) == len(rules) * len(fit.CLOSED_TARGETS) and cv["folds"] == 4
+    assert 0.5 <= best["oof_ratio"] <= 2.0 and best["oof_cost"] == min(
+        t["oof_cost"] for t in cv["rules"] if 0.5 <= t["oof_ratio"] <= 2.0)
+    # ... and refitted on all clips: closes the chosen multiple of the real fraction of pause frames
+    assert cv["chosen_closed"] == pytest.approx(best["target"] * 6 / 25, abs=0.05)
     assert both["closure"]["level"] == pytest.approx(0.01)
+    # a lip-conditioned rule (silence score, the lip below a fitted threshold) closes the right frames too
+    lip_rules = [r for r in fit.PAUSE_RULES if r.get("fit") == "lip_below"]
+    lipc = fit.choose_lip_blend(clips, readout, good, gate, scores, rules=lip_rules, targets=(1.0,))
+    assert lipc["closure"]["lip_below"] > 0 and lipc["cv"]["chosen_closed"] == pytest.approx(6 / 25, abs=0.05)
 
 
 def test_train_model_needs_speakers():

@@ -174,3 +174,100 @@ def test_measure_motion_command_on_a_real_clip(data_dir, tmp_path):
         for k in ("pitch", "yaw", "roll"):  # relative to the clip's own median, a few degrees of motion
             assert abs(np.median(z[k][z["valid"]])) < 1.0 and 0.05 < z[k].std() < 15.0
         assert 0.0 < np.percentile(z["lip_open"], 95) < 0.6
+
+
+# ------------------------------------------------------------------------- head angles: measured vs rendered
+# LivePortrait's keypoints live in the warping grid's axes: x right and y down in the image (grid_sample's x, y),
+# z the depth; ``transform_keypoints`` turns them by ``rotation_matrix(pitch, yaw, roll)`` (``kp @ R``, i.e.
+# ``Rz(roll) Ry(yaw) Rx(pitch)`` on column vectors). The canonical face looks towards -z, the camera (a nod with a
+# negative pitch raises the head, as LivePortrait's pose editing shows): the camera frame the landmark measurement
+# solves in. These tests tie the two together through the product's own conversion.
+_KP_POINTS = (0, 4, 8, 12, 16, 17, 21, 22, 26, 27, 30, 31, 33, 35, 36, 39, 42, 45, 48, 54, 57)  # 21 points
+_NOSE, _EYE_IMAGE_LEFT, _EYE_IMAGE_RIGHT = _KP_POINTS.index(30), _KP_POINTS.index(36), _KP_POINTS.index(45)
+
+
+def _physical(axis: int, degrees: float) -> np.ndarray:
+    """A rotation about a camera axis (0: x, 1: y, 2: z) by axis-angle, independent of any Euler convention."""
+    import cv2
+
+    v = np.zeros(3)
+    v[axis] = math.radians(degrees)
+    return cv2.Rodrigues(v)[0]
+
+
+def _rendered(angles: np.ndarray, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """2-D keypoints ``(T, 21, 2)`` that ``speak``/``drive MOTION.npz`` give a frontal portrait whose canonical
+    keypoints are the generic face (LivePortrait's scale) for per-frame ``angles (T, 3)`` (pitch, yaw, roll) and
+    head offsets ``shift`` (tx, ty in head sizes): :func:`audio2lp.speech_motion.speech_motion_keypoints` with
+    retargeting and stitching that leave the keypoints alone."""
+    import types
+
+    import torch
+
+    from audio2lp.speech_motion import SpeechMotion, speech_motion_keypoints
+    from lp_renderer.keypoints import KeypointInfo
+
+    n = angles.shape[0]
+    kp = torch.tensor(measure.FACE_MODEL_3D[list(_KP_POINTS)] / 150.0, dtype=torch.float32)[None]
+    zero = torch.zeros(1, 1)
+    info = KeypointInfo(kp=kp, exp=torch.zeros_like(kp), pitch=zero, yaw=zero, roll=zero, t=torch.zeros(1, 3),
+                        scale=torch.ones(1, 1))
+    src = types.SimpleNamespace(info=info, x_s=kp, lip_ratio=0.3, eye_ratios=(0.35, 0.35))
+    renderer = types.SimpleNamespace(device="cpu", retarget_lip=lambda x_s, r: torch.zeros(len(r), 21, 3),
+                                     retarget_eyes=lambda x_s, r: torch.zeros(len(r), 21, 3),
+                                     stitch=lambda x_s, x_d: x_d)
+    col = np.asarray(angles, np.float32)
+    motion = SpeechMotion(fps=25.0, seed=0, lip_open=np.full(n, 0.3, np.float32),
+                          eyes_open=np.ones((n, 2), np.float32), pitch=col[:, 0], yaw=col[:, 1], roll=col[:, 2],
+                          tx=np.full(n, shift[0], np.float32), ty=np.full(n, shift[1], np.float32),
+                          scale=np.ones(n, np.float32))
+    x_d = speech_motion_keypoints(renderer, types.SimpleNamespace(source=src), motion, np.arange(n), eyes=False)
+    return x_d[..., :2].numpy()
+
+
+def _turn_signs(points: np.ndarray) -> tuple[float, float, float]:
+    """Image-space effect of a head turn on 2-D points ``(N, 2)`` of the keypoint set (x right, y down): the nose
+    relative to the eye midpoint (x: >0 when it looks towards image right, y: >0 when it looks down) and the
+    image-right eye's height over the image-left eye's (>0 when the head tilts towards image right)."""
+    mid = 0.5 * (points[_EYE_IMAGE_LEFT] + points[_EYE_IMAGE_RIGHT])
+    nose = points[_NOSE] - mid
+    return float(nose[0]), float(nose[1]), float(points[_EYE_IMAGE_RIGHT, 1] - points[_EYE_IMAGE_LEFT, 1])
+
+
+@pytest.mark.parametrize("axis, degrees, moved", [
+    (1, -12.0, "the head turns to its own left (towards image right)"),
+    (1, 12.0, "the head turns to its own right"),
+    (0, -10.0, "the head looks up"),
+    (0, 10.0, "the head nods down"),
+    (2, 10.0, "the head tilts towards its own left shoulder (image right)"),
+    (2, -10.0, "the head tilts towards its own right shoulder"),
+])
+def test_measured_head_turns_render_the_same_way(axis, degrees, moved):
+    """Landmarks of a head physically turned in front of the camera -> measured pitch/yaw/roll (relative to the
+    frontal frame, as the training data is) -> the renderer-side conversion: the rendered keypoints turn the same
+    way in the image as the landmarks did, by about the same angle. A flipped sign anywhere (the measurement's
+    Euler read-out or 3-D face, or how ``speak`` adds the angles to the portrait's pose) fails this."""
+    w, h = 640, 480
+    t = np.array([0.0, 0.0, 900.0])
+    frontal = _project(np.eye(3), t, w, h)
+    turned = _project(_physical(axis, degrees), t, w, h)
+    pose = measure.head_pose(np.stack([frontal, turned]), w, h)
+    rel = pose[1, :3] - pose[0, :3]  # relative to the clip's neutral frame
+    assert abs(rel[axis] - degrees) < 0.5 and np.abs(np.delete(rel, axis)).max() < 0.5, (moved, rel)
+    k = list(_KP_POINTS)
+    seen = np.subtract(_turn_signs(turned[k]), _turn_signs(frontal[k]))
+    kp = _rendered(np.stack([np.zeros(3), rel]))
+    shown = np.subtract(_turn_signs(kp[1]), _turn_signs(kp[0]))
+    component = {1: 0, 0: 1, 2: 2}[axis]  # yaw moves the nose sideways, pitch up/down, roll the eye line
+    assert abs(seen[component]) > 1e-3 and abs(shown[component]) > 1e-4, (moved, seen, shown)
+    assert np.sign(shown[component]) == np.sign(seen[component]), (moved, seen, shown)
+    if axis == 2:  # in the image plane: the same angle whatever the depth, so compare it too
+        tilt = lambda p: math.degrees(math.atan2(*(p[_EYE_IMAGE_RIGHT] - p[_EYE_IMAGE_LEFT])[::-1]))  # noqa: E731
+        assert tilt(kp[1]) - tilt(kp[0]) == pytest.approx(tilt(turned[k]) - tilt(frontal[k]), abs=0.5)
+
+
+def test_measured_head_shift_renders_the_same_way():
+    """tx/ty (head sizes, x right, y down) move the rendered head the way the measured head moved."""
+    kp = _rendered(np.zeros((2, 3)), shift=(0.2, -0.1))
+    d = kp.mean(1) - _rendered(np.zeros((2, 3))).mean(1)
+    assert d[0, 0] > 0 and d[0, 1] < 0
