@@ -209,6 +209,17 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("crf", "int", 18, "H.264 quality from 0 (best) to 51 (worst); 18 is visually lossless",
            ("speak", "drive"), minimum=0, maximum=51, hint="18 (the default) is visually lossless",
            label="Video quality (CRF)", service=True),
+    # ---------------------------------------------------------------------------------- streaming (speak -)
+    Option("lookahead_ms", "int", None, "streaming (SPEECH '-' and Animator.stream): audio a frame waits for past its "
+           "own 40 ms (default: the default motion's minimum, 240 ms; at most 300; more gives the lip more context)",
+           ("speak",), minimum=0, maximum=300, nullable=True, units="ms", metavar="MS", label="Look-ahead (ms)"),
+    Option("input_format", "str", "f32le", "streaming: the raw 16 kHz mono PCM read from standard input when SPEECH "
+           "is '-': f32le (float32, default) or s16le (16-bit)", ("speak",), choices=("f32le", "s16le"),
+           label="Input sample format"),
+    Option("output_format", "str", None, "streaming: what to write; mp4 (fragmented, playable while written; the "
+           "default for a file) or y4m (YUV4MPEG2 frames and nothing else, the default for '-o -', e.g. "
+           "`| ffmpeg -i - out.mp4`)", ("speak",), choices=("mp4", "y4m"), nullable=True,
+           label="Output format"),
     # ---------------------------------------------------------------------------------- edit (+ speak, drive)
     Option("crop_scale", "float", 2.5, "size of the face crop relative to the face (default 2.5, as the official "
            "editing tab; speak and drive use 2.3)", ("edit",), minimum=1.8, maximum=3.2, metavar="SCALE",
