@@ -299,14 +299,14 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            "exit)", ("serve",), metavar="DIR", label="Jobs folder"),
     Option("max_stream_seconds", "float", 600.0, "longest live stream (WebSocket /stream/ws) in seconds of audio; "
            "the audio past it is not rendered and the stream ends with too_long (default 600)", ("serve",),
-           minimum=1, metavar="SECONDS", label="Longest stream"),
+           minimum=0.1, metavar="SECONDS", label="Longest stream"),
     Option("stream_idle_timeout", "float", 10.0, "a live stream that sends no audio for this many seconds is closed "
            "(default 10)", ("serve",), minimum=0.1, metavar="SECONDS", label="Stream idle timeout"),
     Option("max_streams", "int", 2, "live streams running at once; one more is refused with busy (default 2; 0 "
            "turns streaming off)", ("serve",), minimum=0, metavar="N", label="Streams at once"),
     Option("stream_buffer", "float", 5.0, "seconds of audio a live stream holds for the renderer; when it is full "
            "the start message's overflow drops the oldest audio or stops reading the socket (default 5)",
-           ("serve",), minimum=1, maximum=600, metavar="SECONDS", label="Stream buffer"),
+           ("serve",), minimum=0.1, maximum=600, metavar="SECONDS", label="Stream buffer"),
     Option("output_dir", "path", None, "keep every result in this folder (default: a temporary folder removed on "
            "exit)", ("app",), metavar="DIR", label="Output folder"),
     Option("open_browser", "bool", False, "open the page in a browser", ("app",), flag="--open",

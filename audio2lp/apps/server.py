@@ -357,7 +357,7 @@ def create_app(animator=None, config: ServeConfig | None = None, **overrides):
     uploads = Uploads(config, too_large, fastapi)
     _add_job_routes(app, jobs, config, uploads, n_styles, fastapi, responses)
     _add_status_routes(app, animator, jobs, config, fastapi, responses)
-    add_stream_routes(app, animator, config, n_styles=n_styles, stopping=lambda: jobs.stopping)
+    add_stream_routes(app, animator, config, stopping=lambda: jobs.stopping)
     return app
 
 

@@ -7,9 +7,12 @@ client -> server
     1. a binary message: the portrait (JPEG, PNG, WebP or BMP bytes; at most ``--max-upload-mb``);
     2. a text message, the start: ``{"type": "start", "format": "s16le" | "f32le", "sample_rate": 16000,
        "options": {...}, "overflow": "drop" | "block", "audio": false, "jpeg_quality": 85}``. ``options`` are
-       speak's service options (the fields of ``POST /speak`` but ``crf``: ``fps``, ``seed``, ``blink``, the
-       sliders, ...; checked by :mod:`audio2lp.options`), plus ``lookahead_ms``;
-    3. binary messages: audio, mono 16 kHz PCM little-endian in the start's format, any size up to one second;
+       speak's service options (the fields of ``POST /speak``: ``seed``, ``pose_scale``, ``blink``, the sliders,
+       ...; checked by :mod:`audio2lp.options`), plus ``lookahead_ms``; those that do not apply to a stream
+       (``fps``, ``crf``, ``style``) are refused with the reason. A stream always makes speak's default motion
+       (the server's ``--motion-model`` is for ``POST /speak``);
+    3. binary messages: audio, mono 16 kHz PCM little-endian in the start's format, any size up to one second
+       (and up to ``--stream-buffer``);
     4. a text message ``{"type": "end"}``: the end of the speech.
 
 server -> client
@@ -77,9 +80,7 @@ OVERFLOW = ("block", "drop")
 FRAME_QUEUE = 8
 """Encoded frames a stream holds for its socket (the renderer waits when they are not sent)."""
 MAX_CHUNK_SECONDS = 1.0
-"""Longest audio message."""
-#: speak's service options a stream does not take (it writes no video)
-NOT_STREAMED = frozenset({"crf"})
+"""Longest audio message (when ``--stream-buffer`` is longer)."""
 #: the page's files (package data)
 PAGE_FILES = {"": ("stream.html", "text/html; charset=utf-8"), "stream.js": ("stream.js", "text/javascript"),
               "worklet.js": ("worklet.js", "text/javascript")}
@@ -187,13 +188,13 @@ class AudioBuffer:
 
 # ------------------------------------------------------------------------------------------ start message
 def streamed_options() -> set[str]:
-    """The option names a start message may set: speak's service options but :data:`NOT_STREAMED`, and
-    ``lookahead_ms``."""
-    names = {o.name for o in options.options_for("speak") if o.service} - NOT_STREAMED
-    return names | {"lookahead_ms"}
+    """The option names a start message may set: speak's service options (the fields of ``POST /speak``) and
+    ``lookahead_ms``. :meth:`~audio2lp.api.Animator.stream` itself refuses, with the reason, those that do not apply
+    to a stream (``fps``, ``crf``, ``style``)."""
+    return {o.name for o in options.options_for("speak") if o.service} | {"lookahead_ms"}
 
 
-def parse_start(text: str, n_styles: int | None) -> dict:
+def parse_start(text: str) -> dict:
     """The start message checked: ``{"format", "overflow", "audio", "jpeg_quality", "options"}``; raises
     :class:`StreamError`."""
     try:
@@ -224,18 +225,9 @@ def parse_start(text: str, n_styles: int | None) -> dict:
         raise StreamError("bad_options", f"unknown option(s) {', '.join(unknown)}; a stream takes "
                                          f"{', '.join(sorted(allowed))}.")
     try:
-        values = options.check({k: v for k, v in opts.items() if k != "lookahead_ms"})
+        values = options.check(opts)
     except OptionError as e:
         raise StreamError("bad_options", e.describe(API)) from None
-    if "lookahead_ms" in opts:
-        la = opts["lookahead_ms"]
-        if la is not None and (isinstance(la, bool) or not isinstance(la, int) or not 0 <= la <= 300):
-            raise StreamError("bad_options", f"lookahead_ms must be a whole number of milliseconds from 0 to 300, "
-                                             f"not {la!r}.")
-        values["lookahead_ms"] = la
-    if n_styles is not None and values.get("style", 0) >= n_styles:
-        raise StreamError("bad_options", f"style must be between 0 and {n_styles - 1} for this server's motion "
-                                         f"model.")
     return {"format": fmt, "overflow": overflow, "audio": bool(msg.get("audio", False)), "jpeg_quality": quality,
             "options": values}
 
@@ -260,16 +252,16 @@ def save_portrait(data: bytes, folder: Path) -> Path:
     return path
 
 
-def decode_audio(data: bytes, fmt: str) -> np.ndarray:
+def decode_audio(data: bytes, fmt: str, max_samples: int) -> np.ndarray:
     """One audio message as float32 samples in [-1, 1]; :class:`StreamError` when it is not whole samples or longer
-    than :data:`MAX_CHUNK_SECONDS`."""
+    than ``max_samples``."""
     dtype = FORMATS[fmt]
     if len(data) % dtype.itemsize:
         raise StreamError("bad_audio", f"an audio message of {len(data)} bytes is not whole {fmt} samples "
                                        f"({dtype.itemsize} bytes each).")
-    if len(data) > MAX_CHUNK_SECONDS * SAMPLE_RATE * dtype.itemsize:
+    if len(data) > max_samples * dtype.itemsize:
         raise StreamError("bad_audio", f"an audio message holds {len(data) // dtype.itemsize} samples; send at "
-                                       f"most {int(MAX_CHUNK_SECONDS * SAMPLE_RATE)} (1 s) per message.")
+                                       f"most {max_samples} ({max_samples / SAMPLE_RATE:g} s) per message.")
     x = np.frombuffer(data, dtype)
     if fmt == "s16le":
         return x.astype(np.float32) / 32768.0
@@ -294,9 +286,9 @@ class StreamHub:
     """The streams of one service: how many run, their limits, the shared animator."""
 
     def __init__(self, animator, config: StreamConfig, *, threads: int, max_upload_bytes: int,
-                 motion_model: Path | None, n_styles: int | None, stopping=lambda: False):
+                 stopping=lambda: False):
         self.animator, self.config, self.threads = animator, config, threads
-        self.max_upload_bytes, self.motion_model, self.n_styles = max_upload_bytes, motion_model, n_styles
+        self.max_upload_bytes = max_upload_bytes
         self.stopping = stopping
         self._running = 0
         self._lock = threading.Lock()
@@ -346,6 +338,7 @@ class StreamSession:
     async def _receive_audio(self, fmt: str) -> None:
         last = time.monotonic()
         buf = self.buffer
+        longest = min(buf.capacity, int(MAX_CHUNK_SECONDS * SAMPLE_RATE))  # samples in one message
         while True:
             msg = await self._receive(max(0.0, last + self.idle - time.monotonic()), "audio")
             if self.hub.stopping():
@@ -360,7 +353,7 @@ class StreamSession:
                                                      "{\"type\": \"end\"} may be sent; one stream per connection.")
                 buf.end()
                 return
-            samples = decode_audio(msg.get("bytes") or b"", fmt)
+            samples = decode_audio(msg.get("bytes") or b"", fmt, longest)
             room = self.max_samples - self.received
             if len(samples) > room:
                 samples, self.truncated = samples[:room], True
@@ -380,7 +373,12 @@ class StreamSession:
     # -- rendering (its own thread)
     def _render(self, loop, out: asyncio.Queue, portrait: Path, start: dict) -> None:
         def put(item) -> None:
-            fut = asyncio.run_coroutine_threadsafe(out.put(item), loop)
+            if self.cancelled.is_set():
+                raise Cancelled()
+            try:
+                fut = asyncio.run_coroutine_threadsafe(out.put(item), loop)
+            except RuntimeError:  # the loop is closed: the service stopped
+                raise Cancelled() from None
             while True:
                 try:
                     return fut.result(timeout=0.2)
@@ -392,10 +390,7 @@ class StreamSession:
         hub = self.hub
         try:
             set_thread_count(hub.threads)
-            opts = dict(start["options"])
-            if hub.motion_model is not None:
-                opts["motion_model"] = hub.motion_model
-            with hub.animator.stream(portrait, self.buffer.chunks(), **opts) as stream:
+            with hub.animator.stream(portrait, self.buffer.chunks(), **start["options"]) as stream:
                 h, w = stream.frame_size
                 put(("ready", {"fps": stream.fps, "sample_rate": stream.sample_rate,
                                "lookahead_ms": stream.lookahead_ms, "width": w, "height": h}))
@@ -410,14 +405,17 @@ class StreamSession:
             put(("done", None))
         except Cancelled:
             return
-        except InputError as e:
-            self._put_error(put, StreamError("bad_input", describe_error(e)))
         except Exception as e:  # noqa: BLE001 - a bug ends this stream only; it is logged with its traceback
-            if self.cancelled.is_set():
+            if self.cancelled.is_set():  # the session ended first (e.g. its portrait folder is gone): nobody listens
                 return
-            log.exception("stream failed with an internal error")
-            self._put_error(put, StreamError("internal", f"internal error ({type(e).__name__}); see the server "
-                                                         f"log.", _INTERNAL))
+            if isinstance(e, OptionError):  # an option the animator refuses for a stream
+                err = StreamError("bad_options", e.describe(API))
+            elif isinstance(e, InputError):  # no face, ...
+                err = StreamError("bad_input", str(e))
+            else:
+                log.exception("stream failed with an internal error")
+                err = StreamError("internal", f"internal error ({type(e).__name__}); see the server log.", _INTERNAL)
+            self._put_error(put, err)
 
     @staticmethod
     def _put_error(put, err: StreamError) -> None:
@@ -472,7 +470,7 @@ class StreamSession:
             msg = await self._receive(self.idle, "start message")
             if msg.get("text") is None:
                 raise StreamError("bad_message", "send the start message (JSON text) after the portrait.")
-            start = parse_start(msg["text"], self.hub.n_styles)
+            start = parse_start(msg["text"])
             cfg = self.hub.config
             self.buffer = AudioBuffer(int(cfg.stream_buffer * SAMPLE_RATE), drop=start["overflow"] == "drop")
             out: asyncio.Queue = asyncio.Queue(maxsize=FRAME_QUEUE)
@@ -522,23 +520,18 @@ class StreamSession:
             await self.ws.close(e.close, e.code)
 
 
-def describe_error(e: InputError) -> str:
-    """An animator's error in the service's terms (option names as the start message's ``options`` keys)."""
-    return e.describe(API) if isinstance(e, OptionError) else str(e)
-
-
 # ------------------------------------------------------------------------------------------ routes
-def add_stream_routes(app, animator, config, *, n_styles: int | None, stopping) -> StreamHub:
+def add_stream_routes(app, animator, config, *, stopping) -> StreamHub:
     """``WS /stream/ws`` and the page (``GET /stream``, its scripts) on ``app``; ``config``: the
-    :class:`~audio2lp.apps.server.ServeConfig` (its ``stream`` limits, ``max_upload_mb``, ``motion_model``)."""
+    :class:`~audio2lp.apps.server.ServeConfig` (its ``stream`` limits, ``max_upload_mb``, ``threads``, ``workers``);
+    ``stopping()``: True once the service shuts down."""
     import torch
     from fastapi import WebSocketDisconnect
     from fastapi.responses import Response
 
     hub = StreamHub(animator, config.stream, threads=threads_per_worker(config.threads, config.workers,
                                                                         torch.get_num_threads()),
-                    max_upload_bytes=config.max_upload_bytes, motion_model=config.motion_model, n_styles=n_styles,
-                    stopping=stopping)
+                    max_upload_bytes=config.max_upload_bytes, stopping=stopping)
     app.state.streams = hub
 
     async def stream_ws(ws):  # a plain Starlette route: the socket is the only argument

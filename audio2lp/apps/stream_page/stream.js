@@ -4,8 +4,8 @@
 'use strict';
 
 const $ = (id) => document.getElementById(id);
-const a2lp = { state: 'idle', sentChunks: 0, sentSamples: 0, frames: [], ready: null, end: null, error: null,
-  dropped: 0, endSent: false };
+const a2lp = { state: 'idle', sentChunks: 0, sentSamples: 0, peak: 0, frames: [], ready: null, end: null,
+  error: null, dropped: 0, endSent: false };
 window.a2lp = a2lp;
 
 let ws = null;
@@ -39,6 +39,7 @@ function sendAudio(block) {
   for (let i = 0; i < block.length; i++) {
     const x = Math.max(-1, Math.min(1, block[i]));
     pcm[i] = Math.round(x * 32767);
+    a2lp.peak = Math.max(a2lp.peak, Math.abs(x));
   }
   ws.send(pcm.buffer);
   a2lp.sentChunks += 1;
@@ -85,8 +86,8 @@ async function start() {
   const file = $('portrait').files[0];
   if (!file) { showError('Pick a portrait photo first.'); return; }
   $('start').disabled = true;
-  Object.assign(a2lp, { state: 'starting', sentChunks: 0, sentSamples: 0, frames: [], ready: null, end: null,
-    error: null, dropped: 0, endSent: false });
+  Object.assign(a2lp, { state: 'starting', sentChunks: 0, sentSamples: 0, peak: 0, frames: [], ready: null,
+    end: null, error: null, dropped: 0, endSent: false });
   try {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true,
       noiseSuppression: true } });
