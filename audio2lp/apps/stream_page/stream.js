@@ -76,9 +76,9 @@ function onFrame(data) {
   const at = (performance.now() - t0) / 1000;
   a2lp.frames.push({ index: h ? h.index : -1, time: h ? h.time : -1, bytes: data.byteLength, at,
     sentSamples: a2lp.sentSamples, endSent: a2lp.endSent });
-  const sent = a2lp.sentSamples / 16000;
-  status(`frame ${h.index} (${h.time.toFixed(2)} s of ${sent.toFixed(2)} s sent; ${(sent - h.time).toFixed(2)} s ` +
-    `behind)` + (a2lp.dropped ? `; ${a2lp.dropped.toFixed(1)} s dropped` : ''));
+  const kept = a2lp.sentSamples / 16000 - a2lp.dropped;  // the stream's own timeline leaves dropped audio out
+  status(`frame ${h.index} at ${h.time.toFixed(2)} s, ${(kept - h.time).toFixed(2)} s behind your voice` +
+    (a2lp.dropped ? ` (${a2lp.dropped.toFixed(1)} s of speech dropped: the renderer is slower than real time)` : ''));
 }
 
 async function start() {

@@ -7,8 +7,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -405,3 +413,93 @@ def test_internal_errors_are_logged_not_sent(animator, monkeypatch, caplog):
     code, reason, close_code, _ = error_of(got, close)
     assert (code, close_code) == ("internal", 1011) and reason == "internal error (RuntimeError); see the server log."
     assert "a bug" in caplog.text  # the traceback goes to the log
+
+
+# ------------------------------------------------------------------------------------ the page in a browser
+WEB = Path(__file__).resolve().parents[3] / "tests" / "web"
+
+
+def _no_browser() -> str | None:
+    """Why Chromium cannot be driven here (None: it can)."""
+    chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    for missing, why in ((shutil.which("node") is None, "node is not installed"),
+                         (not Path(chromium).is_file(), f"Chromium not found at {chromium} (apt-get install chromium)"),
+                         (not (WEB / "node_modules" / "playwright-core").is_dir(),
+                          "playwright-core is not installed (run `npm ci` in tests/web)")):
+        if missing:
+            return why
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_page_in_browser(tiny_weights, data_dir, tmp_path):
+    """``audio2lp serve`` (tiny renderer) and its page in headless Chromium, whose fake microphone plays a real speech
+    clip: frames come back while the page is still sending the microphone's audio; Stop ends the stream."""
+    from audio2lp.media.ffmpeg import ffmpeg_exe
+
+    missing = _no_browser()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"the browser test must run in CI, but {missing}")
+        pytest.skip(missing)
+    wav = tmp_path / "mic.wav"  # what Chromium's fake capture reads: 16-bit PCM WAV
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", str(data_dir / SPEECH), "-t", "6", "-ac", "1", "-ar",
+                    "48000", "-c:a", "pcm_s16le", str(wav)], check=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1",
+           "PYTHONUNBUFFERED": "1"}
+    log_path = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "audio2lp", "serve", "--weights", str(tiny_weights), "--device", "cpu", "--host",
+           "127.0.0.1", "--port", str(port), "--stream-buffer", "1"]
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+                                  start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        while True:
+            assert server.poll() is None, f"serve exited with {server.returncode}:\n{log_path.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() - t0 < 180, f"serve did not answer within 180 s:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.3)
+        shot = Path(os.environ.get("AUDIO2LP_ARTIFACTS", WEB.parents[1] / "artifacts")) / "stream_page.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["node", str(WEB / "stream_page.mjs"), base + "/stream", str(data_dir / PORTRAIT),
+                               str(wav), str(shot)], cwd=WEB, capture_output=True, text=True, timeout=900,
+                              env={**env, "MIN_FRAMES": "5"})
+        lines = proc.stdout.strip().splitlines()
+        report = json.loads(lines[-1]) if lines else {}
+        assert proc.returncode == 0, (f"the browser run failed: {report.get('error') or proc.stderr[-3000:]}\n"
+                                      f"serve log:\n{log_path.read_text()[-3000:]}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert report["emptyError"] == "Pick a portrait photo first."
+    assert report["blocked"] == [] and report["consoleErrors"] == [], report
+    ready, final = report["ready"], report["final"]
+    assert (ready["fps"], ready["width"], ready["height"], ready["overflow"]) == (25, 256, 256, "drop")
+    frames = final["frames"]
+    assert [f["index"] for f in frames] == list(range(len(frames)))
+    assert [f["time"] for f in frames] == pytest.approx([i / 25 for i in range(len(frames))])
+    assert final["peak"] > 0.05  # the fake microphone carried the speech
+    # frames arrived while the audio was still being sent: the page kept sending after frames had come back
+    live = [f for f in frames if not f["endSent"]]
+    assert len(live) >= 5 and live[-1]["sentSamples"] >= live[0]["sentSamples"] + SR
+    assert report["beforeStop"]["view"] == {"w": 256, "h": 256}  # the <img> shows the frames
+    end = final["end"]
+    assert end["frames"] == len(frames) and final["state"] == "done"
+    assert end["seconds"] + end["dropped_seconds"] == pytest.approx(final["sentSamples"] / SR, abs=1e-3)
+    print(f"first {len(live)} frames while speaking; {end['frames']} frames, {end['seconds']:.1f} s rendered, "
+          f"{end['dropped_seconds']:.1f} s dropped; screenshot {shot}")
