@@ -39,8 +39,9 @@ buffer). When audio arrives and the buffer is full, the start's ``overflow`` dec
 microphone: the oldest audio not yet taken is dropped, so the head stays at most the buffer behind the speaker; a
 ``dropped`` message says how much; the frames carry their own audio, ``"audio": true``, for a client that wants
 to play what was rendered) or ``"block"`` (the default, for speech that must be rendered whole, e.g. from a TTS
-engine or a file: the server stops reading the socket until there is room, so the sender's TCP window fills and
-its sends wait; the idle timer does not run meanwhile).
+engine or a file: the server stops reading the socket until there is room, so the WebSocket server's own
+message queue (uvicorn's ``ws_max_queue``, 32 messages) and the TCP window fill and the sender's sends wait; the
+idle timer does not run meanwhile).
 
 Sharing the renderer. Every stream runs in its own thread on the service's one :class:`~audio2lp.api.Animator`,
 next to the job workers, as the workers share it among themselves (the networks are only read); at most
