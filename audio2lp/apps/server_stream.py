@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -534,6 +535,9 @@ def add_stream_routes(app, animator, config, *, stopping) -> StreamHub:
                                                                         torch.get_num_threads()),
                     max_upload_bytes=config.max_upload_bytes, stopping=stopping)
     app.state.streams = hub
+    if importlib.util.find_spec("websockets") is None and importlib.util.find_spec("wsproto") is None:
+        log.warning("uvicorn has no WebSocket library: WS /stream/ws (the live stream and its page) needs one; "
+                    "pip install websockets (in the serve extra).")
 
     async def stream_ws(ws):  # a plain Starlette route: the socket is the only argument
         await ws.accept()

@@ -552,3 +552,10 @@ def test_page_in_browser(tiny_weights, data_dir, tmp_path):
     assert end["seconds"] + end["dropped_seconds"] == pytest.approx(final["sentSamples"] / SR, abs=1e-3)
     print(f"first {len(live)} frames while speaking; {end['frames']} frames, {end['seconds']:.1f} s rendered, "
           f"{end['dropped_seconds']:.1f} s dropped; screenshot {shot}")
+
+
+def test_a_stopping_service_takes_no_stream(animator):
+    with client_for(animator) as client:
+        client.app.state.jobs._stop.set()  # what the shutdown sets first
+        code, reason, close_code, _ = error_of(*run_until_close(client))
+    assert (code, close_code) == ("stopping", 1013) and "try again later" in reason
