@@ -10,10 +10,7 @@
 //        TIMEOUT_MS (default 300000 for the first frames)
 // Prints one JSON line with what it saw; exits non-zero on failure (after a screenshot when it can).
 
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { finishRun, openBrowser } from './browser.mjs';
 
 const [url, portrait, speech, screenshot] = process.argv.slice(2);
 if (!url || !portrait || !speech || !screenshot) {
@@ -22,37 +19,19 @@ if (!url || !portrait || !speech || !screenshot) {
 }
 const timeout = Number(process.env.TIMEOUT_MS || 300000);
 const minFrames = Number(process.env.MIN_FRAMES || 10);
-const appHost = new URL(url).host;
-const profile = mkdtempSync(join(tmpdir(), 'audio2lp-chromium-'));
-const report = { blocked: [], consoleErrors: [], steps: [] };
+const report = { steps: [] };
 const step = (s) => { report.steps.push(s); console.error(`[stream_page] ${s}`); };
 const state = () => page.evaluate(() => ({ ...window.a2lp, frames: window.a2lp.frames.length,
   view: (() => { const i = document.getElementById('view'); return { w: i.naturalWidth, h: i.naturalHeight }; })() }));
 
-let context;
+let browser;
 let page;
 let failed = null;
 try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    viewport: { width: 900, height: 1000 },
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
-      `--use-file-for-fake-audio-capture=${speech}`, '--autoplay-policy=no-user-gesture-required'],
-  });
-  await context.route('**/*', (route) => {
-    const u = new URL(route.request().url());
-    if (['http:', 'https:', 'ws:', 'wss:'].includes(u.protocol) && u.host !== appHost) {
-      report.blocked.push(route.request().url());
-      return route.abort('blockedbyclient');
-    }
-    return route.continue();
-  });
-  page = context.pages()[0] || await context.newPage();
-  page.on('console', (m) => { if (m.type() === 'error') report.consoleErrors.push(m.text().slice(0, 300)); });
-  page.on('pageerror', (e) => report.consoleErrors.push(`pageerror: ${String(e).slice(0, 300)}`));
+  browser = await openBrowser(url, report, { viewport: { width: 900, height: 1000 },
+    args: ['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+      `--use-file-for-fake-audio-capture=${speech}`, '--autoplay-policy=no-user-gesture-required'] });
+  page = browser.page;
 
   step(`open ${url}`);
   await page.goto(url, { waitUntil: 'load', timeout: 60000 });
@@ -95,16 +74,5 @@ try {
   report.error = String(e && e.stack ? e.stack : e).slice(0, 2000);
   if (page) report.final = await page.evaluate(() => window.a2lp).catch(() => null);
 } finally {
-  if (page && !report.screenshot) {
-    try {
-      await page.screenshot({ path: screenshot, fullPage: true, timeout: 30000 });
-      report.screenshot = screenshot;
-    } catch (e) {
-      report.screenshotError = String(e);
-    }
-  }
-  if (context) await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-  console.log(JSON.stringify(report));
-  process.exit(failed ? 1 : 0);
+  await finishRun(browser, report, screenshot, failed);
 }

@@ -372,45 +372,32 @@ def test_block_mode_over_a_real_socket(animator, face):
     its 0.2 s buffer is full (the rest waits in the socket's queues), every sample is rendered, nothing
     deadlocks."""
     pytest.importorskip("websockets")
-    import uvicorn
     from websockets.sync.client import connect
 
-    app = create_app(animator, ServeConfig(stream=StreamConfig(stream_buffer=0.2)))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and t.is_alive(), "the server did not start"
-        time.sleep(0.02)
+    from tests.audio2lp.apps.test_server import running
+
     x, sent, frames, last = speech(1.0), [], [], None
     del animator.pulled[:]
-    try:
-        with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/stream/ws", open_timeout=30) as c:
-            c.send(face)
-            c.send(start_message(options={"seed": 1}))
+    app = create_app(animator, ServeConfig(stream=StreamConfig(stream_buffer=0.2)))
+    with running(app) as base, connect(base.replace("http:", "ws:") + "/stream/ws", open_timeout=30) as c:
+        c.send(face)
+        c.send(start_message(options={"seed": 1}))
 
-            def send():
-                for i in range(0, len(x), 800):
-                    c.send(s16(x[i:i + 800]))
-                    sent.append(time.monotonic())
-                c.send(json.dumps({"type": "end"}))
+        def send():
+            for i in range(0, len(x), 800):
+                c.send(s16(x[i:i + 800]))
+                sent.append(time.monotonic())
+            c.send(json.dumps({"type": "end"}))
 
-            sender = threading.Thread(target=send)
-            sender.start()
-            for msg in c:
-                if isinstance(msg, bytes):
-                    frames.append(time.monotonic())
-                elif json.loads(msg)["type"] in ("end", "error"):
-                    last = json.loads(msg)
-                    break
-            sender.join(30)
-    finally:
-        server.should_exit = True
-        t.join(30)
-        sock.close()
+        sender = threading.Thread(target=send)
+        sender.start()
+        for msg in c:
+            if isinstance(msg, bytes):
+                frames.append(time.monotonic())
+            elif json.loads(msg)["type"] in ("end", "error"):
+                last = json.loads(msg)
+                break
+        sender.join(30)
     assert last == {"type": "end", "frames": 25, "seconds": 1.0, "dropped_seconds": 0} and len(frames) == 25
     assert sum(animator.pulled) == len(x) and max(animator.pulled) <= 0.2 * SR and len(sent) == 20
 
