@@ -242,6 +242,7 @@ def test_errors_close_with_a_reason(animator, messages, code, words):
     ((start_message(format="f32le"), np.full(4, np.nan, "<f4").tobytes()), "bad_audio", "NaN"),
     ((start_message(), s16(speech(0.1)), start_message()), "bad_message", "one stream per connection"),
     ((start_message(), s16(speech(0.1)), json.dumps({"type": "pause"})), "bad_message", "only audio"),
+    ((start_message(), json.dumps({"type": "end"})), "bad_input", "ended without any samples"),
 ])
 def test_errors_during_a_stream(animator, face, messages, code, words):
     with client_for(animator) as client:
