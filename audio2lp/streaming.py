@@ -257,8 +257,9 @@ class SpeakStream:
     :class:`StreamFrame` s; :attr:`fps`, :attr:`sample_rate`, :attr:`lookahead_ms`, :attr:`frame_size`;
     :meth:`close` (or a ``with`` block) stops early and releases the audio source and the state.
 
-    ``timings``: seconds spent so far making the motion (features, models: everything but rendering) and
-    rendering (keypoints, warping, decoding, paste-back), and the frames made."""
+    ``timings``: seconds (wall, and process CPU time ``*_cpu_s``) spent so far making the motion (features,
+    models: everything but rendering) and rendering (keypoints, warping, decoding, paste-back), and the frames
+    made."""
 
     fps = FPS
     sample_rate = SAMPLE_RATE
@@ -282,7 +283,7 @@ class SpeakStream:
         self._next = 0
         self._n_chunks = 0
         self._ended = self._closed = False
-        self.timings = {"motion_s": 0.0, "render_s": 0.0, "frames": 0}
+        self.timings = {"motion_s": 0.0, "render_s": 0.0, "motion_cpu_s": 0.0, "render_cpu_s": 0.0, "frames": 0}
 
     def __iter__(self) -> SpeakStream:
         return self
@@ -305,9 +306,16 @@ class SpeakStream:
         if chunks is not None and hasattr(chunks, "close"):
             chunks.close()
 
+    def _timed(self, key: str, fn, *a):
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return fn(*a)
+        finally:
+            self.timings[key + "_s"] += time.perf_counter() - t0
+            self.timings[key + "_cpu_s"] += time.process_time() - c0
+
     def _pull(self) -> None:
         """Read one chunk (or the end) and push it into the motion stream."""
-        t0 = time.perf_counter()
         try:
             chunk = next(self._chunks)
         except StopIteration:
@@ -315,8 +323,7 @@ class SpeakStream:
             if self._motion.n_samples == 0:
                 raise AudioError("the audio stream ended without any samples; send 16 kHz mono float32 "
                                  "chunks.") from None
-            self._rows.extend(self._motion.finish())
-            self.timings["motion_s"] += time.perf_counter() - t0
+            self._rows.extend(self._timed("motion", self._motion.finish))
             return
         k = self._n_chunks
         self._n_chunks += 1
@@ -330,9 +337,7 @@ class SpeakStream:
         if not np.isfinite(x).all():
             raise InputError(f"audio chunk {k} contains NaN or infinite values.")
         self._audio = np.concatenate([self._audio, x])
-        t0 = time.perf_counter()
-        self._rows.extend(self._motion.push(x))
-        self.timings["motion_s"] += time.perf_counter() - t0
+        self._rows.extend(self._timed("motion", self._motion.push, x))
 
     def __next__(self) -> StreamFrame:
         if self._closed:
@@ -347,9 +352,7 @@ class SpeakStream:
             self.close()
             raise StopIteration
         row = self._rows.popleft()
-        t0 = time.perf_counter()
-        image = self._render(row)
-        self.timings["render_s"] += time.perf_counter() - t0
+        image = self._timed("render", self._render, row)
         self.timings["frames"] += 1
         audio = np.zeros(SAMPLES_PER_FRAME, np.float32)
         part = self._audio[:SAMPLES_PER_FRAME]

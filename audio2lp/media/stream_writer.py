@@ -63,7 +63,7 @@ class FragmentedMp4Writer:
                "-i", f"pipe:{r_audio}",
                "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-crf", str(int(crf)),
                "-pix_fmt", "yuv420p", "-g", str(max(1, round(fps))), "-c:a", "aac", "-b:a", "128k",
-               "-movflags", "+frag_keyframe+empty_moov+default_base_moof", "-f", "mp4",
+               "-movflags", "+frag_keyframe+empty_moov+default_base_moof", "-frag_duration", "500000", "-f", "mp4",
                "pipe:1" if self.path is None else "file:" + str(self.partial)]
         try:
             self.proc = popen(cmd, stdin=subprocess.PIPE, stdout=out if out is not None else subprocess.DEVNULL,
