@@ -3,6 +3,7 @@
     python benchmarks/stream.py                       # tiny renderer and the full-size one (lp_fill weights)
     python benchmarks/stream.py --renderers tiny      # one of them
     python benchmarks/stream.py --minutes 10          # long run: the motion stream over 10 minutes of speech
+    python benchmarks/stream.py --minutes 1 --render  # long run of the whole stream (tiny renderer)
 
 Speech: a real clip from ``$AUDIO2LP_TEST_DATA/speech`` (looped to the length asked), fed in ``--chunk-ms`` chunks
 as fast as the stream pulls them (so the figures are compute, not waiting). For each renderer:
@@ -116,6 +117,28 @@ def run_renderer(kind: str, args) -> dict:
                 silent=float(np.mean(wav == 0)))
 
 
+def long_render_run(minutes: float, chunk_ms: float) -> None:
+    """The whole stream (tiny renderer, paste-back) over ``minutes`` of speech: RSS every 10 s of speech."""
+    from audio2lp.api import Animator
+
+    root = Path(tempfile.mkdtemp(prefix="stream-long-"))
+    anim = Animator(renderer_weights("tiny", root), device="cpu", progress=False)
+    wav = speech(minutes * 60)
+    step = int(chunk_ms * 16)
+    portrait = Path(os.environ.get("AUDIO2LP_TEST_DATA", REPO.parent / "shared" / "data")) / "portraits" / \
+        "EAMM__14.png"
+    print("| speech s | frames | wall s | RSS MiB | peak RSS MiB | buffer sizes |")
+    print("|---|---|---|---|---|---|")
+    t0 = time.perf_counter()
+    with anim.stream(portrait, (wav[i:i + step] for i in range(0, len(wav), step))) as s:
+        for f in s:
+            if (f.index + 1) % 250 == 0:
+                cur, peak = _rss_mib()
+                sizes = ", ".join(f"{k} {v}" for k, v in s._motion.state_sizes().items())
+                print(f"| {(f.index + 1) / 25:.0f} | {f.index + 1} | {time.perf_counter() - t0:.0f} | {cur:.0f} | "
+                      f"{peak:.0f} | {sizes} |", flush=True)
+
+
 def long_run(minutes: float, chunk_ms: float) -> None:
     from audio2lp.streaming import SpeechMotionStream
 
@@ -144,6 +167,7 @@ def main() -> None:
     ap.add_argument("--full-frames", type=int, default=6, help="frames the full-size renderer makes (default 6)")
     ap.add_argument("--chunk-ms", type=float, default=20.0)
     ap.add_argument("--minutes", type=float, default=0.0, help="long run of the motion stream instead")
+    ap.add_argument("--render", action="store_true", help="with --minutes: the whole stream, tiny renderer")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     import torch
@@ -151,7 +175,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, torch "
           f"{torch.__version__}, {args.threads} threads")
-    if args.minutes:
+    if args.minutes and args.render:
+        long_render_run(args.minutes, args.chunk_ms)
+    elif args.minutes:
         long_run(args.minutes, args.chunk_ms)
     else:
         rows = [run_renderer(k, args) for k in args.renderers.split(",")]
