@@ -24,6 +24,7 @@ What is exact and what is not (``speak`` is the reference):
   layers) and, for frame ``i``, on the frames up to ``i + lipsync_ahead`` only, as if the speech ended there
   (``lipsync_ahead`` is the largest number of frames the look-ahead allows). So the streamed lip differs from
   ``speak``'s by a bounded amount: :data:`LIP_TOLERANCE` (lip-open ratio), checked by the tests on real speech.
+  The lip-sync model's Whisper layers come from the motion features' own encoder pass (one pass for both).
 - ``speak`` skips the eye retargeting altogether when no blink falls in the whole clip; the stream cannot know
   that in advance and retargets the eyes whenever blinks are on (at the portrait's own eye ratio between
   blinks), so with blinks on, a clip too short for a blink differs slightly. With ``blink=False`` both skip it.
@@ -63,6 +64,33 @@ MAX_LOOKAHEAD_MS = 300
 #: between a streamed lip and ``speak``'s, for the shipped model at the default look-ahead, that the tests accept:
 #: the lip-sync model's part (see the module docstring). Everything else is bit-identical.
 LIP_TOLERANCE = 0.05
+
+
+class _SharedPassEncoder:
+    """Factory of a :class:`~audio2lp.whisper.stream.StreamingEncoder` whose tokens are ``(n, 2 D)``: the motion
+    model's features (exactly as its own encoder makes them) and, from the same encoder pass, the average of the
+    states at ``extra`` layers (the lip-sync model's), side by side. ``extra`` must not go past the motion's last
+    layer (so the motion's pass, and its bits, are unchanged)."""
+
+    @staticmethod
+    def make(config, whisper, extra: tuple[int, ...]):
+        from audio2lp.whisper.stream import StreamingEncoder
+
+        class Shared(StreamingEncoder):
+            def __init__(self):
+                super().__init__(config, whisper)
+                self._extra = sorted(set(extra))
+                self._union = sorted(set(self._wanted) | set(self._extra))
+                self.dim = 2 * self.whisper.dim
+
+            def _blocks(self, x):
+                st = self._layer_states(x, self._union)
+                main = self._average([st[i] for i in self._wanted])
+                return torch.cat([main, self._average([st[i] for i in self._extra])], -1).float().numpy()
+
+        import torch
+
+        return Shared()
 
 
 def _lookahead_ms(config, frames: int) -> int:
@@ -121,18 +149,23 @@ class SpeechMotionStream:
         self.lookahead_ms = int(lookahead_ms)
         whisper = models.whisper(c.features.whisper_model, whisper_checkpoint, "cpu")
         self._pad = np.zeros(c.pad_tokens * SAMPLES_PER_TOKEN, np.float32)
-        self.features = StreamingEncoder(c.features, whisper).stream()
         self.lips = self.lip_features = None
+        self._shared = False  # True: one encoder pass makes the motion's and the lip-sync model's features
         if m.lip_mix.lipsync_weight > 0:
             self.lips = models.lipsync(device)
             lc = self.lips.config
-            enc = whisper if lc.whisper_model == whisper.model_name else models.whisper(
-                lc.whisper_model, whisper_checkpoint, "cpu")
             layers = lc.whisper_layers
             layers = (int(layers),) if isinstance(layers, (int, np.integer)) else tuple(int(i) for i in layers)
-            geometry = dataclasses.replace(c.features, whisper_model=lc.whisper_model, layers=layers)
-            self.lip_features = StreamingEncoder(geometry, enc).stream()
             self._lip_reach = lc.receptive_field  # frames the lip-sync network reads before a frame
+            if lc.whisper_model == whisper.model_name and max(layers) <= max(c.features.layers):
+                self._shared = True
+                self.features = _SharedPassEncoder.make(c.features, whisper, layers).stream()
+            else:
+                enc = models.whisper(lc.whisper_model, whisper_checkpoint, "cpu")
+                geometry = dataclasses.replace(c.features, whisper_model=lc.whisper_model, layers=layers)
+                self.lip_features = StreamingEncoder(geometry, enc).stream()
+        if not self._shared:
+            self.features = StreamingEncoder(c.features, whisper).stream()
         self.motion = MotionStream(m, seed)
         self.gate = m.closure.stream() if m.closure is not None else None
         self.n_samples = 0
@@ -147,10 +180,16 @@ class SpeechMotionStream:
 
     # -- input ----------------------------------------------------------------------------------------------
 
+    def _tokens(self, tokens: np.ndarray, lip_tokens: np.ndarray | None = None) -> None:
+        if self._shared:  # (n, 2 D): the motion's features, then the lip-sync model's
+            d = tokens.shape[1] // 2
+            tokens, lip_tokens = tokens[:, :d], tokens[:, d:]
+        self._motion_tokens(tokens)
+        if lip_tokens is not None:
+            self._lip_tokens(lip_tokens)
+
     def _push_padded(self, x: np.ndarray) -> None:
-        self._motion_tokens(self.features.push(x))
-        if self.lip_features is not None:
-            self._lip_tokens(self.lip_features.push(x))
+        self._tokens(self.features.push(x), None if self.lip_features is None else self.lip_features.push(x))
 
     def _motion_tokens(self, tokens: np.ndarray) -> None:
         if len(tokens):
@@ -187,10 +226,8 @@ class SpeechMotionStream:
             return np.zeros((0, 9), np.float32)
         self.n_frames = max(1, int(round(self.n_samples / SAMPLE_RATE * FPS)))
         self._push_padded(self._pad)
-        self._motion_tokens(self.features.flush())
-        if self.lip_features is not None:
-            self._lip_tokens(self.lip_features.flush())
-            self._lip_total = -(-self.n_samples // 320)  # the tokens of the speech itself (as speak encodes it)
+        self._tokens(self.features.flush(), None if self.lip_features is None else self.lip_features.flush())
+        self._lip_total = -(-self.n_samples // 320)  # the tokens of the speech itself (as speak encodes it)
         if self._motion_frames < self.n_frames:
             raw, scores = self.motion.flush(self.n_frames - self._motion_frames)
             self._rows.extend(zip(raw, scores))
@@ -257,8 +294,9 @@ class SpeakStream:
     :class:`StreamFrame` s; :attr:`fps`, :attr:`sample_rate`, :attr:`lookahead_ms`, :attr:`frame_size`;
     :meth:`close` (or a ``with`` block) stops early and releases the audio source and the state.
 
-    ``timings``: seconds spent so far making the motion (features, models: everything but rendering) and
-    rendering (keypoints, warping, decoding, paste-back), and the frames made."""
+    ``timings``: seconds (wall, and process CPU time ``*_cpu_s``) spent so far making the motion (features,
+    models: everything but rendering) and rendering (keypoints, warping, decoding, paste-back), and the frames
+    made."""
 
     fps = FPS
     sample_rate = SAMPLE_RATE
@@ -282,7 +320,7 @@ class SpeakStream:
         self._next = 0
         self._n_chunks = 0
         self._ended = self._closed = False
-        self.timings = {"motion_s": 0.0, "render_s": 0.0, "frames": 0}
+        self.timings = {"motion_s": 0.0, "render_s": 0.0, "motion_cpu_s": 0.0, "render_cpu_s": 0.0, "frames": 0}
 
     def __iter__(self) -> SpeakStream:
         return self
@@ -305,9 +343,16 @@ class SpeakStream:
         if chunks is not None and hasattr(chunks, "close"):
             chunks.close()
 
+    def _timed(self, key: str, fn, *a):
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return fn(*a)
+        finally:
+            self.timings[key + "_s"] += time.perf_counter() - t0
+            self.timings[key + "_cpu_s"] += time.process_time() - c0
+
     def _pull(self) -> None:
         """Read one chunk (or the end) and push it into the motion stream."""
-        t0 = time.perf_counter()
         try:
             chunk = next(self._chunks)
         except StopIteration:
@@ -315,8 +360,7 @@ class SpeakStream:
             if self._motion.n_samples == 0:
                 raise AudioError("the audio stream ended without any samples; send 16 kHz mono float32 "
                                  "chunks.") from None
-            self._rows.extend(self._motion.finish())
-            self.timings["motion_s"] += time.perf_counter() - t0
+            self._rows.extend(self._timed("motion", self._motion.finish))
             return
         k = self._n_chunks
         self._n_chunks += 1
@@ -330,9 +374,7 @@ class SpeakStream:
         if not np.isfinite(x).all():
             raise InputError(f"audio chunk {k} contains NaN or infinite values.")
         self._audio = np.concatenate([self._audio, x])
-        t0 = time.perf_counter()
-        self._rows.extend(self._motion.push(x))
-        self.timings["motion_s"] += time.perf_counter() - t0
+        self._rows.extend(self._timed("motion", self._motion.push, x))
 
     def __next__(self) -> StreamFrame:
         if self._closed:
@@ -347,9 +389,7 @@ class SpeakStream:
             self.close()
             raise StopIteration
         row = self._rows.popleft()
-        t0 = time.perf_counter()
-        image = self._render(row)
-        self.timings["render_s"] += time.perf_counter() - t0
+        image = self._timed("render", self._render, row)
         self.timings["frames"] += 1
         audio = np.zeros(SAMPLES_PER_FRAME, np.float32)
         part = self._audio[:SAMPLES_PER_FRAME]
