@@ -141,7 +141,7 @@ class SpeechMotionStream:
         if lookahead_ms is None:
             lookahead_ms = least
         if not least <= lookahead_ms <= MAX_LOOKAHEAD_MS:
-            raise OptionError("lookahead_ms", f"the stream's look-ahead must be between {least} ms (what the motion "
+            raise OptionError("lookahead_ms", "{lookahead_ms} must be between " + f"{least} ms (what the motion "
                                               f"model needs) and {MAX_LOOKAHEAD_MS} ms, not {lookahead_ms}.")
         self.lipsync_ahead = c.lookahead_frames  # frames past frame i the lip-sync model reads
         while _lookahead_ms(c, self.lipsync_ahead + 1) <= lookahead_ms:
