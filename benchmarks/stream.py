@@ -196,7 +196,8 @@ def main() -> None:
             print(f"| {r['kind']} | {r['size'][1]}x{r['size'][0]} | {r['frames']} | {r['first']:.2f} s | "
                   f"{r['audio_first'] * 1000:.0f} ms | {r['lookahead']} ms | {r['motion'] * 1000:.0f} ms, "
                   f"{r['motion_cpu'] * 1000:.0f} ms | {r['render']:.3f} s, {r['render_cpu']:.3f} s | "
-                  f"{r['rtf']:.2f}, {r['cpu_rtf']:.2f} | {r['gpu_fps_cpu']:.0f}; {r['gpu_fps']:.0f} | {r['peak']:.0f} MiB |")
+                  f"{r['rtf']:.2f}, {r['cpu_rtf']:.2f} | {r['gpu_fps_cpu']:.0f}; {r['gpu_fps']:.0f} | "
+                  f"{r['peak']:.0f} MiB |")
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}; command: python benchmarks/stream.py "
           f"{shlex.join(sys.argv[1:])}")
 
