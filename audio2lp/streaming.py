@@ -36,6 +36,7 @@ frames; the ``lookahead_ms`` parameter may raise it up to 300 ms, which gives th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -341,7 +342,8 @@ class SpeakStream:
         self._rows.clear()
         self._audio = np.zeros(0, np.float32)
         if chunks is not None and hasattr(chunks, "close"):
-            chunks.close()
+            with contextlib.suppress(ValueError):  # a generator running in another thread: it ends with the stream
+                chunks.close()
 
     def _timed(self, key: str, fn, *a):
         t0, c0 = time.perf_counter(), time.process_time()
