@@ -320,7 +320,7 @@ class SpeakStream:
         self._audio = np.zeros(0, np.float32)  # samples from frame _next's start on
         self._next = 0
         self._n_chunks = 0
-        self._ended = self._closed = False
+        self._ended = self._closed = self._busy = False
         self.timings = {"motion_s": 0.0, "render_s": 0.0, "motion_cpu_s": 0.0, "render_cpu_s": 0.0, "frames": 0}
 
     def __iter__(self) -> SpeakStream:
@@ -333,10 +333,13 @@ class SpeakStream:
         self.close()
 
     def close(self) -> None:
-        """Stop: no more frames; the chunk iterator is closed (if it has ``close``) and the state released."""
-        if self._closed:
-            return
+        """Stop: no more frames; the chunk iterator is closed (if it has ``close``) and the state released. May be
+        called from another thread while a frame is being made: the iteration then ends after it."""
         self._closed = True
+        if not self._busy:
+            self._release()
+
+    def _release(self) -> None:
         chunks, self._chunks = self._chunks, None
         self._motion = self._pt = self._renderer = None
         self._rows.clear()
@@ -380,15 +383,24 @@ class SpeakStream:
 
     def __next__(self) -> StreamFrame:
         if self._closed:
+            self._release()
             raise StopIteration
+        self._busy = True
         try:
-            while not self._rows and not self._ended:
-                self._pull()
+            return self._next_frame()
         except BaseException:
-            self.close()
+            self._closed = True
             raise
-        if not self._rows:
-            self.close()
+        finally:
+            self._busy = False
+            if self._closed:
+                self._release()
+
+    def _next_frame(self) -> StreamFrame:
+        while not self._rows and not self._ended and not self._closed:
+            self._pull()
+        if not self._rows or self._closed:
+            self._closed = True
             raise StopIteration
         row = self._rows.popleft()
         image = self._timed("render", self._render, row)
