@@ -84,7 +84,8 @@ def test_fragmented_mp4_is_playable_while_written(tiny_weights, speech, tmp_path
     assert info.n_frames == round(SECONDS * 25) and info.n_frames_exact
     # the AAC track ends on a whole AAC frame (1024 samples): up to 64 ms past the last video frame
     assert info.has_audio and info.audio_codec == "aac" and SECONDS <= info.duration <= SECONDS + 0.07
-    assert abs(len(load_audio(out)) / 16000 - SECONDS) < 0.07
+    # decoded, the AAC encoder's priming and padding (a fragmented mp4 has no edit list to hide them): <= 2 frames
+    assert SECONDS <= len(load_audio(out)) / 16000 <= SECONDS + 2 * 1024 / 16000
     assert b"look-ahead 240 ms" in stdout
 
 
