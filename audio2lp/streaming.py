@@ -45,11 +45,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from audio2lp.errors import AudioError
 from audio2lp.options import OptionError
 from audio2lp.speech import SpeechModels, closed_lip_level, finish_motion_rows, landmark_model_for
 from audio2lp.speech_motion import SpeechMotion, speech_motion_keypoints
+from audio2lp.whisper.stream import StreamingEncoder
 from lp_renderer.errors import InputError
 
 __all__ = ["SAMPLE_RATE", "FPS", "MAX_LOOKAHEAD_MS", "LIP_TOLERANCE", "StreamFrame", "SpeechMotionStream",
@@ -67,31 +69,25 @@ MAX_LOOKAHEAD_MS = 300
 LIP_TOLERANCE = 0.05
 
 
-class _SharedPassEncoder:
-    """Factory of a :class:`~audio2lp.whisper.stream.StreamingEncoder` whose tokens are ``(n, 2 D)``: the motion
-    model's features (exactly as its own encoder makes them) and, from the same encoder pass, the average of the
-    states at ``extra`` layers (the lip-sync model's), side by side. ``extra`` must not go past the motion's last
-    layer (so the motion's pass, and its bits, are unchanged)."""
+class _SharedPassEncoder(StreamingEncoder):
+    """A :class:`~audio2lp.whisper.stream.StreamingEncoder` whose tokens are ``(n, 2 D)``: the motion model's
+    features (exactly as its own encoder makes them) and, from the same encoder pass, the average of the states at
+    ``extra`` layers (the lip-sync model's), side by side. ``extra`` must not go past the motion's last layer (so
+    the motion's pass, and its bits, are unchanged)."""
 
-    @staticmethod
-    def make(config, whisper, extra: tuple[int, ...]):
-        from audio2lp.whisper.stream import StreamingEncoder
+    def __init__(self, config, whisper, extra: tuple[int, ...]):
+        super().__init__(config, whisper)
+        self._extra = sorted(set(extra))
+        if self._extra[-1] > self._wanted[-1]:
+            raise ValueError(f"extra layers {extra} go past the motion features' last layer {self._wanted[-1]}")
+        self._union = sorted(set(self._wanted) | set(self._extra))
+        self.dim = 2 * self.whisper.dim
 
-        class Shared(StreamingEncoder):
-            def __init__(self):
-                super().__init__(config, whisper)
-                self._extra = sorted(set(extra))
-                self._union = sorted(set(self._wanted) | set(self._extra))
-                self.dim = 2 * self.whisper.dim
-
-            def _blocks(self, x):
-                st = self._layer_states(x, self._union)
-                main = self._average([st[i] for i in self._wanted])
-                return torch.cat([main, self._average([st[i] for i in self._extra])], -1).float().numpy()
-
-        import torch
-
-        return Shared()
+    def _blocks(self, x: torch.Tensor) -> np.ndarray:
+        """Stems ``(B, window, D)`` -> ``(B, block, 2 D)`` float32: motion features, lip-sync features."""
+        st = self._layer_states(x, self._union)
+        main = self._average([st[i] for i in self._wanted])
+        return torch.cat([main, self._average([st[i] for i in self._extra])], -1).float().numpy()
 
 
 def _lookahead_ms(config, frames: int) -> int:
@@ -131,7 +127,6 @@ class SpeechMotionStream:
                  lookahead_ms: int | None = None, models: SpeechModels | None = None, model=None):
         from audio2lp.models.landmark_motion import MotionStream
         from audio2lp.whisper.features import SAMPLES_PER_TOKEN
-        from audio2lp.whisper.stream import StreamingEncoder
 
         models = models or SpeechModels()
         self.model = m = landmark_model_for(models, model, blink, blink_rate)
@@ -160,7 +155,7 @@ class SpeechMotionStream:
             self._lip_reach = lc.receptive_field  # frames the lip-sync network reads before a frame
             if lc.whisper_model == whisper.model_name and max(layers) <= max(c.features.layers):
                 self._shared = True
-                self.features = _SharedPassEncoder.make(c.features, whisper, layers).stream()
+                self.features = _SharedPassEncoder(c.features, whisper, layers).stream()
             else:
                 enc = models.whisper(lc.whisper_model, whisper_checkpoint, "cpu")
                 geometry = dataclasses.replace(c.features, whisper_model=lc.whisper_model, layers=layers)
