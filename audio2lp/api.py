@@ -657,7 +657,7 @@ class Animator:
         for name in speak_options:
             if name not in params or name in ("self", "portrait", "audio", "output"):
                 raise InputError(f"{name} is not an option of speak; drop it.")
-            if name in self._NOT_STREAMED:
+            if name in self._NOT_STREAMED and speak_options[name] != params[name].default:
                 why = self._NOT_STREAMED[name]
                 if name in options.OPTIONS:
                     raise OptionError(name, "{" + name + "} does not apply to a stream: " + why + "; drop it.")

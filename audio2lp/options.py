@@ -155,7 +155,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("style", "int", 0, "speaker/style id of the motion model", _SPEAK, minimum=0, label="Style",
            ui_info="speaker/style id of the motion model", service=True, speak_modes=_MOTION_MODEL),
     Option("seed", "int", 0, "random seed of the head motion and the blinks (and of --motion-noise)", _SPEAK_MOTION,
-           label="Seed", ui_info="head motion, blinks and sampling", service=True),
+           minimum=0, label="Seed", ui_info="head motion, blinks and sampling", service=True),
     Option("motion_noise", "float", 0.0, "with --motion-model: noise (normalised units) on the frames fed back "
            "while generating, for varied motion from the same audio (0: deterministic)", _SPEAK, minimum=0,
            metavar="STD", label="Motion noise", speak_modes=_MOTION_MODEL),

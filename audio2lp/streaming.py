@@ -36,6 +36,7 @@ frames; the ``lookahead_ms`` parameter may raise it up to 300 ms, which gives th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -44,11 +45,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from audio2lp.errors import AudioError
 from audio2lp.options import OptionError
 from audio2lp.speech import SpeechModels, closed_lip_level, finish_motion_rows, landmark_model_for
 from audio2lp.speech_motion import SpeechMotion, speech_motion_keypoints
+from audio2lp.whisper.stream import StreamingEncoder
 from lp_renderer.errors import InputError
 
 __all__ = ["SAMPLE_RATE", "FPS", "MAX_LOOKAHEAD_MS", "LIP_TOLERANCE", "StreamFrame", "SpeechMotionStream",
@@ -66,31 +69,25 @@ MAX_LOOKAHEAD_MS = 300
 LIP_TOLERANCE = 0.05
 
 
-class _SharedPassEncoder:
-    """Factory of a :class:`~audio2lp.whisper.stream.StreamingEncoder` whose tokens are ``(n, 2 D)``: the motion
-    model's features (exactly as its own encoder makes them) and, from the same encoder pass, the average of the
-    states at ``extra`` layers (the lip-sync model's), side by side. ``extra`` must not go past the motion's last
-    layer (so the motion's pass, and its bits, are unchanged)."""
+class _SharedPassEncoder(StreamingEncoder):
+    """A :class:`~audio2lp.whisper.stream.StreamingEncoder` whose tokens are ``(n, 2 D)``: the motion model's
+    features (exactly as its own encoder makes them) and, from the same encoder pass, the average of the states at
+    ``extra`` layers (the lip-sync model's), side by side. ``extra`` must not go past the motion's last layer (so
+    the motion's pass, and its bits, are unchanged)."""
 
-    @staticmethod
-    def make(config, whisper, extra: tuple[int, ...]):
-        from audio2lp.whisper.stream import StreamingEncoder
+    def __init__(self, config, whisper, extra: tuple[int, ...]):
+        super().__init__(config, whisper)
+        self._extra = sorted(set(extra))
+        if self._extra[-1] > self._wanted[-1]:
+            raise ValueError(f"extra layers {extra} go past the motion features' last layer {self._wanted[-1]}")
+        self._union = sorted(set(self._wanted) | set(self._extra))
+        self.dim = 2 * self.whisper.dim
 
-        class Shared(StreamingEncoder):
-            def __init__(self):
-                super().__init__(config, whisper)
-                self._extra = sorted(set(extra))
-                self._union = sorted(set(self._wanted) | set(self._extra))
-                self.dim = 2 * self.whisper.dim
-
-            def _blocks(self, x):
-                st = self._layer_states(x, self._union)
-                main = self._average([st[i] for i in self._wanted])
-                return torch.cat([main, self._average([st[i] for i in self._extra])], -1).float().numpy()
-
-        import torch
-
-        return Shared()
+    def _blocks(self, x: torch.Tensor) -> np.ndarray:
+        """Stems ``(B, window, D)`` -> ``(B, block, 2 D)`` float32: motion features, lip-sync features."""
+        st = self._layer_states(x, self._union)
+        main = self._average([st[i] for i in self._wanted])
+        return torch.cat([main, self._average([st[i] for i in self._extra])], -1).float().numpy()
 
 
 def _lookahead_ms(config, frames: int) -> int:
@@ -130,7 +127,6 @@ class SpeechMotionStream:
                  lookahead_ms: int | None = None, models: SpeechModels | None = None, model=None):
         from audio2lp.models.landmark_motion import MotionStream
         from audio2lp.whisper.features import SAMPLES_PER_TOKEN
-        from audio2lp.whisper.stream import StreamingEncoder
 
         models = models or SpeechModels()
         self.model = m = landmark_model_for(models, model, blink, blink_rate)
@@ -141,7 +137,7 @@ class SpeechMotionStream:
         if lookahead_ms is None:
             lookahead_ms = least
         if not least <= lookahead_ms <= MAX_LOOKAHEAD_MS:
-            raise OptionError("lookahead_ms", f"the stream's look-ahead must be between {least} ms (what the motion "
+            raise OptionError("lookahead_ms", "{lookahead_ms} must be between " + f"{least} ms (what the motion "
                                               f"model needs) and {MAX_LOOKAHEAD_MS} ms, not {lookahead_ms}.")
         self.lipsync_ahead = c.lookahead_frames  # frames past frame i the lip-sync model reads
         while _lookahead_ms(c, self.lipsync_ahead + 1) <= lookahead_ms:
@@ -159,7 +155,7 @@ class SpeechMotionStream:
             self._lip_reach = lc.receptive_field  # frames the lip-sync network reads before a frame
             if lc.whisper_model == whisper.model_name and max(layers) <= max(c.features.layers):
                 self._shared = True
-                self.features = _SharedPassEncoder.make(c.features, whisper, layers).stream()
+                self.features = _SharedPassEncoder(c.features, whisper, layers).stream()
             else:
                 enc = models.whisper(lc.whisper_model, whisper_checkpoint, "cpu")
                 geometry = dataclasses.replace(c.features, whisper_model=lc.whisper_model, layers=layers)
@@ -319,7 +315,7 @@ class SpeakStream:
         self._audio = np.zeros(0, np.float32)  # samples from frame _next's start on
         self._next = 0
         self._n_chunks = 0
-        self._ended = self._closed = False
+        self._ended = self._closed = self._busy = False
         self.timings = {"motion_s": 0.0, "render_s": 0.0, "motion_cpu_s": 0.0, "render_cpu_s": 0.0, "frames": 0}
 
     def __iter__(self) -> SpeakStream:
@@ -332,16 +328,20 @@ class SpeakStream:
         self.close()
 
     def close(self) -> None:
-        """Stop: no more frames; the chunk iterator is closed (if it has ``close``) and the state released."""
-        if self._closed:
-            return
+        """Stop: no more frames; the chunk iterator is closed (if it has ``close``) and the state released. May be
+        called from another thread while a frame is being made: the iteration then ends after it."""
         self._closed = True
+        if not self._busy:
+            self._release()
+
+    def _release(self) -> None:
         chunks, self._chunks = self._chunks, None
         self._motion = self._pt = self._renderer = None
         self._rows.clear()
         self._audio = np.zeros(0, np.float32)
         if chunks is not None and hasattr(chunks, "close"):
-            chunks.close()
+            with contextlib.suppress(ValueError):  # a generator running in another thread: it ends with the stream
+                chunks.close()
 
     def _timed(self, key: str, fn, *a):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -378,15 +378,24 @@ class SpeakStream:
 
     def __next__(self) -> StreamFrame:
         if self._closed:
+            self._release()
             raise StopIteration
+        self._busy = True
         try:
-            while not self._rows and not self._ended:
-                self._pull()
+            return self._next_frame()
         except BaseException:
-            self.close()
+            self._closed = True
             raise
-        if not self._rows:
-            self.close()
+        finally:
+            self._busy = False
+            if self._closed:
+                self._release()
+
+    def _next_frame(self) -> StreamFrame:
+        while not self._rows and not self._ended and not self._closed:
+            self._pull()
+        if not self._rows or self._closed:
+            self._closed = True
             raise StopIteration
         row = self._rows.popleft()
         image = self._timed("render", self._render, row)

@@ -14,7 +14,9 @@ as fast as the stream pulls them (so the figures are compute, not waiting). For 
 * per frame: non-render time (features, motion models: ``stream.timings['motion_s']``) and render time (keypoints,
   W, G, paste-back), wall and CPU (process CPU time of the same spans, all threads);
 * the real-time factor (wall time / speech duration) and what a GPU would need: with the non-render time ``m``
-  per frame left on the CPU, real time at 25 fps needs the renderer to make ``1 / (0.04 - m)`` frames per second.
+  per frame left on the CPU, real time at 25 fps needs the renderer to make ``1 / (0.04 - m)`` frames per second
+  (from the CPU time of that work, i.e. on an idle core, and from its wall time here; nan: ``m`` alone is over
+  40 ms).
 
 The full-size renderer takes seconds per frame on a CPU, so its run stops after ``--full-frames`` frames (the
 figures are per frame). ``--minutes N`` pushes N minutes of speech through the motion stream (everything but the
@@ -47,6 +49,11 @@ def _rss_mib() -> tuple[float, float]:
             if line.startswith("VmRSS:"):
                 cur = int(line.split()[1]) / 1024
     return cur, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _gpu_fps(m: float) -> float:
+    """Renderer frames per second needed for 25 fps when ``m`` seconds per frame go to everything else."""
+    return 1 / (0.04 - m) if m < 0.04 else float("nan")
 
 
 def speech(seconds: float):
@@ -112,7 +119,7 @@ def run_renderer(kind: str, args) -> dict:
     return dict(kind=kind, frames=frames, first=first, audio_first=audio_first, lookahead=s.lookahead_ms,
                 motion=m, render=t["render_s"] / frames, motion_cpu=t["motion_cpu_s"] / frames,
                 render_cpu=t["render_cpu_s"] / frames, rtf=wall / (frames / 25), cpu_rtf=cpu / (frames / 25),
-                gpu_fps=(1 / (0.04 - m)) if m < 0.04 else float("nan"), size=s.frame_size,
+                gpu_fps=_gpu_fps(m), gpu_fps_cpu=_gpu_fps(t["motion_cpu_s"] / frames), size=s.frame_size,
                 peak=_rss_mib()[1], speech=len(wav) / 16000 if limit is None else frames / 25,
                 silent=float(np.mean(wav == 0)))
 
@@ -183,13 +190,14 @@ def main() -> None:
         rows = [run_renderer(k, args) for k in args.renderers.split(",")]
         print("| renderer | frame size | frames | first chunk -> first frame (wall) | audio pulled for frame 0 | "
               "look-ahead | non-render / frame (wall, CPU) | render / frame (wall, CPU) | real-time factor (wall, "
-              "CPU) | GPU renderer fps needed for real time | peak RSS |")
+              "CPU) | renderer fps needed for real time (with the non-render time, CPU; wall) | peak RSS |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['kind']} | {r['size'][1]}x{r['size'][0]} | {r['frames']} | {r['first']:.2f} s | "
                   f"{r['audio_first'] * 1000:.0f} ms | {r['lookahead']} ms | {r['motion'] * 1000:.0f} ms, "
                   f"{r['motion_cpu'] * 1000:.0f} ms | {r['render']:.3f} s, {r['render_cpu']:.3f} s | "
-                  f"{r['rtf']:.2f}, {r['cpu_rtf']:.2f} | {r['gpu_fps']:.0f} | {r['peak']:.0f} MiB |")
+                  f"{r['rtf']:.2f}, {r['cpu_rtf']:.2f} | {r['gpu_fps_cpu']:.0f}; {r['gpu_fps']:.0f} | "
+                  f"{r['peak']:.0f} MiB |")
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}; command: python benchmarks/stream.py "
           f"{shlex.join(sys.argv[1:])}")
 

@@ -63,25 +63,36 @@ class FragmentedMp4Writer:
                "-i", f"pipe:{r_audio}",
                "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-crf", str(int(crf)),
                "-pix_fmt", "yuv420p", "-g", str(max(1, round(fps))), "-c:a", "aac", "-b:a", "128k",
-               "-movflags", "+frag_keyframe+empty_moov+default_base_moof", "-frag_duration", "500000", "-f", "mp4",
+               "-movflags", "+frag_keyframe+empty_moov+default_base_moof", "-frag_duration", "500000",
+               "-flush_packets", "1", "-f", "mp4",
                "pipe:1" if self.path is None else "file:" + str(self.partial)]
         try:
             self.proc = popen(cmd, stdin=subprocess.PIPE, stdout=out if out is not None else subprocess.DEVNULL,
                               stderr=self._stderr, pass_fds=(r_audio,))
         finally:
             os.close(r_audio)
+        # ffmpeg keeps its inputs in step (it waits for audio before reading more video), so each pipe is written
+        # by a thread of its own: the audio (small) never waits behind a video frame; the video queue is bounded
         self._audio: queue.Queue = queue.Queue()
-        self._audio_error: BaseException | None = None
-        self._thread = threading.Thread(target=self._feed_audio, name="audio2lp-stream-audio", daemon=True)
-        self._thread.start()
+        self._video: queue.Queue = queue.Queue(maxsize=8)
+        self._threads = [threading.Thread(target=self._feed, args=(q, f), name=f"audio2lp-stream-{n}", daemon=True)
+                         for q, f, n in ((self._audio, os.fdopen(self._w_audio, "wb"), "audio"),
+                                         (self._video, self.proc.stdin, "video"))]
+        for t in self._threads:
+            t.start()
 
-    def _feed_audio(self) -> None:
+    def _feed(self, q: queue.Queue, f) -> None:
+        """Write the queue's items to the pipe ``f`` until None; then close it (end of that input)."""
         try:
-            with os.fdopen(self._w_audio, "wb") as f:
-                while (item := self._audio.get()) is not None:
-                    f.write(item)
-        except BaseException as e:  # noqa: BLE001 - reported by write/close
-            self._audio_error = e
+            while (item := q.get()) is not None:
+                f.write(item)
+                f.flush()
+        except (BrokenPipeError, OSError):
+            while q.get() is not None:  # ffmpeg stopped: drain, so the writer never blocks
+                pass
+        finally:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                f.close()
 
     def _failed(self) -> VideoError:
         return VideoError(f"ffmpeg could not write the stream ({reason(stderr_tail(self._stderr))}).")
@@ -90,22 +101,23 @@ class FragmentedMp4Writer:
         """One frame ``(H, W, 3)`` uint8 RGB and its audio ``(n,)`` float32."""
         if image.shape != (self.h, self.w, 3) or image.dtype != np.uint8:
             raise ValueError(f"frames must be ({self.h}, {self.w}, 3) uint8, got {image.shape} {image.dtype}")
+        if self.proc.poll() is not None:
+            raise self._failed()
         if self.h % 2 or self.w % 2:
             image = np.pad(image, ((0, self.h % 2), (0, self.w % 2), (0, 0)), mode="edge")
         self._audio.put(np.ascontiguousarray(audio, np.float32).tobytes())
-        try:
-            self.proc.stdin.write(np.ascontiguousarray(image).tobytes())
-        except (BrokenPipeError, OSError):
-            self.proc.wait()
-            raise self._failed() from None
+        self._video.put(np.ascontiguousarray(image).tobytes())
         self.frames += 1
+
+    def _end_inputs(self, timeout: float | None = None) -> None:
+        for q in (self._audio, self._video):
+            q.put(None)
+        for t in self._threads:
+            t.join(timeout)
 
     def close(self) -> None:
         """Finish the file (and rename ``NAME.partial.mp4`` onto ``NAME.mp4``)."""
-        self._audio.put(None)
-        with contextlib.suppress(BrokenPipeError, OSError):
-            self.proc.stdin.close()
-        self._thread.join()
+        self._end_inputs()
         if self.proc.wait() != 0:
             raise self._failed()
         self._stderr.close()
@@ -114,10 +126,7 @@ class FragmentedMp4Writer:
 
     def abort(self, keep: bool = True) -> None:
         """Stop: ffmpeg finishes the fragments it has (``keep``: the partial file stays, else it is removed)."""
-        self._audio.put(None)
-        with contextlib.suppress(BrokenPipeError, OSError):
-            self.proc.stdin.close()
-        self._thread.join(timeout=10)
+        self._end_inputs(timeout=30)
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
