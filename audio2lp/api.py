@@ -614,6 +614,61 @@ class Animator:
         log.info("wrote %s (%d frames at %g fps, %.2f s of audio)", out, n_frames, fps, duration)
         return RenderResult(out, n_frames, fps, True, extra={"duration": duration, "mode": plan.mode})
 
+    # ------------------------------------------------------------------------------------ stream
+    #: speak options a stream cannot take (the default motion at 25 fps only), with why
+    _NOT_STREAMED = {"motion_model": "a motion model generates the whole clip at once",
+                     "fps": "a stream is 25 fps (the default motion's own rate)",
+                     "pose_from": "a motion template's head motion is not streamed yet",
+                     "style": "it acts with a motion model only", "motion_noise": "it acts with a motion model only",
+                     "crf": "a stream hands out frames, not an mp4", "progress_callback": "a stream yields frames"}
+
+    def stream(self, portrait, chunks, *, lookahead_ms: int | None = None, **speak_options):
+        """Make ``portrait`` say speech that arrives in chunks: a :class:`~audio2lp.streaming.SpeakStream` of
+        frames, each as soon as it is rendered (see :mod:`audio2lp.streaming`).
+
+        ``chunks``: any iterable of 16 kHz mono float32 arrays of any sizes, pulled lazily as the stream needs
+        audio (its end is the end of the speech). ``lookahead_ms``: the fixed look-ahead (None: the default
+        motion's minimum, 240 ms for the shipped model; at most 300). ``speak_options``: as :meth:`speak` for a
+        photo (``face``, ``seed``, ``expression_scale``, ``pose_scale``, ``blink``, ``blink_rate``, ``pasteback``,
+        ``whisper_checkpoint``, ``max_portrait_size`` and the editing sliders). The frames equal ``speak``'s for the
+        same speech and options, except the lip within :data:`audio2lp.streaming.LIP_TOLERANCE`. Bad portraits and
+        options raise before the first chunk is pulled::
+
+            with animator.stream("portrait.jpg", chunks) as s:
+                for frame in s:
+                    show(frame.image, frame.audio)
+        """
+        import inspect
+
+        from audio2lp.streaming import SpeakStream, SpeechMotionStream
+
+        params = inspect.signature(Animator.speak).parameters
+        for name in speak_options:
+            if name not in params or name in ("self", "portrait", "audio", "output"):
+                raise InputError(f"{name} is not an option of speak; drop it.")
+            if name in self._NOT_STREAMED and speak_options[name] != params[name].default:
+                why = self._NOT_STREAMED[name]
+                if name in options.OPTIONS:
+                    raise OptionError(name, "{" + name + "} does not apply to a stream: " + why + "; drop it.")
+                raise InputError(f"{name} does not apply to a stream: {why}; drop it.")
+        values = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+        values.update(speak_options)
+        edit = _sliders("speak", values)
+        v = options.check({k: values[k] for k in ("face", "expression_scale", "pose_scale", "seed", "blink_rate",
+                                                  "max_portrait_size")})
+        options.check_speak_mode("lipsync", dict(v, blink=values["blink"]))
+        if is_video_portrait(portrait):
+            raise InputError(f"{portrait} is a video; a stream animates a photo (dub a video with speak).")
+        lookahead_ms = options.check_value("lookahead_ms", lookahead_ms)
+        renderer = self.renderer
+        motion = SpeechMotionStream(seed=v["seed"], pose_scale=v["pose_scale"], expression_scale=v["expression_scale"],
+                                    blink=values["blink"], blink_rate=v["blink_rate"],
+                                    whisper_checkpoint=values["whisper_checkpoint"], device=renderer.device,
+                                    lookahead_ms=lookahead_ms, models=self.speech_models)
+        pt = prepare_portrait(renderer, self.faces, portrait, v["face"], pasteback=values["pasteback"],
+                              max_size=v["max_portrait_size"])
+        return SpeakStream(renderer, pt, chunks, motion, pasteback=values["pasteback"], edit=edit)
+
     # ------------------------------------------------------------------------------------ edit
     def edit(self, portrait, output: str | os.PathLike, *, face: str | int = "largest", crop_scale: float = 2.5,
              stitching: bool = True, pasteback: bool = True, eye_ratio: float | None = None,

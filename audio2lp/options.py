@@ -155,7 +155,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("style", "int", 0, "speaker/style id of the motion model", _SPEAK, minimum=0, label="Style",
            ui_info="speaker/style id of the motion model", service=True, speak_modes=_MOTION_MODEL),
     Option("seed", "int", 0, "random seed of the head motion and the blinks (and of --motion-noise)", _SPEAK_MOTION,
-           label="Seed", ui_info="head motion, blinks and sampling", service=True),
+           minimum=0, label="Seed", ui_info="head motion, blinks and sampling", service=True),
     Option("motion_noise", "float", 0.0, "with --motion-model: noise (normalised units) on the frames fed back "
            "while generating, for varied motion from the same audio (0: deterministic)", _SPEAK, minimum=0,
            metavar="STD", label="Motion noise", speak_modes=_MOTION_MODEL),
@@ -209,6 +209,17 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("crf", "int", 18, "H.264 quality from 0 (best) to 51 (worst); 18 is visually lossless",
            ("speak", "drive"), minimum=0, maximum=51, hint="18 (the default) is visually lossless",
            label="Video quality (CRF)", service=True),
+    # ---------------------------------------------------------------------------------- streaming (speak -)
+    Option("lookahead_ms", "int", None, "streaming (SPEECH '-' and Animator.stream): audio a frame waits for past its "
+           "own 40 ms (default: the default motion's minimum, 240 ms; at most 300; more gives the lip more context)",
+           ("speak",), minimum=0, maximum=300, nullable=True, units="ms", metavar="MS", label="Look-ahead (ms)"),
+    Option("input_format", "str", "f32le", "streaming: the raw 16 kHz mono PCM read from standard input when SPEECH "
+           "is '-': f32le (float32, default) or s16le (16-bit)", ("speak",), choices=("f32le", "s16le"),
+           label="Input sample format"),
+    Option("output_format", "str", None, "streaming: what to write; mp4 (fragmented, playable while written; the "
+           "default for a file) or y4m (YUV4MPEG2 frames and nothing else, the default for '-o -', e.g. "
+           "`| ffmpeg -i - out.mp4`)", ("speak",), choices=("mp4", "y4m"), nullable=True,
+           label="Output format"),
     # ---------------------------------------------------------------------------------- edit (+ speak, drive)
     Option("crop_scale", "float", 2.5, "size of the face crop relative to the face (default 2.5, as the official "
            "editing tab; speak and drive use 2.3)", ("edit",), minimum=1.8, maximum=3.2, metavar="SCALE",
@@ -286,6 +297,16 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            ("serve",), minimum=1, nullable=True, metavar="N", label="Threads per worker"),
     Option("jobs_dir", "path", None, "folder for job inputs and results (default: a temporary folder removed at "
            "exit)", ("serve",), metavar="DIR", label="Jobs folder"),
+    Option("max_stream_seconds", "float", 600.0, "longest live stream (WebSocket /stream/ws) in seconds of audio; "
+           "the audio past it is not rendered and the stream ends with too_long (default 600)", ("serve",),
+           minimum=0.1, metavar="SECONDS", label="Longest stream"),
+    Option("stream_idle_timeout", "float", 10.0, "a live stream that sends no audio for this many seconds is closed "
+           "(default 10)", ("serve",), minimum=0.1, metavar="SECONDS", label="Stream idle timeout"),
+    Option("max_streams", "int", 2, "live streams running at once; one more is refused with busy (default 2; 0 "
+           "turns streaming off)", ("serve",), minimum=0, metavar="N", label="Streams at once"),
+    Option("stream_buffer", "float", 5.0, "seconds of audio a live stream holds for the renderer; when it is full "
+           "the start message's overflow drops the oldest audio or stops reading the socket (default 5)",
+           ("serve",), minimum=0.1, maximum=600, metavar="SECONDS", label="Stream buffer"),
     Option("output_dir", "path", None, "keep every result in this folder (default: a temporary folder removed on "
            "exit)", ("app",), metavar="DIR", label="Output folder"),
     Option("open_browser", "bool", False, "open the page in a browser", ("app",), flag="--open",

@@ -117,31 +117,17 @@ def speech_motion(wav, n_frames, fps, *, seed=0, pose_scale=1.0, expression_scal
     deviation from the closed level. Whisper runs on the CPU (2 s windows); the lip-sync model on ``device``.
     ``models``: where Whisper and the lip-sync model come from (loaded once there; default: loaded for this call).
     """
-    import copy
-
     import torch
 
     from audio2lp.models.idle import pose_from_template
-    from audio2lp.models.landmark_motion import (
-        EYES,
-        HEAD,
-        LIP,
-        TOKENS_PER_FRAME,
-        LandmarkMotionModel,
-        pad_audio,
-    )
-    from audio2lp.models.lipsync import read_lipsync_metadata
+    from audio2lp.models.landmark_motion import TOKENS_PER_FRAME, pad_audio
     from audio2lp.models.motion import resample_motion
     from audio2lp.whisper.stream import StreamingEncoder
 
     models = models or SpeechModels()
-    model = copy.copy(model if isinstance(model, LandmarkMotionModel) else models.landmark(model))
+    model = landmark_model_for(models, model, blink, blink_rate)
     c = model.config
     n25 = max(1, int(round(len(wav) / 16000 * 25)))
-    if not blink or blink_rate == 0:
-        model.blinks = None
-    elif blink_rate is not None and model.blinks is not None:
-        model.blinks = model.blinks.with_rate(blink_rate)
     whisper = models.whisper(c.features.whisper_model, whisper_checkpoint, "cpu")
     lipsync_lip = None
     if model.lip_mix.lipsync_weight > 0:
@@ -153,22 +139,60 @@ def speech_motion(wav, n_frames, fps, *, seed=0, pose_scale=1.0, expression_scal
         lipsync_lip = lips.predict(feats, n25).lip_open_raw  # without its silence closing: the pause gate decides
     need = c.pad_tokens + TOKENS_PER_FRAME * (n25 + c.lookahead_frames)  # the tokens the n25 frames read
     feats = StreamingEncoder(c.features, whisper).encode(pad_audio(wav, c), n_tokens=need, progress=progress)
-    m = model.generate(feats, n25, seed=seed, lipsync_lip=lipsync_lip).astype(np.float64)  # (n25, 9)
-    closed = model.closure.level if model.closure is not None else read_lipsync_metadata()["config"].closed_level
-    lip = np.maximum(closed + expression_scale * (m[:, LIP] - closed), 0.0)
-    eyes = m[:, list(EYES)] if model.blinks is not None else np.ones((n25, 2))
-    head = m[:, list(HEAD)]  # pitch, yaw, roll, tx, ty, scale
-    if template is not None:
-        head = np.zeros_like(head)
-        head[:, :3] = pose_from_template(template, n25, fps=25.0)
-        head[:, 5] = 1.0
-    head[:, :5] *= pose_scale
-    head[:, 5] = np.exp(pose_scale * np.log(np.maximum(head[:, 5], 1e-3)))
-    series = np.column_stack([lip, eyes, head]).astype(np.float32)  # (n25, 9)
+    m = model.generate(feats, n25, seed=seed, lipsync_lip=lipsync_lip)  # (n25, 9)
+    series = finish_motion_rows(model, m, expression_scale=expression_scale, pose_scale=pose_scale,
+                                template_pose=None if template is None else pose_from_template(template, n25, 25.0))
     series = resample_motion(series, 25, fps, n_frames) if fps != 25 or n25 != n_frames else series
     cols = dict(lip_open=series[:, 0], eyes_open=series[:, 1:3], pitch=series[:, 3], yaw=series[:, 4],
                 roll=series[:, 5], tx=series[:, 6], ty=series[:, 7], scale=series[:, 8])
     return SpeechMotion(fps=float(fps), seed=int(seed), **{k: np.ascontiguousarray(v) for k, v in cols.items()})
+
+
+def landmark_model_for(models: SpeechModels, model, blink: bool, blink_rate: float | None):
+    """A shallow copy of the landmark motion model (``model``: a loaded one, a checkpoint path, or None for the
+    shipped weights, from ``models``) with its blink process set by ``blink`` / ``blink_rate`` (per minute; 0 or
+    ``blink`` False: no blinks)."""
+    import copy
+
+    from audio2lp.models.landmark_motion import LandmarkMotionModel
+
+    model = copy.copy(model if isinstance(model, LandmarkMotionModel) else models.landmark(model))
+    if not blink or blink_rate == 0:
+        model.blinks = None
+    elif blink_rate is not None and model.blinks is not None:
+        model.blinks = model.blinks.with_rate(blink_rate)
+    return model
+
+
+def closed_lip_level(model) -> float:
+    """The closed-mouth lip ratio of a landmark motion model: its pause gate's level, else the lip-sync model's."""
+    from audio2lp.models.lipsync import read_lipsync_metadata
+
+    return model.closure.level if model.closure is not None else read_lipsync_metadata()["config"].closed_level
+
+
+def finish_motion_rows(model, m: np.ndarray, *, expression_scale: float, pose_scale: float,
+                       template_pose: np.ndarray | None = None, closed: float | None = None) -> np.ndarray:
+    """The default motion's rows ``(n, 9)`` float32 (lip, eyes l/r, pitch, yaw, roll, tx, ty, scale) from the
+    landmark motion model's output ``m`` ``(n, 9)`` (:meth:`LandmarkMotionModel.generate` or a
+    :class:`~audio2lp.streaming.SpeechMotionStream`'s rows): the lip's deviation from the closed level scaled by
+    ``expression_scale``, the eyes kept only with blinks on, the head (or ``template_pose`` ``(n, 3)`` degrees)
+    scaled by ``pose_scale``. Row by row (offline and streamed rows give the same bits)."""
+    from audio2lp.models.landmark_motion import EYES, HEAD, LIP
+
+    m = np.asarray(m).astype(np.float64)
+    n = m.shape[0]
+    closed = closed_lip_level(model) if closed is None else closed
+    lip = np.maximum(closed + expression_scale * (m[:, LIP] - closed), 0.0)
+    eyes = m[:, list(EYES)] if model.blinks is not None else np.ones((n, 2))
+    head = m[:, list(HEAD)]  # pitch, yaw, roll, tx, ty, scale
+    if template_pose is not None:
+        head = np.zeros_like(head)
+        head[:, :3] = template_pose
+        head[:, 5] = 1.0
+    head[:, :5] *= pose_scale
+    head[:, 5] = np.exp(pose_scale * np.log(np.maximum(head[:, 5], 1e-3)))
+    return np.column_stack([lip, eyes, head]).astype(np.float32)  # (n, 9)
 
 
 def lip_open_series(plan: SpeechPlan) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from audio2lp.apps import doctor, export_cmd, server, webapp, weights_cmd
+from audio2lp.apps import doctor, export_cmd, server, stream_cmd, webapp, weights_cmd
 from audio2lp.apps.frontdoor import (
     EXIT_USAGE,
     add_arguments,
@@ -79,17 +79,25 @@ def add_speak_parser(sub) -> None:
                     "pose, eyes and expression and only the mouth follows the speech; the result has the video's "
                     "size and frame rate, and the video plays forward and backward as often as the speech needs "
                     "(or is cut). --face, --seed, --crf and --no-pasteback apply there; the photo's motion options "
-                    "do not.",
+                    "do not. AUDIO '-' streams: raw 16 kHz mono PCM (--input-format) is read from standard input "
+                    "and the video is written as it is made: a fragmented mp4 (OUT.partial.mp4 until the input "
+                    "ends, then OUT.mp4; playable while written) or, with -o -, y4m frames on standard output "
+                    "(--output-format), e.g. `ffmpeg -i talk.wav -f f32le -ac 1 -ar 16000 - | audio2lp speak "
+                    "me.jpg - -o - | ffmpeg -i - out.mkv`.",
         epilog=SLIDERS_EPILOG)
     p.add_argument("portrait", help="the source photo (any size; jpg/png/webp/...) or a video of a face (dubbing)")
-    p.add_argument("audio", help="speech: wav, flac, ogg, mp3, m4a/aac, or the audio track of a video")
-    p.add_argument("-o", "--output", required=True, help="output .mp4")
+    p.add_argument("audio", help="speech: wav, flac, ogg, mp3, m4a/aac, or the audio track of a video; '-': raw PCM "
+                                 "from standard input (streaming)")
+    p.add_argument("-o", "--output", required=True, help="output .mp4 ('-': standard output, with AUDIO '-')")
     add_arguments(p, "speak")
     p.set_defaults(run=run_speak)
 
 
 def run_speak(args) -> int:
     refuse_options(args, "speak")
+    if args.audio == "-":
+        return stream_cmd.run_speak_stream(args)
+    stream_cmd.check_not_streaming(args)
     res = animator(args).speak(args.portrait, args.audio, args.output, motion_model=args.motion_model,
                                face=args.face, fps=args.fps, expression_scale=args.expression_scale,
                                pose_scale=args.pose_scale, seed=args.seed, style=args.style, blink=args.blink,

@@ -250,10 +250,12 @@ def check_serve() -> Check:
     missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
     if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:
         missing.append("python-multipart")
+    if importlib.util.find_spec("websockets") is None and importlib.util.find_spec("wsproto") is None:
+        missing.append("websockets")  # uvicorn's WebSocket support: the live stream, WS /stream/ws
     if missing:
         return Check("HTTP service", INFO, f"optional; {', '.join(missing)} not installed",
                      'pip install "audio2lp[serve]" for `audio2lp serve`', required=False)
-    return Check("HTTP service", OK, "fastapi, uvicorn and python-multipart installed (`audio2lp serve`)",
+    return Check("HTTP service", OK, "fastapi, uvicorn, python-multipart and websockets installed (`audio2lp serve`)",
                  required=False)
 
 

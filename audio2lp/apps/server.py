@@ -8,6 +8,8 @@
     GET  /jobs/{id}/video  the result (when done)
     DELETE /jobs/{id}      forget a finished or queued job and its files; cancel a running one (202)
     GET  /health           liveness, device, queue
+    WS   /stream/ws        live: portrait, then speech chunks in, JPEG frames out (:mod:`.server_stream`)
+    GET  /stream           the microphone page of the live stream
 
 Jobs run in a bounded worker pool (default one worker: on a CPU one job already uses every core) behind a queue
 limit (429 when full). The whole request body is limited (413). Uploads are checked before a job is queued (the
@@ -41,6 +43,7 @@ from audio2lp.apps.frontdoor import add_arguments
 from audio2lp.apps.frontdoor import animator as animator_from_args
 from audio2lp.apps.serve_limits import JobControl, JobStopped, Uploads, set_thread_count, threads_per_worker
 from audio2lp.apps.server_edit import edited_image
+from audio2lp.apps.server_stream import StreamConfig, add_stream_routes
 from audio2lp.options import API, OptionError
 from lp_renderer.errors import InputError
 
@@ -63,6 +66,7 @@ class ServeConfig:
     motion_model: Path | None = None  # audio-to-motion checkpoint used by every speak job
     job_timeout: float = 3600.0  # longest a job may run, in seconds
     threads: int | None = None  # torch threads of each worker (None: the cores divided among the workers)
+    stream: StreamConfig = field(default_factory=StreamConfig)  # limits of WS /stream/ws (server_stream.py)
 
     def __post_init__(self):
         for name in ("workers", "queue_size", "max_upload_mb", "max_duration", "ttl", "job_timeout", "threads"):
@@ -354,6 +358,7 @@ def create_app(animator=None, config: ServeConfig | None = None, **overrides):
     uploads = Uploads(config, too_large, fastapi)
     _add_job_routes(app, jobs, config, uploads, n_styles, fastapi, responses)
     _add_status_routes(app, animator, jobs, config, fastapi, responses)
+    add_stream_routes(app, animator, config, stopping=lambda: jobs.stopping)
     return app
 
 
@@ -570,6 +575,7 @@ def _run_serve(args) -> int:
     config = ServeConfig(workers=args.workers, queue_size=args.queue_size, max_upload_mb=args.max_upload_mb,
                          max_duration=args.max_duration, ttl=args.ttl, job_timeout=args.job_timeout,
                          threads=args.threads,
+                         stream=StreamConfig.from_args(args),
                          jobs_dir=Path(args.jobs_dir) if args.jobs_dir else None,
                          motion_model=Path(args.motion_model) if args.motion_model else None)
     port = options.check_value("port", args.port)

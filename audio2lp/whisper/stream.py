@@ -130,25 +130,34 @@ class StreamingEncoder:
         x = F.gelu(enc.conv2(F.gelu(enc.conv1(mel)))).permute(0, 2, 1)  # (1, W, D)
         return x + enc.positional_embedding[: x.shape[1]].to(x.dtype)
 
-    def _blocks(self, x: torch.Tensor) -> np.ndarray:
-        """Encoder blocks on stems ``(B, window, D)`` -> the block tokens' features ``(B, block, D)`` float32."""
+    def _layer_states(self, x: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        """Encoder blocks on stems ``(B, window, D)`` -> the block tokens' residual-stream states ``(B, block, D)``
+        at each of ``layers`` (sorted); the last of them runs its queries and MLP for the block's tokens only."""
         c = self.config
         enc = self.whisper._encoder
         lo, hi = c.window - c.lookahead - c.block, c.window - c.lookahead
-        last = self._wanted[-1]
-        states = [x[:, lo:hi]] if 0 in self._wanted else []
+        last = layers[-1]
+        states = {0: x[:, lo:hi]} if 0 in layers else {}
         for i, blk in enumerate(enc.blocks[:last], start=1):
             if i < last:
                 x = blk(x)
-                if i in self._wanted:
-                    states.append(x[:, lo:hi])
+                if i in layers:
+                    states[i] = x[:, lo:hi]
             else:  # the last block needed: queries and MLP of the block's tokens only, one window at a time
                 kv = blk.attn_ln(x)  # (B, W, D)
                 q = [x[j:j + 1, lo:hi] for j in range(x.shape[0])]  # B x (1, block, D)
                 q = [qj + blk.attn(blk.attn_ln(qj), xa=kv[j:j + 1])[0] for j, qj in enumerate(q)]
-                states.append(torch.cat([qj + blk.mlp(blk.mlp_ln(qj)) for qj in q]))
-        h = states[0] if len(states) == 1 else torch.stack(states).sum(0) / len(states)
-        return h.float().numpy()
+                states[i] = torch.cat([qj + blk.mlp(blk.mlp_ln(qj)) for qj in q])
+        return states
+
+    @staticmethod
+    def _average(states: list[torch.Tensor]) -> torch.Tensor:
+        return states[0] if len(states) == 1 else torch.stack(states).sum(0) / len(states)
+
+    def _blocks(self, x: torch.Tensor) -> np.ndarray:
+        """Encoder blocks on stems ``(B, window, D)`` -> the block tokens' features ``(B, block, D)`` float32."""
+        states = self._layer_states(x, self._wanted)
+        return self._average([states[i] for i in self._wanted]).float().numpy()
 
     @torch.inference_mode()
     def encode_blocks(self, audio: np.ndarray, first_block: int, n_blocks: int, batch_size: int = 8,

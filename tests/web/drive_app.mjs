@@ -15,10 +15,7 @@
 // env:   CHROMIUM (default /usr/bin/chromium), TIMEOUT_MS (default 600000 for the render)
 // Prints one JSON line with what it saw; exits non-zero on failure (after a screenshot when it can).
 
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { finishRun, openBrowser } from './browser.mjs';
 
 const [url, portrait, audio, screenshot, portraitVideo] = process.argv.slice(2);
 if (!url || !portrait || !audio || !screenshot) {
@@ -26,34 +23,16 @@ if (!url || !portrait || !audio || !screenshot) {
   process.exit(2);
 }
 const renderTimeout = Number(process.env.TIMEOUT_MS || 600000);
-const appHost = new URL(url).host;
-const profile = mkdtempSync(join(tmpdir(), 'audio2lp-chromium-'));
-const report = { blocked: [], consoleErrors: [], steps: [] };
+const report = { steps: [] };
 const extra = (name) => screenshot.replace(/(\.png)?$/, `-${name}.png`);
 const step = (s) => { report.steps.push(s); console.error(`[drive_app] ${s}`); };
 
-let context;
+let browser;
 let page;
 let failed = null;
 try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    viewport: { width: 1400, height: 1000 },
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  await context.route('**/*', (route) => {
-    const u = new URL(route.request().url());
-    if (['http:', 'https:', 'ws:', 'wss:'].includes(u.protocol) && u.host !== appHost) {
-      report.blocked.push(route.request().url());
-      return route.abort('blockedbyclient');
-    }
-    return route.continue();
-  });
-  page = context.pages()[0] || await context.newPage();
-  page.on('console', (m) => { if (m.type() === 'error') report.consoleErrors.push(m.text().slice(0, 300)); });
-  page.on('pageerror', (e) => report.consoleErrors.push(`pageerror: ${String(e).slice(0, 300)}`));
+  browser = await openBrowser(url, report);
+  page = browser.page;
 
   step(`open ${url}`);
   await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 120000 });
@@ -235,16 +214,5 @@ try {
   failed = e;
   report.error = String(e && e.stack ? e.stack : e).slice(0, 2000);
 } finally {
-  if (page && !report.screenshot) {
-    try {
-      await page.screenshot({ path: screenshot, fullPage: true, timeout: 30000 });
-      report.screenshot = screenshot;
-    } catch (e) {
-      report.screenshotError = String(e);
-    }
-  }
-  if (context) await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-  console.log(JSON.stringify(report));
-  process.exit(failed ? 1 : 0);
+  await finishRun(browser, report, screenshot, failed);
 }
