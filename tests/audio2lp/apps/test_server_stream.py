@@ -9,17 +9,17 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.audio2lp.apps.served import served
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -492,21 +492,7 @@ def test_page_in_browser(tiny_weights, data_dir, tmp_path):
     log_path = tmp_path / "serve.log"
     cmd = [sys.executable, "-m", "audio2lp", "serve", "--weights", str(tiny_weights), "--device", "cpu", "--host",
            "127.0.0.1", "--port", str(port), "--stream-buffer", "1"]
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-                                  start_new_session=True)
-    try:
-        t0 = time.monotonic()
-        while True:
-            assert server.poll() is None, f"serve exited with {server.returncode}:\n{log_path.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() - t0 < 180, f"serve did not answer within 180 s:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.3)
+    with served(cmd, base + "/health", log_path, env=env, cwd=tmp_path):
         shot = Path(os.environ.get("AUDIO2LP_ARTIFACTS", WEB.parents[1] / "artifacts")) / "stream_page.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(["node", str(WEB / "stream_page.mjs"), base + "/stream", str(data_dir / PORTRAIT),
@@ -516,13 +502,6 @@ def test_page_in_browser(tiny_weights, data_dir, tmp_path):
         report = json.loads(lines[-1]) if lines else {}
         assert proc.returncode == 0, (f"the browser run failed: {report.get('error') or proc.stderr[-3000:]}\n"
                                       f"serve log:\n{log_path.read_text()[-3000:]}")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
     assert report["emptyError"] == "Pick a portrait photo first."
     assert report["blocked"] == [] and report["consoleErrors"] == [], report
     ready, final = report["ready"], report["final"]

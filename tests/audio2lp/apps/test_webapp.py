@@ -13,16 +13,16 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.audio2lp.apps.served import served
 
 gr = pytest.importorskip("gradio", reason='the web app needs Gradio (pip install -e ".[app]")')
 
@@ -462,22 +462,7 @@ def test_webapp_in_browser(tiny_weights, motion_ckpt, data_dir, short_speech, tm
     cmd = [sys.executable, "-m", "audio2lp", "app", "--weights", str(tiny_weights), "--motion-model", str(motion_ckpt),
            "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--output-dir", str(tmp_path / "out")]
     t0 = time.monotonic()
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-                                  start_new_session=True)
-    try:
-        while True:  # wait for the page
-            if server.poll() is not None:
-                pytest.fail(f"the app exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() - t0 > 180:
-                pytest.fail(f"the app did not answer on {url} within 180 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with served(cmd, url, log_path, env=env, cwd=tmp_path):
         started = time.monotonic() - t0
         shot = artifacts_dir() / "webapp_speak.png"
         from tests.audio2lp.test_drive import cut_clip
@@ -490,13 +475,6 @@ def test_webapp_in_browser(tiny_weights, motion_ckpt, data_dir, short_speech, tm
         report = json.loads(lines[-1]) if lines else {}
         assert proc.returncode == 0, (f"the browser run failed: {report.get('error') or proc.stderr[-3000:]}\n"
                                       f"server log:\n{log_path.read_text()[-3000:]}")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
     v = report["video"]
     assert v["box"] == "ftyp" and v["duration"] == pytest.approx(1.0, abs=0.1) and v["readyState"] >= 2
     assert v["width"] > 0 and v["height"] > 0 and v["played"]
