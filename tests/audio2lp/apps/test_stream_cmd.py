@@ -147,8 +147,11 @@ def test_interrupted_stream_keeps_a_playable_prefix(tiny_weights, speech, tmp_pa
     out = tmp_path / "cut.mp4"
     partial = tmp_path / "cut.partial.mp4"
     cmd = [sys.executable, "-m", "audio2lp", *_cli(tiny_weights, "-o", str(out))]
+    # Ctrl-C as in a terminal: a shell's background job (e.g. CI started with `&`) inherits SIGINT ignored, and
+    # Python then keeps ignoring it; give the command the default disposition so it gets its KeyboardInterrupt.
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+                            env=dict(os.environ, PYTHONPATH=str(REPO)),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     proc.stdin.write(speech[: int(0.9 * 16000)].astype("<f4").tobytes())  # fits in the pipe; the input stays open
     proc.stdin.flush()
     assert _plays_soon(proc, partial), "no playable partial file"
