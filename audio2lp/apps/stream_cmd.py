@@ -74,13 +74,11 @@ def run_speak_stream(args) -> int:
     if sys.stdin is None or sys.stdin.isatty():
         raise InputError("SPEECH '-' reads raw 16 kHz mono PCM from standard input; pipe it in, e.g. `ffmpeg -i "
                          "talk.wav -f f32le -ac 1 -ar 16000 - | audio2lp speak me.jpg - -o talk.mp4`.")
-    for name, value in (("fps", 25.0), ("motion_model", None), ("pose_from", None), ("style", 0),
-                        ("motion_noise", 0.0)):
-        if getattr(args, name) != value:
-            raise OptionError(name, "{" + name + "} does not apply to a stream (SPEECH '-'); drop it.")
-    anim = animator(args)
+    anim = animator(args)  # Animator.stream refuses speak's options a stream cannot take (fps, motion_model, ...)
     stream = anim.stream(args.portrait, pcm_chunks(sys.stdin.buffer, args.input_format),
-                         lookahead_ms=args.lookahead_ms, face=args.face, expression_scale=args.expression_scale,
+                         lookahead_ms=args.lookahead_ms, fps=args.fps, motion_model=args.motion_model,
+                         pose_from=args.pose_from, style=args.style, motion_noise=args.motion_noise,
+                         face=args.face, expression_scale=args.expression_scale,
                          pose_scale=args.pose_scale, seed=args.seed, blink=args.blink, blink_rate=args.blink_rate,
                          pasteback=args.pasteback, whisper_checkpoint=args.whisper_checkpoint,
                          max_portrait_size=args.max_portrait_size, **sliders(args, "speak"))
