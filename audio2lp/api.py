@@ -601,16 +601,29 @@ class Animator:
         duration = len(wav) / 16000
         n_frames = max(1, int(round(duration * fps)))
         renderer = self.renderer
-        pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback,
-                              max_size=v["max_portrait_size"])
-        plan = speech_plan(wav, n_frames, fps, device=renderer.device, motion_model=motion_model, seed=seed,
-                           style=style, blink=blink, blink_rate=blink_rate, pose_scale=pose_scale, template=template,
-                           whisper_checkpoint=whisper_checkpoint, motion_noise=motion_noise,
-                           expression_scale=expression_scale, progress=self.progress, models=self.speech_models)
+        plan = None
+        if motion_model is None:  # the default motion is made in the background while the portrait is prepared
+            from audio2lp.streaming import start_speech_plan  # and the first frames render
 
-        self._render_plan(renderer, pt, plan, out, fps, crf=crf, audio=audio, pasteback=pasteback,
-                          progress_callback=progress_callback, expression_scale=expression_scale,
-                          pose_scale=pose_scale, edit=edit)
+            plan = start_speech_plan(wav, n_frames, fps, template=template, seed=seed, pose_scale=pose_scale,
+                                     expression_scale=expression_scale, blink=blink, blink_rate=blink_rate,
+                                     whisper_checkpoint=whisper_checkpoint, device=renderer.device,
+                                     models=self.speech_models)
+        try:
+            pt = prepare_portrait(renderer, self.faces, portrait, face, pasteback=pasteback,
+                                  max_size=v["max_portrait_size"])
+            if plan is None:
+                plan = speech_plan(wav, n_frames, fps, device=renderer.device, motion_model=motion_model, seed=seed,
+                                   style=style, blink=blink, blink_rate=blink_rate, pose_scale=pose_scale,
+                                   template=template, whisper_checkpoint=whisper_checkpoint, motion_noise=motion_noise,
+                                   expression_scale=expression_scale, progress=self.progress,
+                                   models=self.speech_models)
+            self._render_plan(renderer, pt, plan, out, fps, crf=crf, audio=audio, pasteback=pasteback,
+                              progress_callback=progress_callback, expression_scale=expression_scale,
+                              pose_scale=pose_scale, edit=edit)
+        finally:
+            if plan is not None:
+                plan.close()
         log.info("wrote %s (%d frames at %g fps, %.2f s of audio)", out, n_frames, fps, duration)
         return RenderResult(out, n_frames, fps, True, extra={"duration": duration, "mode": plan.mode})
 

@@ -117,8 +117,6 @@ def speech_motion(wav, n_frames, fps, *, seed=0, pose_scale=1.0, expression_scal
     deviation from the closed level. Whisper runs on the CPU (2 s windows); the lip-sync model on ``device``.
     ``models``: where Whisper and the lip-sync model come from (loaded once there; default: loaded for this call).
     """
-    import torch
-
     from audio2lp.models.idle import pose_from_template
     from audio2lp.models.landmark_motion import TOKENS_PER_FRAME, pad_audio
     from audio2lp.models.motion import resample_motion
@@ -129,14 +127,8 @@ def speech_motion(wav, n_frames, fps, *, seed=0, pose_scale=1.0, expression_scal
     c = model.config
     n25 = max(1, int(round(len(wav) / 16000 * 25)))
     whisper = models.whisper(c.features.whisper_model, whisper_checkpoint, "cpu")
-    lipsync_lip = None
-    if model.lip_mix.lipsync_weight > 0:
-        lips = models.lipsync(device)
-        lc = lips.config
-        same = lc.whisper_model == whisper.model_name and torch.device(device).type == "cpu"
-        enc = whisper if same else models.whisper(lc.whisper_model, whisper_checkpoint, device)
-        feats = enc.encode(wav, layers=lc.whisper_layers, progress=progress)
-        lipsync_lip = lips.predict(feats, n25).lip_open_raw  # without its silence closing: the pause gate decides
+    lipsync_lip = offline_lipsync_lip(models, model, wav, n25, device=device, whisper_checkpoint=whisper_checkpoint,
+                                      progress=progress)
     need = c.pad_tokens + TOKENS_PER_FRAME * (n25 + c.lookahead_frames)  # the tokens the n25 frames read
     feats = StreamingEncoder(c.features, whisper).encode(pad_audio(wav, c), n_tokens=need, progress=progress)
     m = model.generate(feats, n25, seed=seed, lipsync_lip=lipsync_lip)  # (n25, 9)
@@ -171,6 +163,24 @@ def closed_lip_level(model) -> float:
     return model.closure.level if model.closure is not None else read_lipsync_metadata()["config"].closed_level
 
 
+def offline_lipsync_lip(models: SpeechModels, model, wav, n25: int, *, device, whisper_checkpoint,
+                        progress: bool = False) -> np.ndarray | None:
+    """The lip-sync model's lip ``(n25,)`` (raw, before its silence closing: the pause gate decides) for the default
+    motion ``model``'s :class:`~audio2lp.models.processes.LipMix`, from Whisper features of the whole clip; None
+    when the mix does not use it. Its Whisper encoder runs on ``device`` (or shares the motion's CPU encoder)."""
+    import torch
+
+    if model.lip_mix.lipsync_weight <= 0:
+        return None
+    lips = models.lipsync(device)
+    lc = lips.config
+    whisper = models.whisper(model.config.features.whisper_model, whisper_checkpoint, "cpu")
+    same = lc.whisper_model == whisper.model_name and torch.device(device).type == "cpu"
+    enc = whisper if same else models.whisper(lc.whisper_model, whisper_checkpoint, device)
+    feats = enc.encode(wav, layers=lc.whisper_layers, progress=progress)
+    return lips.predict(feats, n25).lip_open_raw
+
+
 def finish_motion_rows(model, m: np.ndarray, *, expression_scale: float, pose_scale: float,
                        template_pose: np.ndarray | None = None, closed: float | None = None) -> np.ndarray:
     """The default motion's rows ``(n, 9)`` float32 (lip, eyes l/r, pitch, yaw, roll, tx, ty, scale) from the
@@ -201,6 +211,7 @@ def lip_open_series(plan: SpeechPlan) -> np.ndarray:
     here."""
     if plan.landmark is None:
         raise ValueError(f"a {plan.mode!r} speech plan has no lip-open series")
+    plan.wait()
     return np.asarray(plan.landmark.lip_open, np.float32)
 
 
@@ -232,6 +243,20 @@ class SpeechPlan:
     reference: np.ndarray | None = None
     landmark: SpeechMotion | None = None
     eye_open: np.ndarray | None = None
+    #: the default motion still being made in the background (:class:`audio2lp.streaming.BackgroundSpeechMotion`):
+    #: ``landmark``'s rows fill in order, and :meth:`keypoints` waits for the rows it reads
+    pending: object | None = None
+
+    def wait(self, n_rows: int | None = None) -> None:
+        """Return once the first ``n_rows`` rows (None: all) of a plan made in the background are in; raises what
+        the background work raised."""
+        if self.pending is not None:
+            self.pending.wait(self.n_frames if n_rows is None else n_rows)
+
+    def close(self) -> None:
+        """Stop background work (if any) and wait for it to end."""
+        if self.pending is not None:
+            self.pending.close()
 
     def keypoints(self, renderer: Renderer, pf, idx: np.ndarray, expression_scale: float = 1.0,
                   pose_scale: float = 1.0, face_index: int = 0, edit: PortraitEdit | None = None):
@@ -246,6 +271,7 @@ class SpeechPlan:
         LivePortrait's ``flag_normalize_lip`` does): the model's lip motion is relative to a closed mouth (see
         :mod:`training.motion.dataset`). The default plan: :func:`audio2lp.speech_motion.speech_motion_keypoints`."""
         if self.landmark is not None:
+            self.wait(int(np.max(idx)) + 1)
             return speech_motion_keypoints(renderer, pf, self.landmark, idx, edit=edit)
         from audio2lp.models.motion import EXP, POSE, SCALE, T
         from lp_renderer.keypoints import relative_motion

@@ -49,13 +49,13 @@ import torch
 
 from audio2lp.errors import AudioError
 from audio2lp.options import OptionError
-from audio2lp.speech import SpeechModels, closed_lip_level, finish_motion_rows, landmark_model_for
+from audio2lp.speech import SpeechModels, closed_lip_level, finish_motion_rows, landmark_model_for, offline_lipsync_lip
 from audio2lp.speech_motion import SpeechMotion, speech_motion_keypoints
 from audio2lp.whisper.stream import StreamingEncoder
 from lp_renderer.errors import InputError
 
 __all__ = ["SAMPLE_RATE", "FPS", "MAX_LOOKAHEAD_MS", "LIP_TOLERANCE", "StreamFrame", "SpeechMotionStream",
-           "SpeakStream", "min_lookahead_ms"]
+           "SpeakStream", "min_lookahead_ms", "BackgroundSpeechMotion", "start_speech_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +120,14 @@ class SpeechMotionStream:
     ty, scale; :class:`~audio2lp.speech_motion.SpeechMotion`'s series) of the frames now complete; :meth:`finish`
     at the end of the speech gives the rest, ``max(1, round(seconds * 25))`` rows in all, as ``speak`` makes.
     Options as :func:`~audio2lp.speech.speech_motion`; ``lookahead_ms`` None: the model's minimum
-    (:attr:`lookahead_ms` holds the value used)."""
+    (:attr:`lookahead_ms` holds the value used). ``lipsync_lip`` ``(n,)``: the lip-sync model's lip of every frame,
+    made beforehand from the whole speech (:func:`~audio2lp.speech.offline_lipsync_lip`, when the speech is known in
+    advance): the rows are then ``speak``'s bit for bit (no :data:`LIP_TOLERANCE`)."""
 
     def __init__(self, *, seed: int = 0, pose_scale: float = 1.0, expression_scale: float = 1.0, blink: bool = True,
                  blink_rate: float | None = None, whisper_checkpoint=None, device="cpu",
-                 lookahead_ms: int | None = None, models: SpeechModels | None = None, model=None):
+                 lookahead_ms: int | None = None, models: SpeechModels | None = None, model=None,
+                 lipsync_lip: np.ndarray | None = None):
         from audio2lp.models.landmark_motion import MotionStream
         from audio2lp.whisper.features import SAMPLES_PER_TOKEN
 
@@ -147,7 +150,8 @@ class SpeechMotionStream:
         self._pad = np.zeros(c.pad_tokens * SAMPLES_PER_TOKEN, np.float32)
         self.lips = self.lip_features = None
         self._shared = False  # True: one encoder pass makes the motion's and the lip-sync model's features
-        if m.lip_mix.lipsync_weight > 0:
+        self._offline_lip = None if lipsync_lip is None or m.lip_mix.lipsync_weight <= 0 else np.asarray(lipsync_lip)
+        if m.lip_mix.lipsync_weight > 0 and self._offline_lip is None:
             self.lips = models.lipsync(device)
             lc = self.lips.config
             layers = lc.whisper_layers
@@ -253,14 +257,16 @@ class SpeechMotionStream:
             i = self.frames_out
             raw, scores = self._rows[0]
             lipsync = None
-            if self.lips is not None:
+            if self._offline_lip is not None:
+                lipsync = self._offline_lip[i]  # its own dtype: the blend then sees speak's bits
+            elif self.lips is not None:
                 lipsync = self._lipsync_lip(i)
                 if lipsync is None:
                     break
             self._rows.popleft()
             m = self.model
             lip = m.lip_mix.mix(np.array([raw[0]], np.float64),
-                                None if lipsync is None else np.array([lipsync], np.float32))[0]
+                                None if lipsync is None else np.array([lipsync], np.asarray(lipsync).dtype))[0]
             if self.gate is not None:
                 lip = self.gate.next(float(lip), float(np.float64(scores[m.closure.score])))
             row = raw.copy()
@@ -419,3 +425,105 @@ class SpeakStream:
                                           batch_size=1)
                     for pf in self._pt.faces]
         return self._pt.composite([r[0] for r in rendered], pasteback=self._pasteback)
+
+
+class BackgroundSpeechMotion:
+    """``speak``'s default motion made in a background thread, row by row, while the portrait is prepared and the
+    first frames render (:func:`start_speech_plan`). The rows are :func:`~audio2lp.speech.speech_motion`'s bit for
+    bit: the same :class:`SpeechMotionStream` pieces, fed the whole speech, with the lip-sync model's lip made
+    beforehand from the whole speech (``lipsync_lip``). ``motion`` is the :class:`SpeechMotion` being filled: its
+    eye series is known in advance (the blink process does not depend on the speech), the other rows are valid up
+    to :meth:`wait`'s count. The thread runs the small models on one torch thread (a per-thread setting: the
+    renderer keeps its threads)."""
+
+    #: audio pushed per step (s): the Whisper windows of one step go through the encoder in batches
+    STEP_S = 1.0
+
+    def __init__(self, wav: np.ndarray, *, seed: int, pose_scale: float, expression_scale: float, blink: bool,
+                 blink_rate: float | None, whisper_checkpoint, device, models: SpeechModels):
+        import threading
+
+        self._wav = np.asarray(wav, np.float32).reshape(-1)
+        self.n_frames = n = max(1, int(round(len(self._wav) / SAMPLE_RATE * FPS)))
+        self._kw = dict(seed=seed, pose_scale=pose_scale, expression_scale=expression_scale, blink=blink,
+                        blink_rate=blink_rate, whisper_checkpoint=whisper_checkpoint, device=device, models=models)
+        model = landmark_model_for(models, None, blink, blink_rate)  # loaded here: errors surface in the caller
+        eyes = np.ones((n, 2), np.float32)
+        if model.blinks is not None:
+            eyes[:] = model.blinks.sample(n, seed)[:, None]
+        z = np.zeros(n, np.float32)
+        self.motion = SpeechMotion(fps=FPS, lip_open=z.copy(), eyes_open=eyes, pitch=z.copy(), yaw=z.copy(),
+                                   roll=z.copy(), tx=z.copy(), ty=z.copy(), scale=np.ones(n, np.float32), seed=seed)
+        self._done = 0
+        self._error: BaseException | None = None
+        self._stop = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="audio2lp-speech-motion", daemon=True)
+        self._thread.start()
+
+    def _store(self, rows: np.ndarray) -> None:
+        m, a = self.motion, self._done
+        b = min(self.n_frames, a + rows.shape[0])
+        rows = rows[:b - a]
+        m.lip_open[a:b], m.pitch[a:b], m.yaw[a:b], m.roll[a:b] = rows[:, 0], rows[:, 3], rows[:, 4], rows[:, 5]
+        m.tx[a:b], m.ty[a:b], m.scale[a:b] = rows[:, 6], rows[:, 7], rows[:, 8]
+        m.eyes_open[a:b] = rows[:, 1:3]  # the values put there in advance
+        with self._cond:
+            self._done = b
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        from audio2lp.models.threads import torch_threads
+
+        try:
+            with torch_threads(1):  # this thread's own setting (see the class docstring)
+                self._make_rows()
+        except BaseException as e:  # noqa: BLE001 - handed to the thread that waits for the rows
+            with self._cond:
+                self._error = e
+                self._cond.notify_all()
+
+    def _make_rows(self) -> None:
+        kw = dict(self._kw)
+        models = kw["models"]
+        model = landmark_model_for(models, None, kw["blink"], kw["blink_rate"])
+        lip = offline_lipsync_lip(models, model, self._wav, self.n_frames, device=kw["device"],
+                                  whisper_checkpoint=kw["whisper_checkpoint"])
+        s = SpeechMotionStream(lipsync_lip=lip, **kw)
+        step = int(self.STEP_S * SAMPLE_RATE)
+        for i in range(0, len(self._wav), step):
+            if self._stop:
+                return
+            self._store(s.push(self._wav[i:i + step]))
+        if not self._stop:
+            self._store(s.finish())
+
+    def wait(self, n_rows: int) -> None:
+        """Block until the first ``n_rows`` rows are in; re-raises the background thread's error."""
+        n_rows = min(int(n_rows), self.n_frames)
+        with self._cond:
+            while self._done < n_rows and self._error is None:
+                if not self._thread.is_alive() and self._done < n_rows:
+                    self._error = RuntimeError(f"the speech motion ended after {self._done} of {self.n_frames} rows")
+                    break
+                self._cond.wait(0.5)
+            if self._error is not None and self._done < n_rows:
+                raise self._error
+
+    def close(self) -> None:
+        """Stop making rows (after the current step) and wait for the thread."""
+        self._stop = True
+        self._thread.join()
+
+
+def start_speech_plan(wav: np.ndarray, n_frames: int, fps: float, *, template, **kw):
+    """``speak``'s default-motion :class:`~audio2lp.speech.SpeechPlan` with its rows made in the background
+    (:class:`BackgroundSpeechMotion`), or None where only the whole-clip computation applies (another frame rate
+    than the motion's 25 fps, or a head-motion template): the caller then uses :func:`~audio2lp.speech.speech_plan`.
+    The plan's :meth:`~audio2lp.speech.SpeechPlan.close` must be called when rendering ends."""
+    from audio2lp.speech import SpeechPlan
+
+    if template is not None or fps != FPS or n_frames != max(1, int(round(len(wav) / SAMPLE_RATE * FPS))):
+        return None
+    bg = BackgroundSpeechMotion(wav, **kw)
+    return SpeechPlan("landmark", n_frames, landmark=bg.motion, pending=bg)

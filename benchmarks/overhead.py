@@ -10,7 +10,7 @@ script measures exactly that on real files of ``$AUDIO2LP_TEST_DATA`` (default `
 turned into the network's input tensor, as M's caller does) and whose W + G return one constant 512x512 frame
 (converted to uint8 as rendered frames are). Everything else is the product's code: decoding, face detection and
 tracking, crops and eye / lip ratios, Algorithm 1 with the stitching MLP (real size, random weights), paste-back,
-encoding and muxing; for speak the audio, Whisper features, lip-sync model, blinks and idle motion.
+encoding and muxing; for speak the audio and the default motion (Whisper features, motion models, blinks).
 
 Per stage (each timed alone, over the same frames, one after another) and the whole command (``Animator.drive`` /
 ``Animator.speak`` end to end, stages overlapped as the product runs them), in ms per frame: wall time and CPU time
@@ -163,10 +163,10 @@ def stages_speak(anim, portrait: Path, wav: Path, tmp: Path) -> tuple[dict[str, 
     with Clock() as t["audio load"]:
         audio = load_audio(wav)
     n = max(1, int(round(len(audio) / 16000 * 25)))
-    with Clock() as t["Whisper + lip-sync + blinks + idle motion"]:
+    with Clock() as t["speech motion (Whisper features, default motion model, blinks)"]:
         plan = speech_plan(audio, n, 25.0, device=r.device, motion_model=None, seed=0, style=0, blink=True,
-                           blink_rate=None, pose_scale=1.0, template=None, portrait=pt, whisper_checkpoint=None,
-                           progress=False)
+                           blink_rate=None, pose_scale=1.0, template=None, whisper_checkpoint=None,
+                           progress=False, models=anim.speech_models)
     rendered = []
     with Clock() as t["keypoints (retargeting, stitching) + to_uint8"]:
         pf = pt.faces[0]
@@ -224,6 +224,7 @@ def main() -> None:
         anim = Animator(renderer=null_renderer(), face_backend=args.face_backend, batch_size=args.batch_size,
                         progress=False)
         anim.faces  # noqa: B018 - load the face models before timing
+        anim.speech_models.landmark()  # and the speech models (a service keeps them loaded)
         if args.only in (None, "drive"):
             video = data / DRIVING
             n = min(args.frames or 10**9, probe_video(video).n_frames)

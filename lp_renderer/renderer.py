@@ -325,8 +325,15 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     ``x * 255`` truncated either way).
     """
     if images.device.type != "cuda":
-        arr = images.detach().permute(0, 2, 3, 1).clamp(0, 1).cpu().numpy()
-        return (arr * 255).astype(np.uint8)
+        # planes (B, 3, H, W) -> uint8 in torch, then interleaved by OpenCV into a C-contiguous (B, H, W, 3):
+        # paste-back and the encoder read it without another copy
+        x = images.detach().cpu()
+        x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        planes = (x.clamp(0, 1) * 255).to(torch.uint8).numpy()
+        out = np.empty((planes.shape[0], planes.shape[2], planes.shape[3], planes.shape[1]), np.uint8)
+        for i, p in enumerate(planes):
+            cv2.merge(list(p), dst=out[i])
+        return out
     u8 = (images.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3) on the device
     host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
     host.copy_(u8, non_blocking=True)

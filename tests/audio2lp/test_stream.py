@@ -13,8 +13,9 @@ from audio2lp.errors import AudioError, InputError
 from audio2lp.media.audio import load_audio, write_wav
 from audio2lp.models.processes import LipMix
 from audio2lp.options import OptionError
-from audio2lp.speech import speech_motion
-from audio2lp.streaming import LIP_TOLERANCE, SpeechMotionStream
+from audio2lp.speech import SpeechModels, speech_motion
+from audio2lp.speech_motion import SERIES
+from audio2lp.streaming import LIP_TOLERANCE, BackgroundSpeechMotion, SpeechMotionStream
 
 PORTRAIT = "portraits/EAMM__14.png"
 SPEECH = "speech/MakeItTalk__M6_04_16k.wav"
@@ -151,6 +152,47 @@ def test_streamed_motion_matches_speak_within_the_lip_tolerance(data_dir, name):
         assert np.corrcoef(rows[:, 0], want[:, 0])[0, 1] > 0.95
         results.append(rows)
     assert all(np.array_equal(r, results[0]) for r in results)  # chunking never changes the stream
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("seconds,options", [(4.877, dict(seed=0)), (3.0, dict(seed=3, blink=False, pose_scale=0.7)),
+                                             (0.31, dict(seed=1, blink_rate=40.0, expression_scale=1.3))])
+def test_background_motion_is_speech_motions_bit_for_bit(data_dir, seconds, options):
+    """speak's default motion made in the background (row by row, while the portrait is prepared and frames render)
+    equals speech_motion's whole-clip computation bit for bit, with the shipped model's lip-sync blend."""
+    wav = load_audio(data_dir / SPEECHES[1])[: int(seconds * 16000)]
+    n = round(len(wav) / 16000 * 25)
+    opts = dict(dict(pose_scale=1.0, expression_scale=1.0, blink=True, blink_rate=None), **options)
+    want = speech_motion(wav, n, 25, progress=False, **opts)
+    bg = BackgroundSpeechMotion(wav, whisper_checkpoint=None, device="cpu", models=SpeechModels(), **opts)
+    bg.wait(n)
+    bg.close()
+    for k in SERIES:
+        assert np.array_equal(getattr(bg.motion, k), getattr(want, k)), k
+    assert bg.motion.eyes_move() == want.eyes_move()
+
+
+def test_background_motion_errors_reach_the_renderer_and_close_stops_it(monkeypatch):
+    """A failure in the background thread is raised where the rows are waited for; close() ends the thread."""
+    import audio2lp.streaming as streaming
+
+    def broken(*a, **k):
+        raise ValueError("lip-sync failed")
+
+    monkeypatch.setattr(streaming, "offline_lipsync_lip", broken)
+    wav = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    bg = BackgroundSpeechMotion(wav, seed=0, pose_scale=1.0, expression_scale=1.0, blink=True, blink_rate=None,
+                                whisper_checkpoint=None, device="cpu", models=SpeechModels())
+    with pytest.raises(ValueError, match="lip-sync failed"):
+        bg.wait(5)
+    bg.close()
+    assert not bg._thread.is_alive()
+    monkeypatch.undo()
+    bg = BackgroundSpeechMotion(np.zeros(16000 * 20, np.float32), seed=0, pose_scale=1.0, expression_scale=1.0,
+                                blink=False, blink_rate=None, whisper_checkpoint=None, device="cpu",
+                                models=SpeechModels())
+    bg.close()  # long before the 500 rows are made
+    assert not bg._thread.is_alive() and bg._done < bg.n_frames
 
 
 @pytest.mark.slow

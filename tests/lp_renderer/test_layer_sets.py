@@ -78,6 +78,18 @@ def test_to_uint8_truncates_like_the_official_code():
     assert out[0, 0, :, 0].tolist() == [0, 127, 255, 255, 0, 254, 254]
 
 
+def test_to_uint8_gives_contiguous_rgb_pixels():
+    """(B, 3, H, W) planes -> (B, H, W, 3) C-contiguous pixels (what paste-back and the encoder read without a
+    copy), each channel in its place, for float32 and float64 and strided input."""
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        x = (torch.rand(3, 3, 9, 14, generator=g, dtype=dtype) * 1.4 - 0.2)[:, :, ::2]  # strided
+        want = (x.permute(0, 2, 3, 1).clamp(0, 1).numpy() * 255).astype(np.uint8)
+        out = renderer_module.to_uint8(x)
+        assert out.flags.c_contiguous and out.shape == (3, 5, 14, 3)
+        assert np.array_equal(out, want)
+
+
 @pytest.mark.slow
 def test_compile_on_the_cpu():
     """``compile=True`` (torch.compile of W and G, inductor: needs a C++ compiler) gives the uncompiled output, for
