@@ -174,6 +174,21 @@ class Animator:
         self._batch_size = batch_size
         self.progress = progress
         self.speech_models = SpeechModels()  # Whisper and the speech models, loaded once for every speak
+        self._motion_in_background: bool | None = None
+
+    @property
+    def motion_in_background(self) -> bool:
+        """Whether ``speak`` makes its default motion in a background thread while the portrait is prepared and
+        frames render (the rows are the same bits either way): as set, else on when the renderer runs on a GPU
+        (the CPU is then free while frames render) and off on the CPU (the renderer needs every core there)."""
+        if self._motion_in_background is not None:
+            return self._motion_in_background
+        dev = getattr(self.renderer, "device", None)
+        return dev is not None and torch.device(dev).type != "cpu"
+
+    @motion_in_background.setter
+    def motion_in_background(self, value: bool | None) -> None:
+        self._motion_in_background = None if value is None else bool(value)
 
     @property
     def batch_size(self) -> int:
@@ -602,8 +617,8 @@ class Animator:
         n_frames = max(1, int(round(duration * fps)))
         renderer = self.renderer
         plan = None
-        if motion_model is None:  # the default motion is made in the background while the portrait is prepared
-            from audio2lp.streaming import start_speech_plan  # and the first frames render
+        if motion_model is None and self.motion_in_background:  # made while the portrait is prepared and the first
+            from audio2lp.streaming import start_speech_plan  # frames render
 
             plan = start_speech_plan(wav, n_frames, fps, template=template, seed=seed, pose_scale=pose_scale,
                                      expression_scale=expression_scale, blink=blink, blink_rate=blink_rate,

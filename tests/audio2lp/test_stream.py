@@ -172,6 +172,23 @@ def test_background_motion_is_speech_motions_bit_for_bit(data_dir, seconds, opti
     assert bg.motion.eyes_move() == want.eyes_move()
 
 
+@pytest.mark.realdata
+def test_speak_with_the_motion_in_background_gives_the_same_frames(animator, data_dir, speech, tmp_path):
+    """Animator.motion_in_background (the default on a GPU, off on the CPU): speak's frames are the same bits, with
+    the shipped model's lip-sync blend and blinks on."""
+    assert animator.motion_in_background is False  # a CPU renderer
+    opts = dict(seed=3, blink_rate=60.0, pose_scale=1.3)
+    want = speak_frames(animator, data_dir / PORTRAIT, speech, tmp_path, **opts)
+    animator.motion_in_background = True
+    try:
+        got = speak_frames(animator, data_dir / PORTRAIT, speech, tmp_path, **opts)
+    finally:
+        animator.motion_in_background = None
+    assert len(got) == len(want) == 20
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    assert np.abs(got[-5].astype(int) - got[0].astype(int)).mean() > 0.5  # the face moves
+
+
 def test_background_motion_errors_reach_the_renderer_and_close_stops_it(monkeypatch):
     """A failure in the background thread is raised where the rows are waited for; close() ends the thread."""
     import audio2lp.streaming as streaming
