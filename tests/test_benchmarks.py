@@ -1,0 +1,25 @@
+"""The benchmark scripts still run against the code they measure (a renamed argument once broke one silently)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.realdata
+def test_overhead_benchmark_runs(data_dir):
+    """benchmarks/overhead.py on a few frames: both tables, every stage, the whole commands."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--frames", "12", "--seconds",
+                          "1", "--threads", "1"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "AUDIO2LP_TEST_DATA": str(data_dir)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    for row in ("| decode |", "| face detection / tracking |", "| paste-back |", "| encode + mux |",
+                "| speech motion (Whisper features, default motion model, blinks) |"):
+        assert row in out.stdout, out.stdout
+    assert out.stdout.count("**whole command**") == 2
