@@ -325,14 +325,16 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     ``x * 255`` truncated either way).
     """
     if images.device.type != "cuda":
-        # planes (B, 3, H, W) -> uint8 in torch, then interleaved by OpenCV into a C-contiguous (B, H, W, 3):
-        # paste-back and the encoder read it without another copy
+        # one image at a time through a reused buffer (cache-sized, no fresh allocation per operation), then
+        # interleaved by OpenCV into a C-contiguous (B, H, W, 3): paste-back and the encoder read it without a copy
         x = images.detach().cpu()
         x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        planes = (x.clamp(0, 1) * 255).to(torch.uint8).numpy()
-        out = np.empty((planes.shape[0], planes.shape[2], planes.shape[3], planes.shape[1]), np.uint8)
-        for i, p in enumerate(planes):
-            cv2.merge(list(p), dst=out[i])
+        b, c, h, w = x.shape
+        out = np.empty((b, h, w, c), np.uint8)
+        buf = torch.empty((c, h, w), dtype=x.dtype)
+        for i in range(b):
+            torch.clamp(x[i], 0, 1, out=buf).mul_(255)
+            cv2.merge(list(buf.to(torch.uint8).numpy()), dst=out[i])  # (3, H, W) planes -> (H, W, 3)
         return out
     u8 = (images.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3) on the device
     host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
