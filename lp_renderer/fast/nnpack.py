@@ -64,13 +64,20 @@ class NNPACKConv2d(nn.Module):
             return self.conv(x)
         bias = self.conv.bias if self.conv.bias is not None else w.new_zeros(w.shape[0])
         try:
-            outs = [torch._nnpack_spatial_convolution(x[i:i + 1].contiguous(), w, bias, self.padding, [1, 1])
-                    for i in range(x.shape[0])]
+            return nnpack_conv2d(x, w, bias, self.padding)
         except RuntimeError as exc:  # an unsupported CPU or an NNPACK failure: plain convolutions from now on
             log.warning("NNPACK convolution failed (%s); using PyTorch's direct convolutions", exc)
             _NNPACK_STATE["usable"] = False
             return self.conv(x)
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def nnpack_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: list[int]) -> torch.Tensor:
+    """A stride-1 zero-padded 2-D convolution by NNPACK, one image at a time (its fast mode): x (B, C, H, W),
+    weight (O, C, kh, kw), bias (O,) float32 on the CPU -> (B, O, H', W'). Raises RuntimeError where NNPACK cannot
+    run."""
+    outs = [torch._nnpack_spatial_convolution(x[i:i + 1].contiguous(), weight, bias, padding, [1, 1])
+            for i in range(x.shape[0])]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def use_nnpack(module: nn.Module) -> int:
