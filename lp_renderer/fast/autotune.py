@@ -18,7 +18,8 @@ Kernels (all the same maths up to float rounding; tested against the plain convo
 * ``nnpack`` - NNPACK's Winograd / FFT kernels one image at a time (2-D, stride 1, ungrouped;
   :mod:`lp_renderer.fast.nnpack`);
 * ``nnpack-depth`` - a 3-D convolution as a sum over kernel depth of NNPACK 2-D convolutions of the depth slices
-  (3x3x3 kernels, stride 1, ungrouped, maps of at least 32x32: on smaller ones it is far behind);
+  (3x3x3 kernels, stride 1, ungrouped, maps of at least 32x32: on smaller ones it is far behind; not on AVX-512
+  CPUs, where it never wins);
 * ``fft`` - the tiled FFT of :mod:`lp_renderer.fast.fft_conv`, for the layers it was built for (W's 7x7x7 mask).
 
 Switch: ``Renderer(autotune=False)`` or ``AUDIO2LP_AUTOTUNE=0`` in the environment; the layers then run the fixed
@@ -133,9 +134,15 @@ def _nnpack_2d_applies(c: nn.Module, x: torch.Tensor) -> bool:
     return isinstance(c, nn.Conv2d) and _stride1(c) and nnpack_usable()
 
 
+def depth_split_offered() -> bool:
+    """Whether ``nnpack-depth`` is worth timing here: not on AVX-512 CPUs, where oneDNN's direct 3-D kernels were
+    2.8-4x faster on every layer of W (``benchmarks/RESULTS.md``); on AVX2-only CPUs NNPACK's Winograd may win."""
+    return "avx512f" not in _cpu()[1]
+
+
 def _nnpack_depth_applies(c: nn.Module, x: torch.Tensor) -> bool:
     return (isinstance(c, nn.Conv3d) and _stride1(c) and c.kernel_size == (3, 3, 3)
-            and x.shape[3] * x.shape[4] >= 32 * 32 and nnpack_usable())
+            and x.shape[3] * x.shape[4] >= 32 * 32 and nnpack_usable() and depth_split_offered())
 
 
 def _native_applies(c: nn.Module, x: torch.Tensor) -> bool:
@@ -283,6 +290,11 @@ def kernel_cache() -> KernelCache:
         if key not in _CACHES or _CACHES[key].path != cache_path(desc):
             _CACHES[key] = KernelCache(desc)
         return _CACHES[key]
+
+
+def tuning_seconds() -> float:
+    """Seconds this process has spent timing kernels so far."""
+    return _STATE["spent"]
 
 
 def reset() -> None:

@@ -18,6 +18,8 @@ from lp_renderer.fast.autotune import KERNELS, AutotunedConv
 from lp_renderer.fast.fft_conv import FFTConv3d
 from lp_renderer.fast.nnpack import NNPACKConv2d, nnpack_usable
 
+DEPTH_SPLIT_OFFERED = autotune.depth_split_offered
+
 
 @pytest.fixture(autouse=True)
 def kernel_cache_dir(tmp_path, monkeypatch):
@@ -25,6 +27,7 @@ def kernel_cache_dir(tmp_path, monkeypatch):
     load average of a shared test machine must not decide whether a choice is timed again)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(autotune, "machine_busy", lambda: False)
+    monkeypatch.setattr(autotune, "depth_split_offered", lambda: True)  # (only on CPUs without AVX-512 otherwise)
     monkeypatch.delenv(autotune.ENV_SWITCH, raising=False)
     autotune.reset()
     yield tmp_path / "cache" / "audio2lp" / "kernels"
@@ -268,6 +271,16 @@ def test_a_choice_timed_on_a_busy_machine_is_timed_again_when_it_is_quiet(monkey
         AutotunedConv(layer.conv)(x)  # still busy: the recorded choice is the best there is
     assert len(timings) == n
     monkeypatch.setattr(autotune, "machine_busy", lambda: False)
+    monkeypatch.setattr(autotune, "depth_split_offered", lambda: True)  # (only on CPUs without AVX-512 otherwise)
     with torch.no_grad():
         AutotunedConv(layer.conv)(x)
     assert len(timings) > n and not autotune.kernel_cache().entries[layer.signature(x)]["busy"]
+
+
+def test_the_depth_split_is_offered_on_cpus_without_avx512(monkeypatch):
+    layer, x = _layer("conv3d 3x3x3 large map")
+    monkeypatch.setattr(autotune, "depth_split_offered", DEPTH_SPLIT_OFFERED)  # the real rule
+    monkeypatch.setattr(autotune, "_cpu", lambda: ("an AVX2 CPU", ["avx", "avx2", "fma"], "AVX2"))
+    assert ("nnpack-depth" in layer.kernels(x)) == nnpack_usable()
+    monkeypatch.setattr(autotune, "_cpu", lambda: ("an AVX-512 CPU", ["avx", "avx2", "avx512f"], "AVX512"))
+    assert "nnpack-depth" not in layer.kernels(x)
