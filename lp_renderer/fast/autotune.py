@@ -460,16 +460,9 @@ def autotune_network(module: nn.Module, nnpack_in: tuple[type, ...] = ()) -> int
     (those already wrapped are left as they are). Layers inside modules of the types ``nnpack_in`` that
     :class:`lp_renderer.fast.nnpack.NNPACKConv2d` would take get ``nnpack`` as their untuned kernel (the fixed CPU
     layer set's choice). Returns the count of layers wrapped."""
-    from .nnpack import NNPACKConv2d
+    from .nnpack import NNPACKConv2d, wrap_layers
 
     nnpack_layers = {id(c) for m in module.modules() if isinstance(m, nnpack_in)
                      for c in m.modules() if NNPACKConv2d.eligible(c)}
-    n = 0
-    for parent in list(module.modules()):
-        if isinstance(parent, AutotunedConv):
-            continue
-        for name, child in list(parent.named_children()):
-            if AutotunedConv.eligible(child):
-                setattr(parent, name, AutotunedConv(child, "nnpack" if id(child) in nnpack_layers else "onednn"))
-                n += 1
-    return n
+    return wrap_layers(module, AutotunedConv, AutotunedConv.eligible,
+                       lambda c: AutotunedConv(c, "nnpack" if id(c) in nnpack_layers else "onednn"))

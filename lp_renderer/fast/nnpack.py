@@ -82,12 +82,18 @@ def nnpack_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pad
 
 def use_nnpack(module: nn.Module) -> int:
     """In place: wrap every eligible ``nn.Conv2d`` below ``module`` in :class:`NNPACKConv2d`. Returns the count."""
+    return wrap_layers(module, NNPACKConv2d, NNPACKConv2d.eligible, NNPACKConv2d)
+
+
+def wrap_layers(module: nn.Module, wrapper: type, eligible, make) -> int:
+    """In place: replace every child ``c`` below ``module`` with ``eligible(c)`` by ``make(c)``, not looking inside
+    modules of type ``wrapper`` (so wrapping twice changes nothing). Returns the count."""
     n = 0
     for parent in list(module.modules()):
-        if isinstance(parent, NNPACKConv2d):
+        if isinstance(parent, wrapper):
             continue
         for name, child in list(parent.named_children()):
-            if NNPACKConv2d.eligible(child):
-                setattr(parent, name, NNPACKConv2d(child))
+            if eligible(child):
+                setattr(parent, name, make(child))
                 n += 1
     return n
