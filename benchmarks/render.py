@@ -139,8 +139,19 @@ def child(args) -> dict:
     per_frame = {k: v / frames for k, v in t.items()}
     per_frame["total"] = sum(per_frame.values())
     return {"mode": args.mode, "batch": b, "frames": frames, "F_once": f_once, "prepare_once": prepare_once,
-            "tuning": tuning_seconds(), "first_use": first_use,
+            "tuning": tuning_seconds(), "first_use": first_use, "kernels": chosen_kernels(r),
             "per_frame": per_frame, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def chosen_kernels(r) -> dict[str, int]:
+    """How many layer calls run each kernel (autotuned renderers; empty otherwise)."""
+    from collections import Counter
+
+    from lp_renderer.fast.autotune import AutotunedConv
+
+    nets = getattr(r, "nets", None)
+    return dict(Counter(k for m in (nets.modules() if nets is not None else ()) if isinstance(m, AutotunedConv)
+                        for k in m.chosen.values()))
 
 
 def onnx_renderer(args):
@@ -213,6 +224,10 @@ def report(args, results: list[dict], weights_label: str) -> str:
                      + f" | {pf['total']:.3f} s | {naive / pf['total']:.2f}x | {r['F_once']:.2f} s"
                      f" | {r['prepare_once']:.2f} s | {r['tuning']:.1f} s | {r['first_use']:.1f} s"
                      f" | {r['peak_rss_gib']:.2f} GiB |")
+    for r in results:
+        if r.get("kernels"):
+            lines.append(f"- kernels chosen by {r['mode']} batch {r['batch']} (layers per kernel): "
+                         + ", ".join(f"{k} {n}" for k, n in sorted(r["kernels"].items(), key=lambda kv: -kv[1])))
     cmd = shlex.join(["python", "benchmarks/render.py", *sys.argv[1:]])
     env = f"AUDIO2LP_CONFORMANCE_DIR={shlex.quote(str(conformance_dir()))} " \
         if "AUDIO2LP_CONFORMANCE_DIR" in os.environ else ""
