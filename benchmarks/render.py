@@ -114,7 +114,7 @@ def child(args) -> dict:
         t[key] += time.perf_counter() - t0
         return out
 
-    from lp_renderer.fast.autotune import tuning_seconds
+    from lp_renderer.fast.autotune import kernel_cache, tuning_seconds
 
     with torch.no_grad():
         # warm-up (first-call allocations, FFT plans, weight spectra, kernel autotuning), at the batch measured
@@ -140,6 +140,7 @@ def child(args) -> dict:
     per_frame["total"] = sum(per_frame.values())
     return {"mode": args.mode, "batch": b, "frames": frames, "F_once": f_once, "prepare_once": prepare_once,
             "tuning": tuning_seconds(), "first_use": first_use, "kernels": chosen_kernels(r),
+            "timed": kernel_cache().entries if getattr(r, "autotune", False) else {},
             "per_frame": per_frame, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
@@ -267,7 +268,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--frames", type=int, default=3, help="frames per batch-1 path (batch 8 renders 2 batches)")
     ap.add_argument("--quick", action="store_true", help="tiny config, random weights: a smoke run")
-    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--json", help="also write the results here (with every timed kernel of the autotuned paths)")
     ap.add_argument("--paths", help=f"comma-separated paths to run (default all: {','.join(PATHS)})")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="optimised", help=argparse.SUPPRESS)
