@@ -408,6 +408,7 @@ class AutotunedConv(nn.Module):
         names = self.kernels(x)
         return self.default if self.default in names else "onednn"
 
+    @torch.compiler.disable  # timing is eager work (under torch.compile too)
     def _choose(self, x: torch.Tensor) -> tuple[str, torch.Tensor | None]:
         """The kernel for this input (from the cache, or timed now) and, when timed, the winner's output."""
         if not (self.tune and autotune_enabled()):
