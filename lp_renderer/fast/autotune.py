@@ -12,9 +12,8 @@ nothing (a choice timed while the machine was busy is timed again by a process t
 Kernels (all the same maths up to float rounding; tested against the plain convolution):
 
 * ``onednn`` - ``F.conv2d`` / ``F.conv3d`` as PyTorch dispatches them (oneDNN's direct kernels on x86);
-* ``onednn-cl`` - the same on a channels-last copy of the input (2-D, ungrouped);
-* ``native`` - PyTorch's own im2col + GEMM path (oneDNN switched off for the call; ungrouped; in 3-D only on maps
-  of at most 16x16);
+* ``native`` - PyTorch's own im2col + GEMM path (oneDNN switched off for the call; ungrouped; only where its
+  im2col buffer stays under :data:`NATIVE_COLUMNS_BYTES`: elsewhere it is far behind and needs up to gigabytes);
 * ``nnpack`` - NNPACK's Winograd / FFT kernels one image at a time (2-D, stride 1, ungrouped;
   :mod:`lp_renderer.fast.nnpack`);
 * ``nnpack-depth`` - a 3-D convolution as a sum over kernel depth of NNPACK 2-D convolutions of the depth slices
@@ -35,6 +34,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import tempfile
@@ -60,6 +60,9 @@ RUNS = 2
 PRUNE = 2.0
 #: a warm-up longer than this (seconds) is followed by one timed run only
 LONG_S = 0.1
+#: the largest im2col buffer the ``native`` kernel is tried with (beyond it, it lost everywhere: up to 6 s and 1.8 GB
+#: for W's 7x7 occlusion layer)
+NATIVE_COLUMNS_BYTES = 64 * 2**20
 CACHE_FORMAT = 1
 #: ISA flags that decide which kernels are fast (part of the machine key)
 _ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
@@ -87,10 +90,6 @@ def _native(x: torch.Tensor, c: nn.Module) -> torch.Tensor:
         return _conv(x, c)
     finally:
         torch._C._set_mkldnn_enabled(was)
-
-
-def _channels_last(x: torch.Tensor, c: nn.Module) -> torch.Tensor:
-    return _conv(x.contiguous(memory_format=torch.channels_last), c).contiguous()
 
 
 def _bias(c: nn.Module) -> torch.Tensor:
@@ -121,10 +120,6 @@ def _nnpack_depth(x: torch.Tensor, c: nn.Module) -> torch.Tensor:
     return out.transpose(1, 2).contiguous()  # (B, O, D', H', W')
 
 
-def _plain_2d(c: nn.Module) -> bool:
-    return isinstance(c, nn.Conv2d) and c.groups == 1
-
-
 def _stride1(c: nn.Module) -> bool:
     n = c.weight.dim() - 2
     return c.stride == (1,) * n and c.dilation == (1,) * n and c.groups == 1
@@ -146,15 +141,20 @@ def _nnpack_depth_applies(c: nn.Module, x: torch.Tensor) -> bool:
 
 
 def _native_applies(c: nn.Module, x: torch.Tensor) -> bool:
-    """Ungrouped; in 3-D only on small maps (its im2col is slow on large ones: 15 s for W's mask layer)."""
-    return c.groups == 1 and (x.dim() == 4 or x.shape[3] * x.shape[4] <= 16 * 16)
+    """Ungrouped, with an im2col buffer (C * kernel volume * output positions floats) under
+    :data:`NATIVE_COLUMNS_BYTES`, or a 1x1 kernel (no buffer)."""
+    if c.groups != 1:
+        return False
+    k = math.prod(c.kernel_size)
+    positions = math.prod((n + 2 * p - d * (kk - 1) - 1) // s + 1
+                          for n, p, d, kk, s in zip(x.shape[2:], c.padding, c.dilation, c.kernel_size, c.stride))
+    return k == 1 or x.shape[1] * k * positions * x.element_size() <= NATIVE_COLUMNS_BYTES
 
 
 #: name -> (applies(conv, x), run(x, conv)); ``fft`` is per layer (see :class:`AutotunedConv`)
 KERNELS: dict[str, tuple[Callable[[nn.Module, torch.Tensor], bool], Callable[[torch.Tensor, nn.Module],
                                                                              torch.Tensor]]] = {
     "onednn": (lambda c, x: True, _conv),
-    "onednn-cl": (lambda c, x: _plain_2d(c), _channels_last),
     "native": (_native_applies, _native),
     "nnpack": (_nnpack_2d_applies, _nnpack),
     "nnpack-depth": (_nnpack_depth_applies, _nnpack_depth),

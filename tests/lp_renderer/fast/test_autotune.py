@@ -284,3 +284,10 @@ def test_the_depth_split_is_offered_on_cpus_without_avx512(monkeypatch):
     assert ("nnpack-depth" in layer.kernels(x)) == nnpack_usable()
     monkeypatch.setattr(autotune, "_cpu", lambda: ("an AVX-512 CPU", ["avx", "avx2", "avx512f"], "AVX512"))
     assert "nnpack-depth" not in layer.kernels(x)
+
+
+def test_the_native_kernel_is_not_tried_where_its_im2col_buffer_is_large():
+    big = AutotunedConv(nn.Conv2d(64, 8, 3, padding=1))
+    x = torch.empty(1, 64, 256, 256)  # 64 * 9 * 65536 floats of im2col: 151 MB
+    assert "native" not in big.kernels(x) and "native" in big.kernels(x[:, :, :64, :64])
+    assert "native" in AutotunedConv(nn.Conv2d(64, 8, 1)).kernels(x)  # 1x1: no buffer
