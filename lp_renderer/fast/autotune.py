@@ -21,7 +21,7 @@ Kernels (all the same maths up to float rounding; tested against the plain convo
   CPUs, where it never wins);
 * ``fft`` - the tiled FFT of :mod:`lp_renderer.fast.fft_conv`, for the layers it was built for (W's 7x7x7 mask).
 
-Switch: ``Renderer(autotune=False)`` or ``AUDIO2LP_AUTOTUNE=0`` in the environment; the layers then run the fixed
+Switch: ``Renderer(autotune=False)`` or ``LP_RENDERER_AUTOTUNE=0`` in the environment; the layers then run the fixed
 choices of the CPU layer set (NNPACK for W's and G's 3x3-and-larger 2-D convolutions, the FFT for the mask, oneDNN
 for the rest). Tuning a process stops after :data:`BUDGET_S` seconds (later layers keep their fixed choice and are
 tuned by a later process); a kernel whose warm-up run is :data:`PRUNE` times slower than the best so far is not run
@@ -51,7 +51,7 @@ from .nnpack import nnpack_conv2d, nnpack_usable
 
 log = logging.getLogger(__name__)
 
-ENV_SWITCH = "AUDIO2LP_AUTOTUNE"
+ENV_SWITCH = "LP_RENDERER_AUTOTUNE"
 #: seconds of tuning per process at most (the full-size renderer needs about 15-25 s on a 2-core machine)
 BUDGET_S = 45.0
 #: timed runs after the warm-up; the kept figure is their minimum
@@ -70,7 +70,7 @@ _ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "
 
 
 def autotune_enabled(requested: bool | None = None) -> bool:
-    """Whether to autotune: ``requested`` when given, else on; ``AUDIO2LP_AUTOTUNE=0`` (or ``false``/``no``/``off``)
+    """Whether to autotune: ``requested`` when given, else on; ``LP_RENDERER_AUTOTUNE=0`` (or ``false``/``no``/``off``)
     turns it off in every case."""
     if os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "false", "no", "off"):
         return False
@@ -192,11 +192,11 @@ def _cpu() -> tuple[str, list[str], str]:
 
 
 def cache_dir() -> Path:
-    """``<user cache dir>/audio2lp/kernels`` (``$XDG_CACHE_HOME`` or ``~/.cache`` on Linux), where the
-    project keeps its other caches."""
+    """``<user cache dir>/lp_renderer/kernels`` (``$XDG_CACHE_HOME`` or ``~/.cache`` on Linux; platformdirs, as the
+    front doors pick theirs; lp_renderer keeps a folder of its own, as it names no caller)."""
     from platformdirs import user_cache_dir
 
-    return Path(user_cache_dir("audio2lp")) / "kernels"
+    return Path(user_cache_dir("lp_renderer")) / "kernels"
 
 
 def cache_path(desc: dict | None = None) -> Path:

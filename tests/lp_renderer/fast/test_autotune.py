@@ -30,7 +30,7 @@ def kernel_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(autotune, "depth_split_offered", lambda: True)  # (only on CPUs without AVX-512 otherwise)
     monkeypatch.delenv(autotune.ENV_SWITCH, raising=False)
     autotune.reset()
-    yield tmp_path / "cache" / "audio2lp" / "kernels"
+    yield tmp_path / "cache" / "lp_renderer" / "kernels"
     autotune.reset()
 
 
