@@ -291,3 +291,13 @@ def test_the_native_kernel_is_not_tried_where_its_im2col_buffer_is_large():
     x = torch.empty(1, 64, 256, 256)  # 64 * 9 * 65536 floats of im2col: 151 MB
     assert "native" not in big.kernels(x) and "native" in big.kernels(x[:, :, :64, :64])
     assert "native" in AutotunedConv(nn.Conv2d(64, 8, 1)).kernels(x)  # 1x1: no buffer
+
+
+def test_the_fixed_kernel_is_left_only_for_a_clear_win(monkeypatch):
+    layer, x = _layer("conv2d 3x3")
+    n = len(layer.kernels(x))
+    times = iter([1.0] + [autotune.MARGIN + 0.01] * (n - 1))  # the others: faster, but not by the margin
+    monkeypatch.setattr(autotune, "measure", lambda fn, runs=2, prune_above=0: (next(times), fn()))
+    with torch.no_grad():
+        layer(x)
+    assert layer.chosen[tuple(x.shape)] == layer._untuned(x)
