@@ -4,7 +4,8 @@ The fastest exact way to run a convolution depends on the layer's shape and on t
 are AVX2 code, oneDNN's direct kernels use AVX-512 where there is one, PyTorch's own im2col + GEMM path wins some
 1x1 and small-map layers). :class:`AutotunedConv` wraps an ``nn.Conv2d`` / ``nn.Conv3d``: the first time it sees an
 input signature on the CPU in float32 with autograd off, it times every kernel that applies (:data:`KERNELS`,
-warm-up then the min of a few runs, with the thread count in force), keeps the fastest, logs the choice (INFO) and
+warm-up then the min of a few runs, with the thread count in force), keeps the fastest (the layer's fixed kernel
+unless another is :data:`MARGIN` faster), logs the choice (INFO) and
 records it in a JSON file per machine under the user cache dir (:func:`cache_path`), so later processes time
 nothing (a choice timed while the machine was busy is timed again by a process that finds it quiet). Anywhere else
 (CUDA, float16 / float64, gradients) it is the plain convolution.
@@ -52,7 +53,8 @@ from .nnpack import nnpack_conv2d, nnpack_usable
 log = logging.getLogger(__name__)
 
 ENV_SWITCH = "LP_RENDERER_AUTOTUNE"
-#: seconds of tuning per process at most (the full-size renderer needs about 15-25 s on a 2-core machine)
+#: seconds of tuning per process at most (the full-size renderer needs about 12 s on an idle 2-core machine, 48 s
+#: under heavy load: benchmarks/RESULTS.md)
 BUDGET_S = 45.0
 #: timed runs after the warm-up; the kept figure is their minimum
 RUNS = 2
