@@ -19,8 +19,12 @@ its own so its peak RSS is its own:
 
 * naive     - the networks as loaded (spectral norm and BatchNorm evaluated every call, no per-source
               cache, direct convolutions), batch 1: what the official code does;
-* optimised - the default Renderer (folded, fast layers, NNPACK convolutions, per-source cache, the
+* optimised - the default Renderer (folded, fast layers, per-layer kernel autotuning
+              (``lp_renderer.fast.autotune``, tuned in this run: the child starts with an empty kernel cache, and the
+              "tuning" column is the seconds its first frame spent timing kernels), per-source cache, the
               allocator settings of ``lp_renderer.fast.cpu_memory``, opted in as the CLI does), batch 1 and 8;
+* optimised-no-autotune - the same at batch 1 with ``LP_RENDERER_AUTOTUNE=0``: the CPU layer set's fixed kernels
+              (NNPACK for W's and G's 3x3-and-larger 2-D convolutions, the FFT mask convolution, oneDNN elsewhere);
 * optimised-default-malloc - the same at batch 1 with the allocator's defaults (what those settings buy).
 * onnxruntime - the networks exported to ONNX (``lp_renderer.onnx_backend.export_onnx``: folded, plain layers,
               no per-source cache) and run by onnxruntime's CPU execution provider with the same threads,
@@ -110,11 +114,16 @@ def child(args) -> dict:
         t[key] += time.perf_counter() - t0
         return out
 
+    from lp_renderer.fast.autotune import kernel_cache, tuning_seconds
+
     with torch.no_grad():
-        # warm-up (first-call allocations, FFT plans, weight spectra)
+        # warm-up (first-call allocations, FFT plans, weight spectra, kernel autotuning), at the batch measured
+        t0 = time.perf_counter()
         src = r.prepare_source(src_img)
         ref = r.extract_motion(drv[:1])
-        r.decode(r.warp(src, driving_keypoints(r, src, ref, ref))["out"])
+        info = r.extract_motion(drv)
+        r.decode(r.warp(src, driving_keypoints(r, src, info, ref))["out"])
+        first_use = time.perf_counter() - t0
         t0 = time.perf_counter()
         r.appearance(src_img)
         f_once = time.perf_counter() - t0
@@ -130,7 +139,20 @@ def child(args) -> dict:
     per_frame = {k: v / frames for k, v in t.items()}
     per_frame["total"] = sum(per_frame.values())
     return {"mode": args.mode, "batch": b, "frames": frames, "F_once": f_once, "prepare_once": prepare_once,
+            "tuning": tuning_seconds(), "first_use": first_use, "kernels": chosen_kernels(r),
+            "timed": kernel_cache().entries if getattr(r, "autotune", False) else {},
             "per_frame": per_frame, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def chosen_kernels(r) -> dict[str, int]:
+    """How many layer calls run each kernel (autotuned renderers; empty otherwise)."""
+    from collections import Counter
+
+    from lp_renderer.fast.autotune import AutotunedConv
+
+    nets = getattr(r, "nets", None)
+    return dict(Counter(k for m in (nets.modules() if nets is not None else ()) if isinstance(m, AutotunedConv)
+                        for k in m.chosen.values()))
 
 
 def onnx_renderer(args):
@@ -148,20 +170,23 @@ def onnx_renderer(args):
     return OnnxRenderer(tmp, providers=["CPUExecutionProvider"], threads=args.threads)
 
 
-PATHS = ("naive", "optimised", "optimised-batch8", "optimised-default-malloc", "onnxruntime")
+PATHS = ("naive", "optimised", "optimised-no-autotune", "optimised-batch8", "optimised-default-malloc", "onnxruntime")
 
 
 def run_children(args, weights: str | None) -> list[dict]:
-    runs = [("naive", 1, args.frames), ("optimised", 1, args.frames), ("optimised", 8, 16),
-            ("optimised-default-malloc", 1, args.frames), ("onnxruntime", 1, args.frames)]
+    runs = [("naive", 1, args.frames), ("optimised", 1, args.frames), ("optimised-no-autotune", 1, args.frames),
+            ("optimised", 8, 16), ("optimised-default-malloc", 1, args.frames), ("onnxruntime", 1, args.frames)]
     wanted = {"naive", *args.paths.split(",")} if args.paths else set(PATHS)
     runs = [r for r in runs if (r[0] if r[1] == 1 else f"{r[0]}-batch{r[1]}") in wanted]
     results = []
     for mode, batch, frames in runs:
-        env = dict(os.environ)
-        if mode not in ("optimised", "onnxruntime"):
+        env = dict(os.environ, XDG_CACHE_HOME=tempfile.mkdtemp(prefix="render_bench_cache_"))  # tuned in this run
+        atexit.register(shutil.rmtree, env["XDG_CACHE_HOME"], ignore_errors=True)
+        if mode not in ("optimised", "optimised-no-autotune", "onnxruntime"):
             # the official code runs with the allocator's defaults (lp_renderer.fast.cpu_memory)
             env.update({"THP_MEM_ALLOC_ENABLE": "0", "LP_RENDERER_MALLOC_TUNING": "0"})
+        if mode in ("naive", "optimised-no-autotune"):
+            env["LP_RENDERER_AUTOTUNE"] = "0"
         cmd = [sys.executable, __file__, "--child", "--mode", mode, "--batch", str(batch), "--frames", str(frames),
                "--threads", str(args.threads)] + (["--quick"] if args.quick else []) + \
               (["--weights", weights] if weights else [])
@@ -178,31 +203,61 @@ def report(args, results: list[dict], weights_label: str) -> str:
     naive = results[0]["per_frame"]["total"]
     lines = [f"render benchmark: {'tiny' if args.quick else 'default (official)'} config, {weights_label}, "
              f"fp32 CPU, {args.threads} threads, {os.cpu_count()} cores, torch {torch.__version__}, "
-             f"Python {platform.python_version()}", ""]
-    lines.append(f"{'path':<20}{'M':>8}{'stitch':>8}{'W':>8}{'G':>8}{'frame':>8}{'naive/this':>12}"
-                 f"{'F':>7}{'prepare':>9}{'peak RSS':>11}")
+             f"Python {platform.python_version()}", f"CPU: {cpu_label()}; {load_label()}", ""]
+    lines.append(f"{'path':<31}{'M':>7}{'stitch':>7}{'W':>7}{'G':>7}{'frame':>7}{'naive/this':>11}"
+                 f"{'F':>6}{'prepare':>8}{'tuning':>7}{'1st use':>8}{'peak RSS':>11}")
     for r in results:
         pf = r["per_frame"]
-        lines.append(f"{r['mode'] + ' batch ' + str(r['batch']):<20}" + "".join(f"{pf[k]:8.3f}" for k in STAGES)
-                     + f"{pf['total']:8.3f}{naive / pf['total']:11.2f}x{r['F_once']:7.2f}{r['prepare_once']:9.2f}"
-                     + f"{r['peak_rss_gib']:7.2f} GiB")
+        lines.append(f"{r['mode'] + ' batch ' + str(r['batch']):<31}" + "".join(f"{pf[k]:7.3f}" for k in STAGES)
+                     + f"{pf['total']:7.3f}{naive / pf['total']:10.2f}x{r['F_once']:6.2f}{r['prepare_once']:8.2f}"
+                     + f"{r['tuning']:7.1f}{r['first_use']:8.1f}{r['peak_rss_gib']:7.2f} GiB")
     lines += ["", "seconds per frame (M, stitch = Algorithm 1 keypoints incl. the stitching MLP, W, G, frame = "
-              "their sum); F and prepare (F + M + W's per-source cache) in seconds, once per source.", "",
+              "their sum); F and prepare (F + M + W's per-source cache) in seconds, once per source; tuning = "
+              "seconds spent timing kernels (once per machine, cached), 1st use = the warm-up frame incl. "
+              "prepare_source and tuning.", "",
               "Markdown for benchmarks/RESULTS.md:", "",
               "| path | M | stitching | W | G | per frame | naive / this | F (once) | prepare_source (once) "
-              "| peak RSS |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| kernel tuning (once) | first frame | peak RSS |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         pf = r["per_frame"]
         lines.append(f"| {r['mode']} batch {r['batch']} | " + " | ".join(f"{pf[k]:.3f} s" for k in STAGES)
                      + f" | {pf['total']:.3f} s | {naive / pf['total']:.2f}x | {r['F_once']:.2f} s"
-                     f" | {r['prepare_once']:.2f} s | {r['peak_rss_gib']:.2f} GiB |")
+                     f" | {r['prepare_once']:.2f} s | {r['tuning']:.1f} s | {r['first_use']:.1f} s"
+                     f" | {r['peak_rss_gib']:.2f} GiB |")
+    for r in results:
+        if r.get("kernels"):
+            lines.append(f"- kernels chosen by {r['mode']} batch {r['batch']} (layers per kernel): "
+                         + ", ".join(f"{k} {n}" for k, n in sorted(r["kernels"].items(), key=lambda kv: -kv[1])))
     cmd = shlex.join(["python", "benchmarks/render.py", *sys.argv[1:]])
     env = f"AUDIO2LP_CONFORMANCE_DIR={shlex.quote(str(conformance_dir()))} " \
         if "AUDIO2LP_CONFORMANCE_DIR" in os.environ else ""
     lines += ["", f"Command: `{env}{cmd}` ({weights_label}; {os.cpu_count()} cores, {args.threads} threads, "
               f"torch {torch.__version__})"]
     return "\n".join(lines)
+
+
+def cpu_label() -> str:
+    """The CPU model (``lscpu``'s Model name, from /proc/cpuinfo) and its widest vector ISA."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    isa = "AVX-512" if "avx512f" in flags else "AVX2 (no AVX-512)" if "avx2" in flags else "no AVX2"
+    return f"{model}, {isa}"
+
+
+def load_label() -> str:
+    try:
+        return "load average {:.2f} {:.2f} {:.2f} at the end".format(*os.getloadavg())
+    except OSError:
+        return "load average unknown"
 
 
 def main() -> None:
@@ -213,7 +268,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--frames", type=int, default=3, help="frames per batch-1 path (batch 8 renders 2 batches)")
     ap.add_argument("--quick", action="store_true", help="tiny config, random weights: a smoke run")
-    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--json", help="also write the results here (with every timed kernel of the autotuned paths)")
     ap.add_argument("--paths", help=f"comma-separated paths to run (default all: {','.join(PATHS)})")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="optimised", help=argparse.SUPPRESS)

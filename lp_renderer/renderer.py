@@ -102,7 +102,9 @@ class Renderer:
     allocator settings of :mod:`lp_renderer.fast.cpu_memory` are the caller's choice). ``layers`` picks the
     layer set of a folded renderer (:data:`LAYER_SETS`; default: the one of the device, ``"cpu"`` on the CPU,
     ``"cuda"`` elsewhere), so that any set can run on any device (tests run the CUDA set on the CPU).
-    ``neutral_exp``
+    ``autotune`` (the ``"cpu"`` set only; default on there unless ``LP_RENDERER_AUTOTUNE=0``) picks each
+    convolution's fastest exact kernel on this machine on first use and caches the choice
+    (:mod:`lp_renderer.fast.autotune`); off, the CPU set runs its fixed kernels. ``neutral_exp``
     (1, 21, 3) is LivePortrait's neutral expression (``lip_array.pkl``), used when a single image drives the
     portrait; without it that case deviates from the official output (see
     :func:`lp_renderer.keypoints.relative_motion`).
@@ -110,7 +112,8 @@ class Renderer:
 
     def __init__(self, networks: RendererNetworks, device: str | torch.device | None = None,
                  half: bool | None = None, fold: bool = True, compile: bool = False,
-                 neutral_exp: torch.Tensor | None = None, _owned: bool = False, layers: str | None = None):
+                 neutral_exp: torch.Tensor | None = None, _owned: bool = False, layers: str | None = None,
+                 autotune: bool | None = None):
         self.device, self.half = resolve_device(device, half)
         self.config: RendererConfig = networks.config
         networks = networks.eval()
@@ -119,6 +122,11 @@ class Renderer:
         if layers not in LAYER_SETS:
             raise ValueError(f"layers must be one of {', '.join(LAYER_SETS)}, not {layers!r}")
         self.layers = layers if fold else "unfolded"
+        if autotune and self.layers != "cpu":
+            raise ValueError(f"autotune picks CPU kernels for the folded 'cpu' layer set, not {self.layers!r}")
+        from .fast.autotune import autotune_enabled
+
+        self.autotune = self.layers == "cpu" and autotune_enabled(autotune)
         if fold:
             from .fast.folding import fold_network
 
@@ -127,7 +135,7 @@ class Renderer:
 
                 apply_if_enabled()  # only when the program opted in (lp_renderer.fast.cpu_memory)
             networks = fold_network(networks, fast_layers=layers != "plain", fft_conv=layers == "cpu",
-                                    nnpack=layers == "cpu", inplace=_owned)
+                                    nnpack=layers == "cpu", inplace=_owned, autotune=self.autotune)
         self.nets = networks.to(self.device)
         self.folded = fold
         self.neutral_exp = None if neutral_exp is None else \
@@ -144,7 +152,7 @@ class Renderer:
     @classmethod
     def from_weights(cls, weights_dir: str | Path, device=None, half: bool | None = None,
                      fold: bool = True, compile: bool = False, require_stitching: bool = False,
-                     layers: str | None = None) -> Renderer:
+                     layers: str | None = None, autotune: bool | None = None) -> Renderer:
         """Load the official release (or our safetensors) from ``weights_dir`` (see :mod:`.weights`), and
         ``lip_array.pkl`` (the neutral expression) when the folder has it."""
         from .weights import load_networks, load_neutral_expression
@@ -152,7 +160,7 @@ class Renderer:
         wdir = Path(weights_dir).expanduser()
         nets = load_networks(wdir, require_stitching=require_stitching)
         return cls(nets, device=device, half=half, fold=fold, compile=compile,
-                   neutral_exp=load_neutral_expression(wdir), _owned=True, layers=layers)
+                   neutral_exp=load_neutral_expression(wdir), _owned=True, layers=layers, autotune=autotune)
 
     @classmethod
     def from_config(cls, config: RendererConfig, seed: int = 0, **kwargs) -> Renderer:

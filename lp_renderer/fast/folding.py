@@ -48,7 +48,7 @@ def _remove_spectral_norm(module: nn.Module) -> bool:
 
 
 def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = True,
-                 inplace: bool = False, nnpack: bool = True) -> nn.Module:
+                 inplace: bool = False, nnpack: bool = True, autotune: bool = False) -> nn.Module:
     """A folded deep copy of ``module`` (which must be in eval mode), or ``module`` itself folded in
     place when ``inplace`` (saves a copy of the weights at load time).
 
@@ -57,6 +57,10 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
     mask convolution by FFT (a win on CPUs; GPUs have fast direct convolutions); ``nnpack`` computes W's
     and G's 2-D convolutions (3x3 and larger) with NNPACK's Winograd / FFT kernels when they run on the CPU
     in float32 (:class:`lp_renderer.fast.nnpack.NNPACKConv2d`; elsewhere they stay plain convolutions).
+    ``autotune`` (with ``fast_layers``) instead wraps every convolution in
+    :class:`lp_renderer.fast.autotune.AutotunedConv`, which times the exact kernels that apply on first use and
+    keeps the fastest per layer shape on this machine (the mask's FFT and, with ``nnpack``, NNPACK among them; they
+    are its choices while untuned).
     """
     if module.training:
         raise ValueError("folding is only valid for modules in eval mode")
@@ -84,8 +88,18 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
                 if isinstance(child, SPADEDecoder):
                     setattr(parent, name, FastSPADEDecoder(child))
                 elif fft_conv and isinstance(child, DenseMotionNetwork):
-                    child.mask = FFTConv3d(child.mask, depth=child.cfg.reshape_depth)
-        if nnpack:
+                    fft = FFTConv3d(child.mask, depth=child.cfg.reshape_depth)
+                    if autotune:
+                        from .autotune import AutotunedConv
+
+                        fft = AutotunedConv(child.mask, default="fft", fft=fft)
+                    child.mask = fft
+        if autotune:
+            from ..nets.warping_network import WarpingNetwork
+            from .autotune import autotune_network
+
+            autotune_network(module, nnpack_in=(WarpingNetwork, FastSPADEDecoder) if nnpack else ())
+        elif nnpack:
             from ..nets.warping_network import WarpingNetwork
             from .nnpack import use_nnpack
 

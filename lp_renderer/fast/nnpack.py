@@ -64,23 +64,36 @@ class NNPACKConv2d(nn.Module):
             return self.conv(x)
         bias = self.conv.bias if self.conv.bias is not None else w.new_zeros(w.shape[0])
         try:
-            outs = [torch._nnpack_spatial_convolution(x[i:i + 1].contiguous(), w, bias, self.padding, [1, 1])
-                    for i in range(x.shape[0])]
+            return nnpack_conv2d(x, w, bias, self.padding)
         except RuntimeError as exc:  # an unsupported CPU or an NNPACK failure: plain convolutions from now on
             log.warning("NNPACK convolution failed (%s); using PyTorch's direct convolutions", exc)
             _NNPACK_STATE["usable"] = False
             return self.conv(x)
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def nnpack_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: list[int]) -> torch.Tensor:
+    """A stride-1 zero-padded 2-D convolution by NNPACK, one image at a time (its fast mode): x (B, C, H, W),
+    weight (O, C, kh, kw), bias (O,) float32 on the CPU -> (B, O, H', W'). Raises RuntimeError where NNPACK cannot
+    run."""
+    outs = [torch._nnpack_spatial_convolution(x[i:i + 1].contiguous(), weight, bias, padding, [1, 1])
+            for i in range(x.shape[0])]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def use_nnpack(module: nn.Module) -> int:
     """In place: wrap every eligible ``nn.Conv2d`` below ``module`` in :class:`NNPACKConv2d`. Returns the count."""
+    return wrap_layers(module, NNPACKConv2d, NNPACKConv2d.eligible, NNPACKConv2d)
+
+
+def wrap_layers(module: nn.Module, wrapper: type, eligible, make) -> int:
+    """In place: replace every child ``c`` below ``module`` with ``eligible(c)`` by ``make(c)``, not looking inside
+    modules of type ``wrapper`` (so wrapping twice changes nothing). Returns the count."""
     n = 0
     for parent in list(module.modules()):
-        if isinstance(parent, NNPACKConv2d):
+        if isinstance(parent, wrapper):
             continue
         for name, child in list(parent.named_children()):
-            if NNPACKConv2d.eligible(child):
-                setattr(parent, name, NNPACKConv2d(child))
+            if eligible(child):
+                setattr(parent, name, make(child))
                 n += 1
     return n

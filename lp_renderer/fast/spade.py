@@ -71,15 +71,19 @@ class SubpixelConv3x3(nn.Module):
                 kernels.append(k2)
         nd = len(distinct)
         self.n_distinct = nd
-        self.register_buffer("weight", torch.cat(kernels), persistent=False)  # (nd*nd*O, C, 2, 2)
-        self.register_buffer("bias", (bias if bias is not None else weight.new_zeros(o)).repeat(nd * nd),
-                             persistent=False)
+        # all phases' 2x2 kernels as one convolution of the map padded by 1: (nd*nd*O, C, 2, 2); a module of its
+        # own so that the CPU's kernel autotuning (lp_renderer.fast.autotune) can pick how it runs
+        self.conv = nn.Conv2d(weight.shape[1], nd * nd * o, 2, padding=1, dtype=weight.dtype, device=weight.device)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.cat(kernels))
+            self.conv.bias.copy_((bias if bias is not None else weight.new_zeros(o)).repeat(nd * nd))
+        self.conv.requires_grad_(False)
         self.out_channels = o
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         s, o, nd = self.scale, self.out_channels, self.n_distinct
-        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)  # (B, nd*nd*O, h+1, w+1)
+        y = self.conv(x)  # (B, nd*nd*O, h+1, w+1)
         if self.relu:
             y = y.relu_()
         y = y.view(b, nd, nd, o, h + 1, w + 1)

@@ -10,6 +10,7 @@ import torch
 
 from lp_renderer import Renderer, RendererConfig, RendererNetworks
 from lp_renderer import renderer as renderer_module
+from lp_renderer.fast.autotune import AutotunedConv
 from lp_renderer.fast.fft_conv import FFTConv3d
 from lp_renderer.fast.nnpack import NNPACKConv2d
 from lp_renderer.fast.spade import FastSPADEDecoder
@@ -30,9 +31,12 @@ def _inputs(r: Renderer, b: int = 3):
 def test_default_layer_set_follows_the_device():
     assert renderer_module.default_layers(torch.device("cpu")) == "cpu"
     assert renderer_module.default_layers(torch.device("cuda")) == "cuda"
-    r = Renderer.from_config(RendererConfig.tiny(), device="cpu")
+    r = Renderer.from_config(RendererConfig.tiny(), device="cpu", autotune=False)
     assert r.layers == "cpu" and r.decode_chunk == 1
     assert {FFTConv3d, NNPACKConv2d, FastSPADEDecoder} <= _kinds(r)
+    # with kernel autotuning (the default unless AUDIO2LP_AUTOTUNE=0) the same kernels are among each layer's choices
+    r = Renderer.from_config(RendererConfig.tiny(), device="cpu", autotune=True)
+    assert {FFTConv3d, AutotunedConv, FastSPADEDecoder} <= _kinds(r) and NNPACKConv2d not in _kinds(r)
     with pytest.raises(ValueError, match="layers must be one of"):
         Renderer.from_config(RendererConfig.tiny(), device="cpu", layers="gpu")
 

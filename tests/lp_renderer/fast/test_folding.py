@@ -76,7 +76,8 @@ def test_folded_renderer_matches_naive():
 
 def test_cpu_decoder_runs_a_batch_in_chunks_with_the_same_result():
     nets = RendererNetworks.random(RendererConfig.tiny(), seed=3)
-    r = Renderer(nets, device="cpu", fold=True)
+    # fixed kernels: autotuning may pick other kernels for other batch sizes (the same maths, other rounding)
+    r = Renderer(nets, device="cpu", fold=True, autotune=False)
     assert r.decode_chunk == 1  # the CPU default: G one image at a time
     assert Renderer(nets, device="cpu", fold=False).decode_chunk is None
     src = r.prepare_source(np.random.default_rng(5).integers(0, 255, (256, 256, 3), dtype=np.uint8))
@@ -127,12 +128,17 @@ def test_nnpack_convolutions_match_direct_ones():
 
 
 def test_default_renderer_uses_nnpack_on_cpu():
+    from lp_renderer.fast.autotune import AutotunedConv
     from lp_renderer.fast.nnpack import NNPACKConv2d
 
-    r = Renderer(RendererNetworks.random(RendererConfig.tiny(), seed=1), device="cpu")
+    r = Renderer(RendererNetworks.random(RendererConfig.tiny(), seed=1), device="cpu", autotune=False)
     n = sum(isinstance(m, NNPACKConv2d) for m in r.nets.modules())
     assert n >= 4  # W's 3x3 and 7x7 convolutions and G's
     assert not any(isinstance(m, NNPACKConv2d) for m in r.nets.motion.modules())
+    # autotuned: the same layers have NNPACK as their untuned kernel (M's do not)
+    r = Renderer(RendererNetworks.random(RendererConfig.tiny(), seed=1), device="cpu", autotune=True)
+    assert sum(isinstance(m, AutotunedConv) and m.default == "nnpack" for m in r.nets.modules()) == n
+    assert not any(isinstance(m, AutotunedConv) and m.default == "nnpack" for m in r.nets.motion.modules())
 
 
 def test_allocator_settings(monkeypatch):
