@@ -19,11 +19,13 @@ its own so its peak RSS is its own:
 
 * naive     - the networks as loaded (spectral norm and BatchNorm evaluated every call, no per-source
               cache, direct convolutions), batch 1: what the official code does;
-* optimised - the default Renderer (folded, fast layers, per-layer kernel autotuning
+* optimised - the default Renderer with per-layer kernel autotuning opted in (``LP_RENDERER_AUTOTUNE=1``; folded,
+              fast layers, autotuning
               (``lp_renderer.fast.autotune``, tuned in this run: the child starts with an empty kernel cache, and the
               "tuning" column is the seconds its first frame spent timing kernels), per-source cache, the
               allocator settings of ``lp_renderer.fast.cpu_memory``, opted in as the CLI does), batch 1 and 8;
-* optimised-no-autotune - the same at batch 1 with ``LP_RENDERER_AUTOTUNE=0``: the CPU layer set's fixed kernels
+* optimised-no-autotune - the same at batch 1 with ``LP_RENDERER_AUTOTUNE=0`` (the default Renderer): the CPU layer
+              set's fixed kernels
               (NNPACK for W's and G's 3x3-and-larger 2-D convolutions, the FFT mask convolution, oneDNN elsewhere);
 * optimised-default-malloc - the same at batch 1 with the allocator's defaults (what those settings buy).
 * onnxruntime - the networks exported to ONNX (``lp_renderer.onnx_backend.export_onnx``: folded, plain layers,
@@ -185,8 +187,7 @@ def run_children(args, weights: str | None) -> list[dict]:
         if mode not in ("optimised", "optimised-no-autotune", "onnxruntime"):
             # the official code runs with the allocator's defaults (lp_renderer.fast.cpu_memory)
             env.update({"THP_MEM_ALLOC_ENABLE": "0", "LP_RENDERER_MALLOC_TUNING": "0"})
-        if mode in ("naive", "optimised-no-autotune"):
-            env["LP_RENDERER_AUTOTUNE"] = "0"
+        env["LP_RENDERER_AUTOTUNE"] = "0" if mode in ("naive", "optimised-no-autotune") else "1"
         cmd = [sys.executable, __file__, "--child", "--mode", mode, "--batch", str(batch), "--frames", str(frames),
                "--threads", str(args.threads)] + (["--quick"] if args.quick else []) + \
               (["--weights", weights] if weights else [])

@@ -102,7 +102,7 @@ class Renderer:
     allocator settings of :mod:`lp_renderer.fast.cpu_memory` are the caller's choice). ``layers`` picks the
     layer set of a folded renderer (:data:`LAYER_SETS`; default: the one of the device, ``"cpu"`` on the CPU,
     ``"cuda"`` elsewhere), so that any set can run on any device (tests run the CUDA set on the CPU).
-    ``autotune`` (the ``"cpu"`` set only; default on there unless ``LP_RENDERER_AUTOTUNE=0``) picks each
+    ``autotune`` (the ``"cpu"`` set only; opt-in: default off unless ``LP_RENDERER_AUTOTUNE=1``) picks each
     convolution's fastest exact kernel on this machine on first use and caches the choice
     (:mod:`lp_renderer.fast.autotune`); off, the CPU set runs its fixed kernels. ``neutral_exp``
     (1, 21, 3) is LivePortrait's neutral expression (``lip_array.pkl``), used when a single image drives the

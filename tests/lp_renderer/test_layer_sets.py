@@ -28,13 +28,14 @@ def _inputs(r: Renderer, b: int = 3):
     return src, src.x_s + 0.02 * torch.randn(b, 21, 3, generator=g)
 
 
-def test_default_layer_set_follows_the_device():
+def test_default_layer_set_follows_the_device(monkeypatch):
+    monkeypatch.delenv("LP_RENDERER_AUTOTUNE", raising=False)  # the test run turns autotuning off (tests/conftest.py)
     assert renderer_module.default_layers(torch.device("cpu")) == "cpu"
     assert renderer_module.default_layers(torch.device("cuda")) == "cuda"
     r = Renderer.from_config(RendererConfig.tiny(), device="cpu", autotune=False)
     assert r.layers == "cpu" and r.decode_chunk == 1
     assert {FFTConv3d, NNPACKConv2d, FastSPADEDecoder} <= _kinds(r)
-    # with kernel autotuning (the default unless AUDIO2LP_AUTOTUNE=0) the same kernels are among each layer's choices
+    # with kernel autotuning (the default unless LP_RENDERER_AUTOTUNE=0) the same kernels are among each layer's choices
     r = Renderer.from_config(RendererConfig.tiny(), device="cpu", autotune=True)
     assert {FFTConv3d, AutotunedConv, FastSPADEDecoder} <= _kinds(r) and NNPACKConv2d not in _kinds(r)
     with pytest.raises(ValueError, match="layers must be one of"):

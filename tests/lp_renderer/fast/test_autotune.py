@@ -167,7 +167,8 @@ def test_tuned_renderer_matches_the_untuned_one_and_caches_its_choices(kernel_ca
     assert any(isinstance(m, NNPACKConv2d) for m in plain.nets.modules())  # exactly today's CPU layer set
     ref = _frame(plain)
     assert not timings
-    tuned = _tiny()
+    assert not _tiny().autotune  # opt-in
+    tuned = _tiny(autotune=True)
     assert tuned.autotune
     layers = [m for m in tuned.nets.modules() if isinstance(m, AutotunedConv)]
     assert sum(m.default == "nnpack" for m in layers) >= 4 and any(m.default == "fft" for m in layers)
@@ -183,7 +184,7 @@ def test_tuned_renderer_matches_the_untuned_one_and_caches_its_choices(kernel_ca
     # a second renderer in a new process state reads the file and times nothing
     autotune.reset()
     timings.clear()
-    again = _frame(_tiny())
+    again = _frame(_tiny(autotune=True))
     assert not timings
     _close(again, ref)
 
@@ -214,7 +215,7 @@ def test_autotune_goes_with_the_cpu_layer_set():
 
 def test_out_of_budget_layers_keep_their_fixed_kernels(monkeypatch, kernel_cache_dir, timings):
     monkeypatch.setattr(autotune, "BUDGET_S", 0.0)
-    r = _tiny()
+    r = _tiny(autotune=True)
     _frame(r)
     assert not timings and not kernel_cache_dir.exists()
     chosen = {m.default: set(m.chosen.values()) for m in r.nets.modules() if isinstance(m, AutotunedConv)}
@@ -301,3 +302,38 @@ def test_the_fixed_kernel_is_left_only_for_a_clear_win(monkeypatch):
     with torch.no_grad():
         layer(x)
     assert layer.chosen[tuple(x.shape)] == layer._untuned(x)
+
+
+def test_concurrent_native_kernels_leave_onednn_on():
+    """The ``native`` kernel turns oneDNN off for its call (a process-wide switch): calls on several threads at once
+    must leave it as it was, and give the plain convolution's result."""
+    import threading
+
+    from lp_renderer.fast import autotune as at
+
+    conv = nn.Conv2d(16, 8, 1)
+    x = torch.randn(1, 16, 24, 24)
+    want = conv(x)
+    errors = []
+
+    def run():
+        for _ in range(50):
+            if not torch.allclose(at._native(x, conv), want, atol=1e-5):
+                errors.append("differs")
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert torch._C._get_mkldnn_enabled()
+
+
+def test_autotuning_is_opt_in(monkeypatch):
+    """Off by default; LP_RENDERER_AUTOTUNE=1 turns it on for renderers built without asking, =0 off for all."""
+    assert not _tiny().autotune and _tiny(autotune=True).autotune
+    monkeypatch.setenv(autotune.ENV_SWITCH, "1")
+    assert _tiny().autotune and not _tiny(autotune=False).autotune
+    monkeypatch.setenv(autotune.ENV_SWITCH, "0")
+    assert not _tiny().autotune and not _tiny(autotune=True).autotune
