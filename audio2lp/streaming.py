@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -266,7 +267,7 @@ class SpeechMotionStream:
             self._rows.popleft()
             m = self.model
             lip = m.lip_mix.mix(np.array([raw[0]], np.float64),
-                                None if lipsync is None else np.array([lipsync], np.asarray(lipsync).dtype))[0]
+                                None if lipsync is None else np.array([lipsync]))[0]  # a float32 stays float32
             if self.gate is not None:
                 lip = self.gate.next(float(lip), float(np.float64(scores[m.closure.score])))
             row = raw.copy()
@@ -441,13 +442,11 @@ class BackgroundSpeechMotion:
 
     def __init__(self, wav: np.ndarray, *, seed: int, pose_scale: float, expression_scale: float, blink: bool,
                  blink_rate: float | None, whisper_checkpoint, device, models: SpeechModels):
-        import threading
-
         self._wav = np.asarray(wav, np.float32).reshape(-1)
         self.n_frames = n = max(1, int(round(len(self._wav) / SAMPLE_RATE * FPS)))
         self._kw = dict(seed=seed, pose_scale=pose_scale, expression_scale=expression_scale, blink=blink,
                         blink_rate=blink_rate, whisper_checkpoint=whisper_checkpoint, device=device, models=models)
-        model = landmark_model_for(models, None, blink, blink_rate)  # loaded here: errors surface in the caller
+        self._model = model = landmark_model_for(models, None, blink, blink_rate)  # errors surface in the caller
         eyes = np.ones((n, 2), np.float32)
         if model.blinks is not None:
             eyes[:] = model.blinks.sample(n, seed)[:, None]
@@ -484,10 +483,8 @@ class BackgroundSpeechMotion:
                 self._cond.notify_all()
 
     def _make_rows(self) -> None:
-        kw = dict(self._kw)
-        models = kw["models"]
-        model = landmark_model_for(models, None, kw["blink"], kw["blink_rate"])
-        lip = offline_lipsync_lip(models, model, self._wav, self.n_frames, device=kw["device"],
+        kw = self._kw
+        lip = offline_lipsync_lip(kw["models"], self._model, self._wav, self.n_frames, device=kw["device"],
                                   whisper_checkpoint=kw["whisper_checkpoint"])
         s = SpeechMotionStream(lipsync_lip=lip, **kw)
         step = int(self.STEP_S * SAMPLE_RATE)
