@@ -64,11 +64,19 @@ def tiny_weights(tmp_path_factory) -> Path:
     return root
 
 
+def torch_threads_per_test() -> int:
+    """Torch threads for a test: 2 where there are cores for them, fewer when pytest-xdist runs workers side by side
+    (2 workers on 2 cores: 1 thread each; more threads than cores only makes OpenMP's threads wait on each other)."""
+    cores = os.cpu_count() or 1
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return max(1, min(2, cores // max(1, workers)))
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(torch_threads_per_test())
     yield
 
 
