@@ -123,8 +123,9 @@ class VideoWriter:
 
     Frames (``(H, W, 3)`` uint8 RGB, all the same size) are copied, queued (bounded) and encoded
     by ffmpeg (``codec``: libx264 or h264_nvenc, default :func:`~audio2lp.media.encoders.h264_encoder`; yuv420p,
-    quality ``crf``, ``-movflags +faststart``) in a background thread, so encoding overlaps with rendering. Odd sizes are padded to even by repeating the
-    last column/row (``even_size="pad"``, default) or cropped by one pixel (``"crop"``).
+    quality ``crf``, ``-movflags +faststart``) in a background thread, so encoding overlaps with rendering.
+    Odd sizes are padded to even by repeating the last column/row (``even_size="pad"``, default) or cropped by
+    one pixel (``"crop"``).
 
     Audio (``audio``): a path to an audio file or to a video whose first audio stream is used
     (e.g. the driving video), or a float numpy array (``(n,)`` mono or ``(n, channels)``, values
