@@ -114,19 +114,20 @@ def speech_motion(wav, n_frames, fps, *, seed=0, pose_scale=1.0, expression_scal
     ``blink_rate`` 0) keeps the eyes as in the photo; ``blink_rate`` rescales the fitted blink process to that many
     per minute. ``template``: head rotation from a motion template instead (no translation or scale change).
     ``pose_scale`` scales the head's deviations (angles, translation, log scale), ``expression_scale`` the lip's
-    deviation from the closed level. Whisper runs on the CPU (2 s windows); the lip-sync model on ``device``.
+    deviation from the closed level. Whisper (2 s windows) runs on ``device`` when it is CUDA, else on the CPU
+    (:func:`audio2lp.whisper.stream.whisper_device`); the lip-sync model on ``device``.
     ``models``: where Whisper and the lip-sync model come from (loaded once there; default: loaded for this call).
     """
     from audio2lp.models.idle import pose_from_template
     from audio2lp.models.landmark_motion import TOKENS_PER_FRAME, pad_audio
     from audio2lp.models.motion import resample_motion
-    from audio2lp.whisper.stream import StreamingEncoder
+    from audio2lp.whisper.stream import StreamingEncoder, whisper_device
 
     models = models or SpeechModels()
     model = landmark_model_for(models, model, blink, blink_rate)
     c = model.config
     n25 = max(1, int(round(len(wav) / 16000 * 25)))
-    whisper = models.whisper(c.features.whisper_model, whisper_checkpoint, "cpu")
+    whisper = models.whisper(c.features.whisper_model, whisper_checkpoint, whisper_device(device))
     lipsync_lip = offline_lipsync_lip(models, model, wav, n25, device=device, whisper_checkpoint=whisper_checkpoint,
                                       progress=progress)
     need = c.pad_tokens + TOKENS_PER_FRAME * (n25 + c.lookahead_frames)  # the tokens the n25 frames read
@@ -167,15 +168,18 @@ def offline_lipsync_lip(models: SpeechModels, model, wav, n25: int, *, device, w
                         progress: bool = False) -> np.ndarray | None:
     """The lip-sync model's lip ``(n25,)`` (raw, before its silence closing: the pause gate decides) for the default
     motion ``model``'s :class:`~audio2lp.models.processes.LipMix`, from Whisper features of the whole clip; None
-    when the mix does not use it. Its Whisper encoder runs on ``device`` (or shares the motion's CPU encoder)."""
+    when the mix does not use it. Its Whisper encoder runs on ``device`` (or shares the motion's encoder)."""
     import torch
+
+    from audio2lp.whisper.stream import whisper_device
 
     if model.lip_mix.lipsync_weight <= 0:
         return None
     lips = models.lipsync(device)
     lc = lips.config
-    whisper = models.whisper(model.config.features.whisper_model, whisper_checkpoint, "cpu")
-    same = lc.whisper_model == whisper.model_name and torch.device(device).type == "cpu"
+    wdev = whisper_device(device)
+    whisper = models.whisper(model.config.features.whisper_model, whisper_checkpoint, wdev)
+    same = lc.whisper_model == whisper.model_name and torch.device(device) == wdev
     enc = whisper if same else models.whisper(lc.whisper_model, whisper_checkpoint, device)
     feats = enc.encode(wav, layers=lc.whisper_layers, progress=progress)
     return lips.predict(feats, n25).lip_open_raw

@@ -52,7 +52,7 @@ from audio2lp.errors import AudioError
 from audio2lp.options import OptionError
 from audio2lp.speech import SpeechModels, closed_lip_level, finish_motion_rows, landmark_model_for, offline_lipsync_lip
 from audio2lp.speech_motion import SpeechMotion, speech_motion_keypoints
-from audio2lp.whisper.stream import StreamingEncoder
+from audio2lp.whisper.stream import StreamingEncoder, whisper_device
 from lp_renderer.errors import InputError
 
 __all__ = ["SAMPLE_RATE", "FPS", "MAX_LOOKAHEAD_MS", "LIP_TOLERANCE", "StreamFrame", "SpeechMotionStream",
@@ -88,7 +88,7 @@ class _SharedPassEncoder(StreamingEncoder):
         """Stems ``(B, window, D)`` -> ``(B, block, 2 D)`` float32: motion features, lip-sync features."""
         st = self._layer_states(x, self._union)
         main = self._average([st[i] for i in self._wanted])
-        return torch.cat([main, self._average([st[i] for i in self._extra])], -1).float().numpy()
+        return torch.cat([main, self._average([st[i] for i in self._extra])], -1).float().cpu().numpy()
 
 
 def _lookahead_ms(config, frames: int) -> int:
@@ -147,7 +147,8 @@ class SpeechMotionStream:
         while _lookahead_ms(c, self.lipsync_ahead + 1) <= lookahead_ms:
             self.lipsync_ahead += 1
         self.lookahead_ms = int(lookahead_ms)
-        whisper = models.whisper(c.features.whisper_model, whisper_checkpoint, "cpu")
+        wdev = whisper_device(device)  # the renderer's CUDA device, else the CPU
+        whisper = models.whisper(c.features.whisper_model, whisper_checkpoint, wdev)
         self._pad = np.zeros(c.pad_tokens * SAMPLES_PER_TOKEN, np.float32)
         self.lips = self.lip_features = None
         self._shared = False  # True: one encoder pass makes the motion's and the lip-sync model's features
@@ -162,7 +163,7 @@ class SpeechMotionStream:
                 self._shared = True
                 self.features = _SharedPassEncoder(c.features, whisper, layers).stream()
             else:
-                enc = models.whisper(lc.whisper_model, whisper_checkpoint, "cpu")
+                enc = models.whisper(lc.whisper_model, whisper_checkpoint, wdev)
                 geometry = dataclasses.replace(c.features, whisper_model=lc.whisper_model, layers=layers)
                 self.lip_features = StreamingEncoder(geometry, enc).stream()
         if not self._shared:

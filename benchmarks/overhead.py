@@ -17,7 +17,10 @@ Per stage (each timed alone, over the same frames, one after another) and the wh
 (this process plus its ffmpeg children). The wall figure of the whole command is the one that bounds a GPU run; the
 CPU figure is less sensitive to other load on the machine. The Animator runs as on a GPU: the CUDA default batch of 8
 (``--batch-size``) and speak's default motion made in a background thread while frames render
-(``Animator.motion_in_background``; ``--serial-motion``: before rendering, as on the CPU).
+(``Animator.motion_in_background``; ``--serial-motion``: before rendering, as on the CPU). ``--null-whisper`` also
+replaces the Whisper encoder (its streaming windows and the lip-sync model's 30 s windows) by a null network giving
+zero features: on a CUDA renderer it runs on the GPU (:func:`audio2lp.whisper.stream.whisper_device`), so it is
+network time there, not the CPU's (the motion then made from zeros costs the same as from real features).
 """
 
 from __future__ import annotations
@@ -182,6 +185,23 @@ def stages_speak(anim, portrait: Path, wav: Path, tmp: Path) -> tuple[dict[str, 
     return t, n
 
 
+def null_whisper() -> None:
+    """Replace the Whisper encoder's work by a null network (zero features of the right shape), process-wide."""
+    import numpy as np
+    import torch
+
+    from audio2lp.streaming import _SharedPassEncoder
+    from audio2lp.whisper.features import WhisperEncoder, num_tokens
+    from audio2lp.whisper.stream import StreamingEncoder
+
+    def blocks(self, x):  # (B, window, D) -> (B, block, self.dim): the shared pass's dim is 2 D
+        return np.zeros((x.shape[0], self.config.block, self.dim), np.float32)
+
+    StreamingEncoder._stem = lambda self, chunk: torch.zeros(1, self.config.window, self.whisper.dim)
+    StreamingEncoder._blocks = _SharedPassEncoder._blocks = blocks
+    WhisperEncoder.encode = lambda self, audio, *a, **k: np.zeros((num_tokens(len(audio)), self.dim), np.float32)
+
+
 def table(title: str, stages: dict[str, Clock], total: Clock, n: int) -> list[str]:
     lines = [f"| {title} | wall ms/frame | CPU ms/frame |", "|---|---|---|"]
     for k, c in stages.items():
@@ -203,6 +223,8 @@ def main() -> None:
     ap.add_argument("--serial-motion", action="store_true",
                     help="speak makes its motion before rendering (the CPU renderer's default) instead of in the "
                          "background (the GPU default, which these null networks stand for)")
+    ap.add_argument("--null-whisper", action="store_true",
+                    help="the Whisper encoder as a null network too (on a CUDA renderer it runs on the GPU)")
     ap.add_argument("--face-backend", default="dlib", choices=("dlib", "insightface", "auto"))
     args = ap.parse_args()
 
@@ -215,10 +237,13 @@ def main() -> None:
     from audio2lp.media.probe import probe_video
 
     torch.set_num_threads(args.threads)
+    if args.null_whisper:
+        null_whisper()
     data = Path(os.environ.get("AUDIO2LP_TEST_DATA", REPO.parent / "shared" / "data"))
     if not (data / DRIVING).is_file():
         sys.exit(f"real test data not found at {data} (set AUDIO2LP_TEST_DATA)")
-    lines = [f"overhead benchmark: networks replaced by no-ops; {cpu_model()}, {os.cpu_count()} cores, "
+    lines = [f"overhead benchmark: networks replaced by no-ops{' (Whisper too)' if args.null_whisper else ''}; "
+             f"{cpu_model()}, {os.cpu_count()} cores, "
              f"{args.threads} torch threads, batch {args.batch_size}, torch {torch.__version__}, "
              f"Python {platform.python_version()}, load average before the run "
              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", ""]

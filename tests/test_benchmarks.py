@@ -23,3 +23,13 @@ def test_overhead_benchmark_runs(data_dir):
                 "| speech motion (Whisper features, default motion model, blinks) |"):
         assert row in out.stdout, out.stdout
     assert out.stdout.count("**whole command**") == 2
+
+
+@pytest.mark.realdata
+def test_overhead_benchmark_with_a_null_whisper(data_dir):
+    """--null-whisper: speak's Whisper windows as a null network (on a CUDA renderer they run on the GPU)."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--only", "speak", "--seconds",
+                          "1", "--threads", "1", "--null-whisper"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "AUDIO2LP_TEST_DATA": str(data_dir)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "(Whisper too)" in out.stdout and out.stdout.count("**whole command**") == 1

@@ -246,6 +246,20 @@ def check_ffmpeg() -> Check:
     return Check("ffmpeg", OK, f"{ver} ({exe}, from imageio-ffmpeg)")
 
 
+def check_encoder() -> Check:
+    """Which H.264 encoder videos are written with (``AUDIO2LP_VIDEO_ENCODER``, :mod:`audio2lp.media.encoders`)."""
+    from audio2lp.errors import VideoError
+    from audio2lp.media.encoders import ENV, h264_encoder
+
+    try:
+        codec = h264_encoder()
+    except VideoError as e:
+        return Check("video encoder", FAIL, str(e), f"unset {ENV} or set it to auto")
+    if codec == "h264_nvenc":
+        return Check("video encoder", OK, "h264_nvenc (the NVIDIA GPU's encoder)")
+    return Check("video encoder", OK, f"libx264 on the CPU (no usable NVENC here; {ENV}=libx264 or auto)")
+
+
 def check_serve() -> Check:
     missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
     if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:
@@ -267,6 +281,7 @@ def run_checks(weights=None, insightface_dir=None, verify: bool = False) -> list
     checks.append(lips)
     checks += check_whisper(needed)
     checks.append(check_ffmpeg())
+    checks.append(check_encoder())
     checks.append(check_serve())
     return checks
 

@@ -167,12 +167,14 @@ class Uploads:
         return path
 
     def check_portrait(self, path: Path, *, videos: bool = False, max_frames: int | None = None,
-                       trimmable: bool = False) -> PortraitUpload:
+                       trimmable: bool = False, any_length: bool = False) -> PortraitUpload:
         """The saved portrait upload: a photo (it decodes), or with ``videos`` a video (its header probed, no
         decoding: it has frames, at most :data:`MAX_VIDEO_PIXELS` a frame, and the frames a job may use of it, the
         first ``max_frames`` when given, last at most the duration limit; ``trimmable``: the form has
-        ``max_frames``, which the message then suggests). An upload stored under an image name that
-        is not an image is probed as a video too (renamed ``portrait.mp4`` when it is one). 400 otherwise."""
+        ``max_frames``, which the message then suggests; ``any_length``: no duration limit on the video, for dubbing,
+        which reads only the frames the speech needs and whose length the audio's limit bounds). An upload stored
+        under an image name that is not an image is probed as a video too (renamed ``portrait.mp4`` when it is
+        one). 400 otherwise."""
         from audio2lp.media.probe import probe_video
         from audio2lp.video_portrait import is_video_portrait
         from lp_renderer.image_io import load_image
@@ -195,13 +197,13 @@ class Uploads:
             info = dataclasses.replace(info, path=str(path))
         elif not videos:
             raise self.http(400, f"the portrait must be a photo here; send {PORTRAIT_TYPES}.")
-        return self.check_portrait_video(path, max_frames, trimmable, info=info)
+        return self.check_portrait_video(path, max_frames, trimmable, info=info, any_length=any_length)
 
     def check_portrait_video(self, path: Path, max_frames: int | None = None, trimmable: bool = False, *,
-                             info: VideoInfo | None = None) -> PortraitUpload:
+                             info: VideoInfo | None = None, any_length: bool = False) -> PortraitUpload:
         """A portrait video: probed from its header within :data:`UPLOAD_DECODE_TIMEOUT` (unless ``info`` is its
         probe already); 400 when it cannot be read, has no frames, has frames over :data:`MAX_VIDEO_PIXELS` or is
-        longer than the duration limit."""
+        longer than the duration limit (unless ``any_length``)."""
         from audio2lp.media.probe import probe_video
 
         limit = self.config.max_duration
@@ -216,6 +218,11 @@ class Uploads:
         if info.width * info.height > MAX_VIDEO_PIXELS:
             raise self.http(400, f"the portrait video's frames are {info.width}x{info.height}; this server accepts "
                                  f"at most {MAX_VIDEO_PIXELS} pixels per frame; send a smaller video.")
+        if any_length:  # dubbing: as many frames as the speech at the video's rate, which must be a sane one
+            if not 0 < info.fps <= MAX_FPS:
+                raise self.http(400, f"the portrait video's frame rate is {info.fps:g} fps; this server dubs videos "
+                                     f"of at most {MAX_FPS:g} fps; send one at a usual frame rate.")
+            return PortraitUpload(path, info, info.n_frames)
         try:
             used, _ = driving_frames(info.n_frames, info.fps, max_frames, limit)
         except ValueError as e:

@@ -458,9 +458,11 @@ def _add_job_routes(app, jobs: JobManager, config: ServeConfig, uploads: Uploads
             job_id, folder = jobs.new_folder()
             try:
                 inputs = {name: uploads.save(fields[name], folder, name, suffix) for name, _, suffix in _UPLOADS[kind]}
-                # a portrait video (speak: dubbing, drive: video-to-video) is checked as a driving video is
+                # a portrait video (speak: dubbing, drive: video-to-video) is checked as a driving video is; dubbing
+                # reads only the frames the speech needs, so there the audio's duration limit bounds the job
                 portrait = uploads.check_portrait(inputs["portrait"], videos=kind != "edit",
-                                                  max_frames=values.get("max_frames"), trimmable=kind == "drive")
+                                                  max_frames=values.get("max_frames"), trimmable=kind == "drive",
+                                                  any_length=kind == "speak")
                 inputs["portrait"] = portrait.path
                 if kind != "edit":
                     try:  # e.g. fps for dubbing, or a portrait video's smoothing for a photo: 422 before queueing

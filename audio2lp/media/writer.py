@@ -1,4 +1,5 @@
-"""Writing video through ffmpeg: :class:`VideoWriter` encodes H.264 (libx264, yuv420p, ``-movflags +faststart``)
+"""Writing video through ffmpeg: :class:`VideoWriter` encodes H.264 (libx264, or NVENC on an NVIDIA GPU:
+:mod:`audio2lp.media.encoders`; yuv420p, ``-movflags +faststart``)
 from frames fed one by one, encoding in a background thread (:mod:`audio2lp.media.queue`), and can mux an AAC
 audio track at the end, trimmed or padded to the video's duration. Odd frame sizes are **padded** by one pixel on
 the right and/or bottom, repeating the last column/row (``even_size="crop"`` drops it instead), because yuv420p
@@ -29,6 +30,7 @@ import numpy as np
 from audio2lp.errors import AudioError, VideoError
 
 from .atomic import AtomicFile, check_output_path
+from .encoders import ENCODERS, encoder_args, h264_encoder
 from .ffmpeg import (
     LimitExceeded,
     ffmpeg_exe,
@@ -120,9 +122,10 @@ class VideoWriter:
     """Write an H.264 MP4 frame by frame, optionally with an AAC audio track; atomically.
 
     Frames (``(H, W, 3)`` uint8 RGB, all the same size) are copied, queued (bounded) and encoded
-    by ffmpeg (libx264, yuv420p, ``-crf`` ``crf``, ``-movflags +faststart``) in a background
-    thread, so encoding overlaps with rendering. Odd sizes are padded to even by repeating the
-    last column/row (``even_size="pad"``, default) or cropped by one pixel (``"crop"``).
+    by ffmpeg (``codec``: libx264 or h264_nvenc, default :func:`~audio2lp.media.encoders.h264_encoder`; yuv420p,
+    quality ``crf``, ``-movflags +faststart``) in a background thread, so encoding overlaps with rendering.
+    Odd sizes are padded to even by repeating the last column/row (``even_size="pad"``, default) or cropped by
+    one pixel (``"crop"``).
 
     Audio (``audio``): a path to an audio file or to a video whose first audio stream is used
     (e.g. the driving video), or a float numpy array (``(n,)`` mono or ``(n, channels)``, values
@@ -148,7 +151,8 @@ class VideoWriter:
                 w.write(frame)
 
     Raises:
-        VideoError: bad output path (at creation), ffmpeg failing while encoding or muxing.
+        VideoError: bad output path or an encoder that cannot run here (at creation), ffmpeg failing while
+            encoding or muxing.
         AudioError: the audio source file is missing or unreadable (at creation).
         ValueError: bad arguments or frames (wrong dtype, shape, or a size change).
     """
@@ -156,7 +160,7 @@ class VideoWriter:
     def __init__(self, path: str | os.PathLike, fps: float, *, crf: int = 18, preset: str = "medium",
                  audio: str | os.PathLike | np.ndarray | None = None, audio_sample_rate: int = 16000,
                  audio_fit: str = "video", audio_start: float = 0.0, audio_bitrate: str = "128k",
-                 even_size: str = "pad", queue_size: int = 8):
+                 even_size: str = "pad", queue_size: int = 8, codec: str | None = None):
         fps = float(fps)
         if not (math.isfinite(fps) and fps > 0):
             raise ValueError(f"fps must be a positive number (got {fps})")
@@ -172,7 +176,10 @@ class VideoWriter:
             raise ValueError(f"audio_start must be >= 0 seconds (got {audio_start})")
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1 (got {queue_size})")
+        if codec is not None and codec not in ENCODERS:
+            raise ValueError(f"codec must be one of {', '.join(ENCODERS)} (got {codec!r})")
         self.path = check_output_path(path, _WRITER_SUFFIXES)
+        self.codec = codec or h264_encoder()
         self.fps = fps
         self.crf = int(crf)
         self.preset = preset
@@ -265,8 +272,7 @@ class VideoWriter:
         cmd = [exe, "-hide_banner", "-nostdin", "-y", "-v", "error",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{ow}x{oh}",
                "-framerate", str(self._rate), *input_args("pipe:0"),
-               "-map", "0:v:0", "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
-               "-pix_fmt", "yuv420p"]
+               "-map", "0:v:0", *encoder_args(self.codec, self.preset, self.crf), "-pix_fmt", "yuv420p"]
         if self._video_tmp is None and self.path.suffix.lower() in _FASTSTART_SUFFIXES:
             cmd += ["-movflags", "+faststart"]
         cmd.append(os.fspath(target))

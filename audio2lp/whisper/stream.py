@@ -25,7 +25,10 @@ a batch (measured: up to 4e-6), and so do matrix products of a few rows (the las
 transformer blocks (100 rows per window) give the same bits for a window whatever the batch. So each window's
 log-mel, convolutions and last-block queries run alone, and the full blocks run on a batch of windows. The
 encoder runs on one torch thread (:mod:`audio2lp.models.threads`): a 2 s window is small, and on a busy 2-core
-machine a second thread made it up to 60x slower (measured).
+machine a second thread made it up to 60x slower (measured). On a CUDA encoder (:func:`whisper_device`: where
+``speak`` and streams put it when the renderer is on CUDA) the windows run on the GPU and only the block features
+come back to the host; there the bit-for-bit agreement of batched and single windows is not promised (cuBLAS may
+pick other kernels per batch size), only agreement to float rounding (``tests/audio2lp/test_gpu_motion.py``).
 """
 
 from __future__ import annotations
@@ -43,9 +46,16 @@ from audio2lp.models.threads import torch_threads
 
 from .features import SAMPLES_PER_TOKEN, WhisperEncoder
 
-__all__ = ["StreamConfig", "StreamingEncoder", "FeatureStream"]
+__all__ = ["StreamConfig", "StreamingEncoder", "FeatureStream", "whisper_device"]
 
 log = logging.getLogger(__name__)
+
+
+def whisper_device(device) -> torch.device:
+    """Where the streaming encoder runs for a renderer/models ``device``: that CUDA device, else the CPU (every
+    other device, e.g. ``"mps"``, keeps the encoder on the CPU, where its features are tested bit for bit)."""
+    d = torch.device(device)
+    return d if d.type == "cuda" else torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -126,7 +136,8 @@ class StreamingEncoder:
         import whisper
 
         enc = self.whisper._encoder
-        mel = whisper.log_mel_spectrogram(torch.from_numpy(chunk), n_mels=self.whisper.n_mels)[None]  # (1, 80, 2W)
+        audio = torch.from_numpy(chunk).to(enc.conv1.weight.device)  # the encoder's device (CPU or CUDA)
+        mel = whisper.log_mel_spectrogram(audio, n_mels=self.whisper.n_mels)[None]  # (1, 80, 2W)
         x = F.gelu(enc.conv2(F.gelu(enc.conv1(mel)))).permute(0, 2, 1)  # (1, W, D)
         return x + enc.positional_embedding[: x.shape[1]].to(x.dtype)
 
@@ -157,7 +168,7 @@ class StreamingEncoder:
     def _blocks(self, x: torch.Tensor) -> np.ndarray:
         """Encoder blocks on stems ``(B, window, D)`` -> the block tokens' features ``(B, block, D)`` float32."""
         states = self._layer_states(x, self._wanted)
-        return self._average([states[i] for i in self._wanted]).float().numpy()
+        return self._average([states[i] for i in self._wanted]).float().cpu().numpy()
 
     @torch.inference_mode()
     def encode_blocks(self, audio: np.ndarray, first_block: int, n_blocks: int, batch_size: int = 8,

@@ -31,6 +31,7 @@ def all_good(monkeypatch):
     monkeypatch.setattr(doctor, "check_lipsync", lambda: (ok("lip-sync model", doctor.OK, "asset"), "tiny.en"))
     monkeypatch.setattr(doctor, "check_whisper", lambda n: [ok(f"Whisper {n}", doctor.OK, "pkg")])
     monkeypatch.setattr(doctor, "check_ffmpeg", lambda: ok("ffmpeg", doctor.OK, "ffmpeg 7"))
+    monkeypatch.setattr(doctor, "check_encoder", lambda: ok("video encoder", doctor.OK, "libx264"))
 
 
 def test_ready_exits_0(all_good, capsys):
@@ -85,8 +86,21 @@ def test_real_checks_run(capsys):
     """The real checks run on this machine without raising, and the text fits the terminal width."""
     checks = doctor.run_checks()
     names = [c.name for c in checks]
-    for expected in ("device", "LivePortrait weights", "face detection (dlib)", "lip-sync model", "ffmpeg"):
+    for expected in ("device", "LivePortrait weights", "face detection (dlib)", "lip-sync model", "ffmpeg",
+                     "video encoder"):
         assert expected in names
     assert any(n.startswith("Whisper ") for n in names)
     text = doctor.format_report(doctor.versions(), checks, columns=100)
     assert all(len(line) <= 100 or " " not in line.strip() for line in text.splitlines())
+
+
+def test_encoder_check_names_a_bad_setting(monkeypatch):
+    from audio2lp.media import encoders
+
+    monkeypatch.setitem(encoders._state, "nvenc", False)
+    monkeypatch.delenv(encoders.ENV, raising=False)
+    c = doctor.check_encoder()
+    assert c.status == doctor.OK and c.detail.startswith("libx264")
+    monkeypatch.setenv(encoders.ENV, "h265")
+    c = doctor.check_encoder()
+    assert c.status == doctor.FAIL and "h265" in c.detail and "AUDIO2LP_VIDEO_ENCODER" in c.fix

@@ -265,9 +265,9 @@ def test_video_portrait_jobs(inputs, motion_ckpt):
         assert len(stub.calls) == n == 5 and len(list(app.state.jobs.root.iterdir())) == 5  # no folder left
 
 
-def test_bad_video_portraits(inputs):
-    """A portrait that is neither a photo nor a usable video, too long, frameless, or a video where a photo is
-    needed: a 400 that says which and what to send; nothing is queued."""
+def test_bad_video_portraits(inputs, tmp_path):
+    """A portrait that is neither a photo nor a usable video, too long (to drive), frameless, at an absurd frame
+    rate (to dub), or a video where a photo is needed: a 400 that says which and what to send; nothing is queued."""
     stub = StubAnimator()
     with running(create_app(stub, max_duration=0.25)) as url, httpx.Client(base_url=url, timeout=30) as c:
         def post(kind, portrait, second, data=None, name=None):
@@ -285,10 +285,6 @@ def test_bad_video_portraits(inputs):
         r = post("speak", inputs["zero"], inputs["audio"])
         assert r.status_code == 400 and "the portrait video cannot be used" in r.json()["detail"]
         assert "no video frames" in r.json()["detail"]
-        r = post("speak", inputs["portrait_video"], inputs["audio"])  # 0.3 s of video, the limit is 0.25 s
-        assert r.status_code == 400, r.text
-        assert r.json()["detail"] == ("the portrait video lasts 0.3 s; this server accepts at most 0.25 s: send a "
-                                      "shorter video.")
         r = post("drive", inputs["portrait_video"], inputs["video"])
         assert r.status_code == 400 and "portrait video lasts 0.3 s" in r.json()["detail"]
         assert "max_frames to use its beginning" in r.json()["detail"]  # drive's output is the shorter of the two
@@ -299,6 +295,22 @@ def test_bad_video_portraits(inputs):
         assert stub.calls == []
         r = post("drive", inputs["portrait_video"], inputs["video"], {"max_frames": "4"})  # 0.2 s and 0.16 s
         assert r.status_code == 202 and r.json()["frames_total"] == 4 and _wait(c, r.json()["id"])["state"] == "done"
+        # dubbing reads only the frames the speech needs: the audio's limit bounds it, not the video's length
+        short = write_wav(tmp_path / "short.wav", np.zeros(3200, np.float32))  # 0.2 s
+        r = post("speak", inputs["portrait_video"], inputs["audio"])  # 1 s of speech: over the limit
+        assert r.status_code == 400 and "the audio upload lasts 1.0 s" in r.json()["detail"], r.text
+        r = post("speak", inputs["portrait_video"], short)  # 0.3 s of video, the limit is 0.25 s
+        assert r.status_code == 202, r.text
+        assert r.json()["frames_total"] == 4 and _wait(c, r.json()["id"])["state"] == "done"  # 0.2 s at 20 fps
+        from audio2lp.media.writer import VideoWriter
+
+        with VideoWriter(tmp_path / "fast.mp4", 500.0) as w:  # a frame rate no dub should render at
+            for i in range(3):
+                w.write(np.full((48, 64, 3), 20 * i, np.uint8))
+        r = post("speak", tmp_path / "fast.mp4", short)
+        assert r.status_code == 400 and r.json()["detail"] == (
+            "the portrait video's frame rate is 500 fps; this server dubs videos of at most 120 fps; send one at a "
+            "usual frame rate."), r.text
 
 
 def test_bad_uploads(inputs):
