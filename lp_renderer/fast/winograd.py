@@ -1,0 +1,165 @@
+"""Winograd F(4x4, 3x3) convolutions whose inner products are batched GEMMs (``torch.bmm``: MKL / oneDNN sgemm,
+AVX-512 where the CPU has it), for the CPU renderer.
+
+:class:`WinogradConv2d` replaces a stride-1, zero-padded 3x3 ``nn.Conv2d`` (ungrouped, undilated) at inference:
+its weight is transformed once at construction, ``U = G g G^T`` (36, O, C); each input tile of 6x6 (stride 4) is
+transformed ``V = B^T d B``, the 36 products ``U[k] @ V[k]`` are one ``torch.bmm``, and ``Y = A^T M A`` gives the
+4x4 output tiles; both transforms are GEMMs too (the tiles flattened, times a Kronecker product of the 1-D
+transforms), which measured far faster than sums of strided slices. 2.25 multiplications per output against 9 for a
+direct convolution. NNPACK (:mod:`.nnpack`) does the same with F(6x6, 3x3) in AVX2 code; on AVX-512 CPUs the
+GEMM form here is faster for layers with many channels (``benchmarks/RESULTS.md``). It rounds differently from a
+direct convolution (float32; about 1e-6 relative, tested against ``F.conv2d``).
+
+Memory: the transforms run over a few rows of tiles at a time (:data:`CHUNK_BYTES` of transformed input and of
+products per chunk), so the transient memory is bounded whatever the map size.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: the fixed CPU layer set (:func:`use_winograd`) takes 3x3 layers with at least this many input and output channels
+#: (below it the transforms cost more than the GEMM saves: ``benchmarks/RESULTS.md``)
+MIN_CHANNELS = 128
+#: bytes of transformed input (and as many of products) per chunk of tile rows
+CHUNK_BYTES = 8 * 2**20
+
+# F(4x4, 3x3): Y = A^T [(G g G^T) * (B^T d B)] A (Lavin & Gray 2016)
+_G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
+
+
+_BT = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                    [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
+_AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                   dtype=torch.float64)
+#: the 2-D transforms as matrices over flattened tiles: V = (B^T kron B^T) d (36, 36); Y = (A^T kron A^T) M (16, 36)
+_TB = torch.kron(_BT, _BT).float()
+_TA = torch.kron(_AT, _AT).float()
+
+
+def transform_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(O, C, 3, 3) float -> U (36, O, C) float32 contiguous: ``G g G^T`` per (O, C) pair, computed in float64."""
+    g = _G.to(weight.device)
+    u = torch.einsum("ik,ockl,jl->ijoc", g, weight.detach().double(), g)  # (6, 6, O, C)
+    return u.reshape(36, weight.shape[0], weight.shape[1]).float().contiguous()  # (36, O, C)
+
+
+def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
+                    chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
+    """A stride-1 zero-padded 3x3 convolution by Winograd F(4x4, 3x3).
+
+    x (B, C, H, W) float32 (any strides), u (36, O, C) from :func:`transform_weight`, bias (O,) or None,
+    padding (ph, pw) -> (B, O, H + 2ph - 2, W + 2pw - 2) float32 contiguous. Images one at a time, tile rows in
+    chunks of about ``chunk_bytes`` of transformed input. The three steps are GEMMs: the input tiles (one copy
+    of the overlapping 6x6 windows) times ``B^T kron B^T``, the 36 products (``torch.bmm``), and the products
+    times ``A^T kron A^T``.
+    """
+    b, c, h, w = x.shape
+    o = u.shape[1]
+    ph, pw = padding
+    ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
+    th, tw = -(-ho // 4), -(-wo // 4)  # tiles per axis (ceil)
+    rows = max(1, min(th, chunk_bytes // (36 * max(c, o) * tw * 4)))  # tile rows per chunk
+    out = x.new_empty(b, o, th * 4, tw * 4)
+    tb, ta = _TB.to(x.device), _TA.to(x.device)
+    # flat buffers of one chunk (a shorter last chunk takes a contiguous prefix): input tiles, transformed input,
+    # products, output tiles
+    d, v = x.new_empty(c * rows * tw * 36), x.new_empty(36 * c * rows * tw)
+    m, y = x.new_empty(36 * o * rows * tw), x.new_empty(16 * o * rows * tw)
+    for i in range(b):
+        # zero padding of the conv plus what completes the last tiles: (C, 4 th + 2, 4 tw + 2)
+        xp = F.pad(x[i], (pw, 4 * tw + 2 - w - pw, ph, 4 * th + 2 - h - ph))
+        oi = out[i].view(o, th, 4, tw, 4)  # (O, th, 4, tw, 4)
+        for r0 in range(0, th, rows):
+            nr = min(rows, th - r0)
+            n = nr * tw
+            dc = d[:c * n * 36].view(c, nr, tw, 6, 6)
+            dc.copy_(xp[:, 4 * r0:4 * (r0 + nr) + 2].unfold(1, 6, 4).unfold(2, 6, 4))  # (C, nr, tw, 6, 6)
+            vc = torch.mm(tb, dc.view(c * n, 36).t(), out=v[:36 * c * n].view(36, c * n))  # (36, C * n)
+            mc = torch.bmm(u, vc.view(36, c, n), out=m[:36 * o * n].view(36, o, n))  # (36, O, n)
+            yc = torch.mm(ta, mc.view(36, o * n), out=y[:16 * o * n].view(16, o * n))  # (16, O * n)
+            # (4, 4, O, nr, tw) -> (O, nr, 4, tw, 4)
+            oi[:, r0:r0 + nr].copy_(yc.view(4, 4, o, nr, tw).permute(2, 3, 0, 4, 1))
+    if bias is not None:
+        out.add_(bias.view(1, -1, 1, 1))
+    if th * 4 != ho or tw * 4 != wo:
+        out = out[:, :, :ho, :wo].contiguous()
+    return out
+
+
+class WinogradConv2d(nn.Module):
+    """Drop-in for an inference-only, stride-1, zero-padded, ungrouped 3x3 ``nn.Conv2d``.
+
+    Input (B, C, H, W) -> (B, O, H', W'), as the convolution it replaces (kept as ``self.conv``). On the CPU in
+    float32 with autograd off it runs :func:`winograd_conv2d` with the weight transformed at construction;
+    anywhere else (CUDA, float16 / float64, gradients) it is the plain convolution.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        if not self.eligible(conv):
+            raise ValueError("WinogradConv2d replaces stride-1, zero-padded, ungrouped 3x3 convolutions only")
+        self.conv = conv
+        self.padding = tuple(conv.padding)
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.register_buffer("u", transform_weight(conv.weight), persistent=False)
+
+    @staticmethod
+    def eligible(conv: nn.Module) -> bool:
+        """Stride-1, zero-padded, ungrouped, undilated 3x3 ``nn.Conv2d`` (any channel counts)."""
+        return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+                and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+                and isinstance(conv.padding, tuple))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.conv.weight
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
+                or self.u.device.type != "cpu" or x.dim() != 4
+                or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
+            return self.conv(x)
+        return winograd_conv2d(x, self.u, self.conv.bias, self.padding)
+
+
+def preferred(conv: nn.Module) -> bool:
+    """The fixed CPU layer set's rule: an eligible 3x3 layer (or one wrapped in ``NNPACKConv2d``) with at least
+    :data:`MIN_CHANNELS` input and output channels. A rule by shape: on the AVX-512 Xeon of ``benchmarks/RESULTS.md``
+    such layers ran 1.5-2.5x faster than NNPACK and oneDNN; with fewer channels the transforms dominate."""
+    from .nnpack import NNPACKConv2d
+
+    conv = conv.conv if type(conv) is NNPACKConv2d else conv
+    return WinogradConv2d.eligible(conv) and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
+
+
+def use_winograd(module: nn.Module) -> int:
+    """In place: replace every layer below ``module`` that :func:`preferred` takes (plain or NNPACK-wrapped) by a
+    :class:`WinogradConv2d` of its convolution. Returns the count."""
+    from .nnpack import NNPACKConv2d
+
+    n = 0
+    for parent in list(module.modules()):
+        if isinstance(parent, (WinogradConv2d, NNPACKConv2d)):  # their own convolution stays as it is
+            continue
+        for name, child in list(parent.named_children()):
+            if preferred(child):
+                setattr(parent, name, WinogradConv2d(child.conv if type(child) is NNPACKConv2d else child))
+                n += 1
+    return n
+
+
+_U_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def transformed_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """``transform_weight(conv.weight)``, kept per layer while its weight is unchanged (the autotuner's kernel)."""
+    w = conv.weight
+    key = (w.data_ptr(), w._version, w.device, w.dtype)
+    hit = _U_CACHE.get(conv)
+    if hit is None or hit[0] != key:
+        hit = (key, transform_weight(w))
+        _U_CACHE[conv] = hit
+    return hit[1]
