@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import winograd
 from .nnpack import nnpack_conv2d, nnpack_usable
 from .winograd import WinogradConv2d, transformed_weight, winograd_conv2d
 
@@ -443,6 +444,8 @@ class AutotunedConv(nn.Module):
 
     def _untuned(self, x: torch.Tensor) -> str:
         names = self.kernels(x)
+        if self.default == "winograd" and x.shape[2] * x.shape[3] > winograd.MAX_PIXELS:
+            return "nnpack" if "nnpack" in names else "onednn"  # as WinogradConv2d in the fixed layer set
         return self.default if self.default in names else "onednn"
 
     @torch.compiler.disable  # timing is eager work (under torch.compile too)

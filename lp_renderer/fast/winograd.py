@@ -25,8 +25,13 @@ from torch import nn
 #: the fixed CPU layer set (:func:`use_winograd`) takes 3x3 layers with at least this many input and output channels
 #: (below it the transforms cost more than the GEMM saves: ``benchmarks/RESULTS.md``)
 MIN_CHANNELS = 128
+#: ... and only on maps of at most this many pixels; larger maps go to the layer's NNPACK kernel (at 128x128 and
+#: 256x256 NNPACK measured 5-35% faster, at 64x64 it was 1.1-1.5x slower: ``benchmarks/RESULTS.md``)
+MAX_PIXELS = 64 * 64
 #: bytes of transformed input (and as many of products) per chunk of tile rows
-CHUNK_BYTES = 8 * 2**20
+CHUNK_BYTES = 32 * 2**20
+#: tiles per chunk at least (the GEMMs' column count; fewer measured far slower)
+MIN_TILES = 256
 
 # F(4x4, 3x3): Y = A^T [(G g G^T) * (B^T d B)] A (Lavin & Gray 2016)
 _G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
@@ -50,21 +55,22 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
-                    chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
+                    chunk_bytes: int = CHUNK_BYTES, min_tiles: int = MIN_TILES) -> torch.Tensor:
     """A stride-1 zero-padded 3x3 convolution by Winograd F(4x4, 3x3).
 
     x (B, C, H, W) float32 (any strides), u (36, O, C) from :func:`transform_weight`, bias (O,) or None,
     padding (ph, pw) -> (B, O, H + 2ph - 2, W + 2pw - 2) float32 contiguous. Images one at a time, tile rows in
-    chunks of about ``chunk_bytes`` of transformed input. The three steps are GEMMs: the input tiles (one copy
-    of the overlapping 6x6 windows) times ``B^T kron B^T``, the 36 products (``torch.bmm``), and the products
-    times ``A^T kron A^T``.
+    chunks of about ``chunk_bytes`` of transformed input or products, but ``min_tiles`` tiles at least. The three
+    steps are GEMMs: the input tiles (one copy of the overlapping 6x6 windows) times ``B^T kron B^T``, the 36
+    products (``torch.bmm``), and the products times ``A^T kron A^T`` (plus the bias).
     """
     b, c, h, w = x.shape
     o = u.shape[1]
     ph, pw = padding
     ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
     th, tw = -(-ho // 4), -(-wo // 4)  # tiles per axis (ceil)
-    rows = max(1, min(th, chunk_bytes // (36 * max(c, o) * tw * 4)))  # tile rows per chunk
+    rows = max(-(-min_tiles // tw), chunk_bytes // (36 * max(c, o) * tw * 4))
+    rows = max(1, min(th, rows))  # tile rows per chunk
     out = x.new_empty(b, o, th * 4, tw * 4)
     tb, ta = _TB.to(x.device), _TA.to(x.device)
     # flat buffers of one chunk (a shorter last chunk takes a contiguous prefix): input tiles, transformed input,
@@ -82,11 +88,13 @@ def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
             dc.copy_(xp[:, 4 * r0:4 * (r0 + nr) + 2].unfold(1, 6, 4).unfold(2, 6, 4))  # (C, nr, tw, 6, 6)
             vc = torch.mm(tb, dc.view(c * n, 36).t(), out=v[:36 * c * n].view(36, c * n))  # (36, C * n)
             mc = torch.bmm(u, vc.view(36, c, n), out=m[:36 * o * n].view(36, o, n))  # (36, O, n)
-            yc = torch.mm(ta, mc.view(36, o * n), out=y[:16 * o * n].view(16, o * n))  # (16, O * n)
+            yv = y[:16 * o * n].view(16, o * n)
+            if bias is None:
+                yc = torch.mm(ta, mc.view(36, o * n), out=yv)  # (16, O * n)
+            else:  # the bias of each output channel, repeated over its n tiles, added by the GEMM
+                yc = torch.addmm(bias.repeat_interleave(n).view(1, o * n), ta, mc.view(36, o * n), out=yv)
             # (4, 4, O, nr, tw) -> (O, nr, 4, tw, 4)
             oi[:, r0:r0 + nr].copy_(yc.view(4, 4, o, nr, tw).permute(2, 3, 0, 4, 1))
-    if bias is not None:
-        out.add_(bias.view(1, -1, 1, 1))
     if th * 4 != ho or tw * 4 != wo:
         out = out[:, :, :ho, :wo].contiguous()
     return out
@@ -96,15 +104,20 @@ class WinogradConv2d(nn.Module):
     """Drop-in for an inference-only, stride-1, zero-padded, ungrouped 3x3 ``nn.Conv2d``.
 
     Input (B, C, H, W) -> (B, O, H', W'), as the convolution it replaces (kept as ``self.conv``). On the CPU in
-    float32 with autograd off it runs :func:`winograd_conv2d` with the weight transformed at construction;
-    anywhere else (CUDA, float16 / float64, gradients) it is the plain convolution.
+    float32 with autograd off it runs :func:`winograd_conv2d` with the weight transformed at construction, for
+    maps of at most ``max_pixels`` pixels; larger maps run ``NNPACKConv2d`` (the fixed CPU layer set's kernel
+    before this one). Anywhere else (CUDA, float16 / float64, gradients) it is the plain convolution.
     """
 
-    def __init__(self, conv: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d, max_pixels: int | None = None):
         super().__init__()
         if not self.eligible(conv):
             raise ValueError("WinogradConv2d replaces stride-1, zero-padded, ungrouped 3x3 convolutions only")
+        from .nnpack import NNPACKConv2d
+
         self.conv = conv
+        self.max_pixels = max_pixels
+        self._large = [NNPACKConv2d(conv)]  # (a list: not a second registered copy of the convolution)
         self.padding = tuple(conv.padding)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.register_buffer("u", transform_weight(conv.weight), persistent=False)
@@ -122,13 +135,16 @@ class WinogradConv2d(nn.Module):
                 or self.u.device.type != "cpu" or x.dim() != 4
                 or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
             return self.conv(x)
+        if self.max_pixels is not None and x.shape[2] * x.shape[3] > self.max_pixels:
+            return self._large[0](x)
         return winograd_conv2d(x, self.u, self.conv.bias, self.padding)
 
 
 def preferred(conv: nn.Module) -> bool:
     """The fixed CPU layer set's rule: an eligible 3x3 layer (or one wrapped in ``NNPACKConv2d``) with at least
-    :data:`MIN_CHANNELS` input and output channels. A rule by shape: on the AVX-512 Xeon of ``benchmarks/RESULTS.md``
-    such layers ran 1.5-2.5x faster than NNPACK and oneDNN; with fewer channels the transforms dominate."""
+    :data:`MIN_CHANNELS` input and output channels (and, at run time, maps of at most :data:`MAX_PIXELS`). A rule by
+    shape: on the AVX-512 Xeon of ``benchmarks/RESULTS.md`` such layers at 64x64 ran 1.1-1.5x faster than NNPACK
+    and 1.3-1.9x faster than oneDNN; with fewer channels or larger maps NNPACK was faster."""
     from .nnpack import NNPACKConv2d
 
     conv = conv.conv if type(conv) is NNPACKConv2d else conv
@@ -137,7 +153,7 @@ def preferred(conv: nn.Module) -> bool:
 
 def use_winograd(module: nn.Module) -> int:
     """In place: replace every layer below ``module`` that :func:`preferred` takes (plain or NNPACK-wrapped) by a
-    :class:`WinogradConv2d` of its convolution. Returns the count."""
+    :class:`WinogradConv2d` of its convolution (maps above :data:`MAX_PIXELS` keep NNPACK). Returns the count."""
     from .nnpack import NNPACKConv2d
 
     n = 0
@@ -146,7 +162,8 @@ def use_winograd(module: nn.Module) -> int:
             continue
         for name, child in list(parent.named_children()):
             if preferred(child):
-                setattr(parent, name, WinogradConv2d(child.conv if type(child) is NNPACKConv2d else child))
+                setattr(parent, name, WinogradConv2d(child.conv if type(child) is NNPACKConv2d else child,
+                                                     max_pixels=MAX_PIXELS))
                 n += 1
     return n
 

@@ -13,7 +13,7 @@ from lp_renderer import RendererConfig, RendererNetworks
 from lp_renderer.fast import winograd
 from lp_renderer.fast.autotune import KERNELS, AutotunedConv, autotune_network
 from lp_renderer.fast.folding import fold_network
-from lp_renderer.fast.nnpack import NNPACKConv2d
+from lp_renderer.fast.nnpack import NNPACKConv2d, nnpack_conv2d, nnpack_usable
 from lp_renderer.fast.winograd import WinogradConv2d, transform_weight, use_winograd, winograd_conv2d
 
 
@@ -72,7 +72,7 @@ def test_chunks_of_tile_rows_agree(chunk_bytes):
     x = torch.randn(2, 8, 37, 18)  # 10 tile rows of 5 tiles
     u = transform_weight(conv.weight)
     with torch.no_grad():
-        y = winograd_conv2d(x, u, conv.bias, (1, 1), chunk_bytes=chunk_bytes)
+        y = winograd_conv2d(x, u, conv.bias, (1, 1), chunk_bytes=chunk_bytes, min_tiles=1)
         _close(y, _reference(x, conv))
         torch.testing.assert_close(y, winograd_conv2d(x, u, conv.bias, (1, 1)), rtol=0, atol=2e-5)
 
@@ -92,7 +92,7 @@ def test_chunk_buffers_are_bounded(monkeypatch):
     x = torch.randn(1, 4, 64, 256)
     u = transform_weight(torch.randn(4, 4, 3, 3))
     with torch.no_grad():
-        winograd_conv2d(x, u, None, (1, 1), chunk_bytes=1)
+        winograd_conv2d(x, u, None, (1, 1), chunk_bytes=1, min_tiles=1)
     assert max(sizes) == 4 * 64 * 256  # the output; the chunk buffers hold one row of 64 tiles
     assert sorted(sizes)[-2] == 36 * 4 * 64
 
@@ -118,6 +118,18 @@ def test_plain_convolution_elsewhere():
     assert out.device.type == "meta" and out.shape == (1, 5, 9, 9)
 
 
+@pytest.mark.skipif(not nnpack_usable(), reason="optional: NNPACK cannot run on this CPU")
+def test_larger_maps_run_nnpack():
+    torch.manual_seed(6)
+    conv = nn.Conv2d(4, 5, 3, padding=1)
+    layer = WinogradConv2d(conv, max_pixels=8 * 8)
+    small, large = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 9)
+    with torch.no_grad():
+        assert torch.equal(layer(large), nnpack_conv2d(large, conv.weight, conv.bias, [1, 1]))
+        _close(layer(small), _reference(small, conv))
+        assert not torch.equal(layer(small), nnpack_conv2d(small, conv.weight, conv.bias, [1, 1]))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="optional: no CUDA device here")
 def test_cuda_runs_the_plain_convolution():
     conv = nn.Conv2d(4, 5, 3, padding=1).cuda()
@@ -141,7 +153,7 @@ def test_layer_set_rule_by_channels():
         nn.Conv2d(512, 64, 3, padding=1)
     net = nn.Sequential(NNPACKConv2d(big), NNPACKConv2d(small), mixed, nn.Conv2d(256, 256, 1))
     assert use_winograd(net) == 1
-    assert type(net[0]) is WinogradConv2d and net[0].conv is big
+    assert type(net[0]) is WinogradConv2d and net[0].conv is big and net[0].max_pixels == winograd.MAX_PIXELS
     assert type(net[1]) is NNPACKConv2d and net[2] is mixed and type(net[3]) is nn.Conv2d
     assert use_winograd(net) == 0  # wrapping twice changes nothing
 
@@ -187,3 +199,6 @@ def test_autotuner_offers_it_and_defaults_to_it(monkeypatch):
     net = nn.Sequential(nn.Conv2d(6, 7, 3, padding=1), nn.Conv2d(7, 2, 3, padding=1), nn.Conv2d(2, 2, 1))
     autotune_network(net, nnpack_in=(nn.Sequential,))
     assert [m.default for m in net] == ["winograd", "nnpack", "onednn"]
+    monkeypatch.setattr(winograd, "MAX_PIXELS", 64)
+    assert net[0]._untuned(torch.randn(1, 6, 8, 8)) == "winograd"
+    assert net[0]._untuned(torch.randn(1, 6, 8, 9)) == ("nnpack" if nnpack_usable() else "onednn")
