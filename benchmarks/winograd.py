@@ -10,9 +10,11 @@ W and G, which records each distinct layer signature (input shape, weight shape,
 frame and one real input. Each signature is then timed with every kernel of ``lp_renderer.fast.autotune`` that
 applies (``AutotunedConv.run``, the autotuner's own kernels), the kernels interleaved round by round and the
 minimum kept (the machine is shared: a round-robin minimum is the least noisy figure). ``old`` is the kernel the
-fixed CPU layer set used before Winograd (NNPACK for 3x3-and-larger 2-D layers, oneDNN otherwise), ``new`` the one
-it uses now (``winograd`` where ``lp_renderer.fast.winograd.preferred`` takes the layer); the totals weight each
-signature by its calls per frame.
+fixed CPU layer set uses (NNPACK for 3x3-and-larger 2-D layers, oneDNN otherwise), ``new`` the one it would use
+with ``lp_renderer.fast.winograd.IN_LAYER_SET`` (``winograd`` where ``preferred`` takes the layer and the map is at
+most ``MAX_PIXELS``); the totals weight each signature by its calls per frame. ``winograd-kept`` is the Winograd
+kernel with its transformed weight computed once (the layers transform it per call: kept, it costs 4x the weight's
+memory).
 """
 
 from __future__ import annotations
@@ -83,21 +85,25 @@ def main() -> None:
 
     seen, _ = collect(args.quick)
     rows, tot = [], {"old": 0.0, "new": 0.0, "onednn": 0.0}
-    names = ("onednn", "nnpack", "winograd")
+    names = ("onednn", "nnpack", "winograd", "winograd-kept")
     with torch.no_grad():
         for key, (conv, x, calls) in seen.items():
             a = AutotunedConv(conv)
             ks = [k for k in names if k in a.kernels(x)]
-            best = dict.fromkeys(ks, float("inf"))
-            for k in ks:
-                a.run(k, x)  # warm-up (the autotuner's transformed weight, NNPACK's init)
+            run = {k: (lambda k=k, a=a, x=x: a.run(k, x)) for k in ks}
+            if "winograd" in ks:  # the same with the transformed weight kept (not done: 4x the weight's memory)
+                u = winograd.transform_weight(conv.weight)
+                run["winograd-kept"] = lambda u=u, x=x, c=conv: winograd.winograd_conv2d(x, u, c.bias, tuple(c.padding))
+            best = dict.fromkeys(run, float("inf"))
+            for fn in run.values():
+                fn()  # warm-up (NNPACK's init, first-touch of buffers)
             for _ in range(args.rounds):
-                for k in ks:
+                for k, fn in run.items():
                     t0 = time.perf_counter()
-                    a.run(k, x)
+                    fn()
                     best[k] = min(best[k], time.perf_counter() - t0)
             old = "nnpack" if NNPACKConv2d.eligible(conv) and "nnpack" in ks else "onednn"
-            new = "winograd" if winograd.preferred(conv) else old
+            new = "winograd" if winograd.preferred(conv) and x.shape[2] * x.shape[3] <= winograd.MAX_PIXELS else old
             tot["old"] += calls * best[old]
             tot["new"] += calls * best[new]
             tot["onednn"] += calls * best["onednn"]
@@ -105,15 +111,16 @@ def main() -> None:
     print(f"per-layer conv times, {'tiny' if args.quick else 'default (official)'} config, fp32 CPU, "
           f"{args.threads} threads, torch {torch.__version__}")
     print(f"CPU: {_cpu()}; load average {'{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())} at the end\n")
-    print("| input (B, C, [D,] H, W) | weight | calls/frame | onednn ms | nnpack ms | winograd ms | old -> new | "
-          "old / new |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| input (B, C, [D,] H, W) | weight | calls/frame | onednn ms | nnpack ms | winograd ms | winograd, weight "
+          "kept ms | fixed -> rule | fixed / rule |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for (xs, ws, *_), calls, best, old, new in rows:
         ms = [f"{best[k] * 1000:.1f}" if k in best else "-" for k in names]
         print(f"| {xs} | {ws} | {calls} | " + " | ".join(ms) + f" | {old} -> {new} | "
               f"{best[old] / best[new]:.2f}x |")
-    print(f"\nper frame (calls x time, these layers): onednn everywhere {tot['onednn']:.3f} s, old fixed set "
-          f"{tot['old']:.3f} s, new fixed set {tot['new']:.3f} s (old / new {tot['old'] / tot['new']:.2f}x)")
+    print(f"\nper frame (calls x time, these layers): onednn everywhere {tot['onednn']:.3f} s, the fixed set "
+          f"{tot['old']:.3f} s, the fixed set with the Winograd rule (IN_LAYER_SET) {tot['new']:.3f} s "
+          f"(fixed / rule {tot['old'] / tot['new']:.2f}x)")
     print(f"\nCommand: `{shlex.join(['python', 'benchmarks/winograd.py', *sys.argv[1:]])}`")
 
 

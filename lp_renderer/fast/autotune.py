@@ -53,7 +53,7 @@ from torch import nn
 
 from . import winograd
 from .nnpack import nnpack_conv2d, nnpack_usable
-from .winograd import WinogradConv2d, transformed_weight, winograd_conv2d
+from .winograd import WinogradConv2d, transform_weight, winograd_conv2d
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _nnpack_depth(x: torch.Tensor, c: nn.Module) -> torch.Tensor:
 
 
 def _winograd(x: torch.Tensor, c: nn.Module) -> torch.Tensor:
-    return winograd_conv2d(x, transformed_weight(c), c.bias, tuple(c.padding))
+    return winograd_conv2d(x, transform_weight(c.weight), c.bias, tuple(c.padding))
 
 
 def _winograd_applies(c: nn.Module, x: torch.Tensor) -> bool:
@@ -498,7 +498,7 @@ class AutotunedConv(nn.Module):
         return best_name, best_out, ms
 
 
-def autotune_network(module: nn.Module, nnpack_in: tuple[type, ...] = (), winograd: bool = True) -> int:
+def autotune_network(module: nn.Module, nnpack_in: tuple[type, ...] = (), winograd: bool = False) -> int:
     """In place: wrap every eligible ``nn.Conv2d`` / ``nn.Conv3d`` below ``module`` in :class:`AutotunedConv`
     (those already wrapped are left as they are). Layers inside modules of the types ``nnpack_in`` that
     :class:`lp_renderer.fast.nnpack.NNPACKConv2d` would take get ``nnpack`` as their untuned kernel, or ``winograd``

@@ -58,8 +58,9 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
     mask convolution by FFT (a win on CPUs; GPUs have fast direct convolutions); ``nnpack`` computes W's
     and G's 2-D convolutions (3x3 and larger) with NNPACK's Winograd / FFT kernels when they run on the CPU
     in float32 (:class:`lp_renderer.fast.nnpack.NNPACKConv2d`; elsewhere they stay plain convolutions);
-    ``winograd`` (default: as ``nnpack``) computes those of them with many channels
-    (:func:`lp_renderer.fast.winograd.preferred`) by :class:`lp_renderer.fast.winograd.WinogradConv2d` instead.
+    ``winograd`` (with ``nnpack``; default :data:`lp_renderer.fast.winograd.IN_LAYER_SET`, off) computes those of
+    them with many channels on small maps (:func:`lp_renderer.fast.winograd.preferred`) by
+    :class:`lp_renderer.fast.winograd.WinogradConv2d` instead.
     ``autotune`` (with ``fast_layers``) instead wraps every convolution in
     :class:`lp_renderer.fast.autotune.AutotunedConv`, which times the exact kernels that apply on first use and
     keeps the fastest per layer shape on this machine (the mask's FFT and, with ``nnpack``, NNPACK among them; they
@@ -67,6 +68,10 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
     """
     if module.training:
         raise ValueError("folding is only valid for modules in eval mode")
+    if winograd is None:
+        from . import winograd as _winograd
+
+        winograd = _winograd.IN_LAYER_SET
     if not inplace:
         module = copy.deepcopy(module)
     for m in list(module.modules()):
@@ -102,7 +107,7 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
             from .autotune import autotune_network
 
             autotune_network(module, nnpack_in=(WarpingNetwork, FastSPADEDecoder) if nnpack else (),
-                             winograd=nnpack if winograd is None else winograd)
+                             winograd=nnpack and winograd)
         elif nnpack:
             from ..nets.warping_network import WarpingNetwork
             from .nnpack import use_nnpack
@@ -111,6 +116,6 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
             for m in list(module.modules()):
                 if isinstance(m, (WarpingNetwork, FastSPADEDecoder)):
                     use_nnpack(m)
-                    if winograd is None or winograd:
+                    if winograd:
                         use_winograd(m)
     return module.eval()

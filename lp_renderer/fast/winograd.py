@@ -2,7 +2,8 @@
 AVX-512 where the CPU has it), for the CPU renderer.
 
 :class:`WinogradConv2d` replaces a stride-1, zero-padded 3x3 ``nn.Conv2d`` (ungrouped, undilated) at inference:
-its weight is transformed once at construction, ``U = G g G^T`` (36, O, C); each input tile of 6x6 (stride 4) is
+its weight is transformed, ``U = G g G^T`` (36, O, C) (on each call: kept, it would take four times the
+weight's memory); each input tile of 6x6 (stride 4) is
 transformed ``V = B^T d B``, the 36 products ``U[k] @ V[k]`` are one ``torch.bmm``, and ``Y = A^T M A`` gives the
 4x4 output tiles; both transforms are GEMMs too (the tiles flattened, times a Kronecker product of the 1-D
 transforms), which measured far faster than sums of strided slices. 2.25 multiplications per output against 9 for a
@@ -16,18 +17,21 @@ products per chunk), so the transient memory is bounded whatever the map size.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: the fixed CPU layer set (:func:`use_winograd`) takes 3x3 layers with at least this many input and output channels
+#: whether the fixed CPU layer set (``fold_network`` with ``nnpack``, the renderer's "cpu" layers) uses
+#: :func:`use_winograd`: off, as in a full frame on the 2-core AVX-512 Xeon of ``benchmarks/RESULTS.md`` G was not
+#: faster with it (slower in 2 of 3 runs) although the layers alone were up to 1.7x faster on a quiet machine; the
+#: autotuner (opt-in) offers the kernel for every 3x3 layer
+IN_LAYER_SET = False
+#: the rule of :func:`preferred`: 3x3 layers with at least this many input and output channels
 #: (below it the transforms cost more than the GEMM saves: ``benchmarks/RESULTS.md``)
 MIN_CHANNELS = 128
 #: ... and only on maps of at most this many pixels; larger maps go to the layer's NNPACK kernel (at 128x128 and
 #: 256x256 NNPACK measured 5-35% faster, at 64x64 it was 1.1-1.5x slower: ``benchmarks/RESULTS.md``)
-MAX_PIXELS = 64 * 64
+MAX_PIXELS = 64 * 64  # (the rule of use_winograd)
 #: bytes of transformed input (and as many of products) per chunk of tile rows
 CHUNK_BYTES = 32 * 2**20
 #: tiles per chunk at least (the GEMMs' column count; fewer measured far slower)
@@ -47,11 +51,17 @@ _TB = torch.kron(_BT, _BT).float()
 _TA = torch.kron(_AT, _AT).float()
 
 
+_KG = torch.kron(_G, _G).float()  # (36, 9): U = (G kron G) g over flattened 3x3 kernels
+
+
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(O, C, 3, 3) float -> U (36, O, C) float32 contiguous: ``G g G^T`` per (O, C) pair, computed in float64."""
-    g = _G.to(weight.device)
-    u = torch.einsum("ik,ockl,jl->ijoc", g, weight.detach().double(), g)  # (6, 6, O, C)
-    return u.reshape(36, weight.shape[0], weight.shape[1]).float().contiguous()  # (36, O, C)
+    """(O, C, 3, 3) float32 -> U (36, O, C) float32 contiguous: ``G g G^T`` per (O, C) pair, as one GEMM.
+
+    Four times the weight's size (38 MB for a 512 -> 512 layer), so layers transform it on each call rather than
+    keep it (a few ms against tens of ms of convolution; kept, G's transformed weights would add ~0.75 GB)."""
+    o, c = weight.shape[:2]
+    u = weight.new_empty(36, o * c)
+    return torch.mm(_KG.to(weight.device), weight.detach().reshape(o * c, 9).t(), out=u).view(36, o, c)
 
 
 def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
@@ -104,7 +114,7 @@ class WinogradConv2d(nn.Module):
     """Drop-in for an inference-only, stride-1, zero-padded, ungrouped 3x3 ``nn.Conv2d``.
 
     Input (B, C, H, W) -> (B, O, H', W'), as the convolution it replaces (kept as ``self.conv``). On the CPU in
-    float32 with autograd off it runs :func:`winograd_conv2d` with the weight transformed at construction, for
+    float32 with autograd off it runs :func:`winograd_conv2d` (the weight transformed on each call), for
     maps of at most ``max_pixels`` pixels; larger maps run ``NNPACKConv2d`` (the fixed CPU layer set's kernel
     before this one). Anywhere else (CUDA, float16 / float64, gradients) it is the plain convolution.
     """
@@ -120,7 +130,6 @@ class WinogradConv2d(nn.Module):
         self._large = [NNPACKConv2d(conv)]  # (a list: not a second registered copy of the convolution)
         self.padding = tuple(conv.padding)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.register_buffer("u", transform_weight(conv.weight), persistent=False)
 
     @staticmethod
     def eligible(conv: nn.Module) -> bool:
@@ -132,19 +141,20 @@ class WinogradConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.conv.weight
         if (x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
-                or self.u.device.type != "cpu" or x.dim() != 4
+                or x.dim() != 4
                 or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
             return self.conv(x)
         if self.max_pixels is not None and x.shape[2] * x.shape[3] > self.max_pixels:
             return self._large[0](x)
-        return winograd_conv2d(x, self.u, self.conv.bias, self.padding)
+        return winograd_conv2d(x, transform_weight(w), self.conv.bias, self.padding)
 
 
 def preferred(conv: nn.Module) -> bool:
-    """The fixed CPU layer set's rule: an eligible 3x3 layer (or one wrapped in ``NNPACKConv2d``) with at least
-    :data:`MIN_CHANNELS` input and output channels (and, at run time, maps of at most :data:`MAX_PIXELS`). A rule by
-    shape: on the AVX-512 Xeon of ``benchmarks/RESULTS.md`` such layers at 64x64 ran 1.1-1.5x faster than NNPACK
-    and 1.3-1.9x faster than oneDNN; with fewer channels or larger maps NNPACK was faster."""
+    """The rule of :func:`use_winograd` (the fixed CPU layer set's when :data:`IN_LAYER_SET`): an eligible 3x3
+    layer (or one wrapped in ``NNPACKConv2d``) with at least :data:`MIN_CHANNELS` input and output channels (and, at
+    run time, maps of at most :data:`MAX_PIXELS`). A rule by shape: on the AVX-512 Xeon of ``benchmarks/RESULTS.md``
+    such layers at 64x64, alone on a quiet machine, ran up to 1.7x faster than NNPACK; with fewer channels or larger
+    maps NNPACK was faster."""
     from .nnpack import NNPACKConv2d
 
     conv = conv.conv if type(conv) is NNPACKConv2d else conv
@@ -168,15 +178,3 @@ def use_winograd(module: nn.Module) -> int:
     return n
 
 
-_U_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def transformed_weight(conv: nn.Conv2d) -> torch.Tensor:
-    """``transform_weight(conv.weight)``, kept per layer while its weight is unchanged (the autotuner's kernel)."""
-    w = conv.weight
-    key = (w.data_ptr(), w._version, w.device, w.dtype)
-    hit = _U_CACHE.get(conv)
-    if hit is None or hit[0] != key:
-        hit = (key, transform_weight(w))
-        _U_CACHE[conv] = hit
-    return hit[1]

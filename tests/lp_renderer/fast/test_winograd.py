@@ -1,6 +1,6 @@
 """Winograd F(4x4, 3x3) convolutions (lp_renderer.fast.winograd): the plain convolution's maths up to float rounding
 for odd sizes, channels, paddings, batches, strides of the input and chunkings; the plain convolution itself
-wherever the fast path does not apply; the layer set's rule and the autotuner's kernel."""
+wherever the fast path does not apply; the layer-set rule (opt-in) and the autotuner's kernel."""
 
 from __future__ import annotations
 
@@ -159,13 +159,14 @@ def test_layer_set_rule_by_channels():
 
 
 def test_fold_network_uses_it_where_the_rule_says(monkeypatch):
-    """With the rule lowered to the tiny config's channel counts, the folded W and G run their 3x3 layers by
-    Winograd and give the output of the same networks folded with plain convolutions; ``winograd=False`` keeps
-    NNPACK."""
+    """With ``winograd=True`` and the rule lowered to the tiny config's channel counts, the folded W and G run their
+    3x3 layers by Winograd and give the output of the same networks folded with plain convolutions; by default
+    (``IN_LAYER_SET`` off) the layer set keeps NNPACK."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 8)
     nets = RendererNetworks.random(RendererConfig.tiny(), seed=5).eval()
-    fast = fold_network(nets)
-    plain = fold_network(nets, winograd=False)
+    fast = fold_network(nets, winograd=True)
+    plain = fold_network(nets)
+    assert not winograd.IN_LAYER_SET
     reference = fold_network(nets, nnpack=False)
     assert sum(isinstance(m, WinogradConv2d) for m in fast.warping.modules()) >= 1
     assert sum(isinstance(m, WinogradConv2d) for m in fast.decoder.modules()) >= 3
@@ -197,7 +198,10 @@ def test_autotuner_offers_it_and_defaults_to_it(monkeypatch):
     assert "winograd" not in AutotunedConv(nn.Conv2d(6, 7, 3, stride=2)).kernels(x)
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 4)
     net = nn.Sequential(nn.Conv2d(6, 7, 3, padding=1), nn.Conv2d(7, 2, 3, padding=1), nn.Conv2d(2, 2, 1))
-    autotune_network(net, nnpack_in=(nn.Sequential,))
+    off = nn.Sequential(nn.Conv2d(6, 7, 3, padding=1))
+    autotune_network(off, nnpack_in=(nn.Sequential,))  # the default layer set's choice: NNPACK
+    assert off[0].default == "nnpack"
+    autotune_network(net, nnpack_in=(nn.Sequential,), winograd=True)
     assert [m.default for m in net] == ["winograd", "nnpack", "onednn"]
     monkeypatch.setattr(winograd, "MAX_PIXELS", 64)
     assert net[0]._untuned(torch.randn(1, 6, 8, 8)) == "winograd"
