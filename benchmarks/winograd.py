@@ -75,7 +75,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=4, help="timed rounds per kernel (after one warm-up)")
     ap.add_argument("--quick", action="store_true", help="tiny config: a smoke run")
+    ap.add_argument("--renderer-memory", action="store_true",
+                    help="the allocator settings of the CLI and benchmarks/render.py (lp_renderer.fast.cpu_memory: "
+                         "huge pages, 1 MiB mmap threshold); default: the allocator's defaults")
     args = ap.parse_args()
+    if args.renderer_memory:
+        from lp_renderer.fast.cpu_memory import enable_cpu_memory_settings
+
+        enable_cpu_memory_settings()  # before torch loads; the glibc part when the renderer is built
     import torch
 
     torch.set_num_threads(args.threads)
@@ -109,7 +116,8 @@ def main() -> None:
             tot["onednn"] += calls * best["onednn"]
             rows.append((key, calls, best, old, new))
     print(f"per-layer conv times, {'tiny' if args.quick else 'default (official)'} config, fp32 CPU, "
-          f"{args.threads} threads, torch {torch.__version__}")
+          f"{args.threads} threads, torch {torch.__version__}, "
+          f"{'the renderer allocator settings' if args.renderer_memory else 'default allocator'}")
     print(f"CPU: {_cpu()}; load average {'{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())} at the end\n")
     print("| input (B, C, [D,] H, W) | weight | calls/frame | onednn ms | nnpack ms | winograd ms | winograd, weight "
           "kept ms | fixed -> rule | fixed / rule |")
