@@ -7,9 +7,11 @@ weight's memory); each input tile of 6x6 (stride 4) is
 transformed ``V = B^T d B``, the 36 products ``U[k] @ V[k]`` are one ``torch.bmm``, and ``Y = A^T M A`` gives the
 4x4 output tiles; both transforms are GEMMs too (the tiles flattened, times a Kronecker product of the 1-D
 transforms), which measured far faster than sums of strided slices. 2.25 multiplications per output against 9 for a
-direct convolution. NNPACK (:mod:`.nnpack`) does the same with F(6x6, 3x3) in AVX2 code; on AVX-512 CPUs the
-GEMM form here is faster for layers with many channels (``benchmarks/RESULTS.md``). It rounds differently from a
-direct convolution (float32; about 1e-6 relative, tested against ``F.conv2d``).
+direct convolution. NNPACK (:mod:`.nnpack`) does the same with F(6x6, 3x3) in AVX2 code; on the AVX-512 Xeon of
+``benchmarks/RESULTS.md`` the GEMM form here ran G's 3x3 layers with many channels on 64x64 maps 1.1-1.4x faster
+than NNPACK, timed alone, but a whole frame was not measurably faster, so the renderer's layer set does not use it
+unless :data:`IN_LAYER_SET` (the opt-in autotuner offers it per layer). It rounds differently from a direct
+convolution (float32; a few 1e-6 of the output's scale, tested against ``F.conv2d``).
 
 Memory: the transforms run over a few rows of tiles at a time (:data:`CHUNK_BYTES` of transformed input and of
 products per chunk), so the transient memory is bounded whatever the map size.
@@ -21,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .nnpack import NNPACKConv2d
+
 #: whether the fixed CPU layer set (``fold_network`` with ``nnpack``, the renderer's "cpu" layers) uses
-#: :func:`use_winograd`: off, as in a full frame on the 2-core AVX-512 Xeon of ``benchmarks/RESULTS.md`` G was not
-#: faster with it (slower in 2 of 3 runs) although the layers alone were up to 1.7x faster on a quiet machine; the
-#: autotuner (opt-in) offers the kernel for every 3x3 layer
+#: :func:`use_winograd`: off, as in whole frames on the 2-core AVX-512 Xeon of ``benchmarks/RESULTS.md`` G was not
+#: measurably faster with it (2.66 against 2.62 s, mean of 5 runs) although its layers alone were 1.0-1.4x faster
+#: (conformance passes with it on); the autotuner (opt-in) offers the kernel for every 3x3 layer
 IN_LAYER_SET = False
 #: the rule of :func:`preferred`: 3x3 layers with at least this many input and output channels
 #: (below it the transforms cost more than the GEMM saves: ``benchmarks/RESULTS.md``)
@@ -40,8 +44,6 @@ MIN_TILES = 256
 # F(4x4, 3x3): Y = A^T [(G g G^T) * (B^T d B)] A (Lavin & Gray 2016)
 _G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                    [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
-
-
 _BT = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
                     [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
 _AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
@@ -49,8 +51,6 @@ _AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0]
 #: the 2-D transforms as matrices over flattened tiles: V = (B^T kron B^T) d (36, 36); Y = (A^T kron A^T) M (16, 36)
 _TB = torch.kron(_BT, _BT).float()
 _TA = torch.kron(_AT, _AT).float()
-
-
 _KG = torch.kron(_G, _G).float()  # (36, 9): U = (G kron G) g over flattened 3x3 kernels
 
 
@@ -123,8 +123,6 @@ class WinogradConv2d(nn.Module):
         super().__init__()
         if not self.eligible(conv):
             raise ValueError("WinogradConv2d replaces stride-1, zero-padded, ungrouped 3x3 convolutions only")
-        from .nnpack import NNPACKConv2d
-
         self.conv = conv
         self.max_pixels = max_pixels
         self._large = [NNPACKConv2d(conv)]  # (a list: not a second registered copy of the convolution)
@@ -153,10 +151,8 @@ def preferred(conv: nn.Module) -> bool:
     """The rule of :func:`use_winograd` (the fixed CPU layer set's when :data:`IN_LAYER_SET`): an eligible 3x3
     layer (or one wrapped in ``NNPACKConv2d``) with at least :data:`MIN_CHANNELS` input and output channels (and, at
     run time, maps of at most :data:`MAX_PIXELS`). A rule by shape: on the AVX-512 Xeon of ``benchmarks/RESULTS.md``
-    such layers at 64x64, alone on a quiet machine, ran up to 1.7x faster than NNPACK; with fewer channels or larger
-    maps NNPACK was faster."""
-    from .nnpack import NNPACKConv2d
-
+    such layers at 64x64, timed alone, ran 1.0-1.4x faster than NNPACK; with fewer channels or larger maps NNPACK
+    was faster."""
     conv = conv.conv if type(conv) is NNPACKConv2d else conv
     return WinogradConv2d.eligible(conv) and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
 
@@ -164,8 +160,6 @@ def preferred(conv: nn.Module) -> bool:
 def use_winograd(module: nn.Module) -> int:
     """In place: replace every layer below ``module`` that :func:`preferred` takes (plain or NNPACK-wrapped) by a
     :class:`WinogradConv2d` of its convolution (maps above :data:`MAX_PIXELS` keep NNPACK). Returns the count."""
-    from .nnpack import NNPACKConv2d
-
     n = 0
     for parent in list(module.modules()):
         if isinstance(parent, (WinogradConv2d, NNPACKConv2d)):  # their own convolution stays as it is
