@@ -53,7 +53,7 @@ from torch import nn
 
 from . import winograd
 from .nnpack import nnpack_conv2d, nnpack_usable
-from .winograd import WinogradConv2d, transform_weight, winograd_conv2d
+from .winograd import WinogradConv2d, winograd_conv2d
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _nnpack_depth(x: torch.Tensor, c: nn.Module) -> torch.Tensor:
 
 
 def _winograd(x: torch.Tensor, c: nn.Module) -> torch.Tensor:
-    return winograd_conv2d(x, transform_weight(c.weight), c.bias, tuple(c.padding))
+    return winograd_conv2d(x, None, c.bias, tuple(c.padding), weight=c.weight)
 
 
 def _winograd_applies(c: nn.Module, x: torch.Tensor) -> bool:

@@ -75,6 +75,11 @@ def test_chunks_of_tile_rows_agree(chunk_bytes):
         y = winograd_conv2d(x, u, conv.bias, (1, 1), chunk_bytes=chunk_bytes, min_tiles=1)
         _close(y, _reference(x, conv))
         torch.testing.assert_close(y, winograd_conv2d(x, u, conv.bias, (1, 1)), rtol=0, atol=2e-5)
+        # the weight transformed in blocks of output channels inside the loop (the layers' way), blocks of 1 to all
+        for block in (1, 4, 6):
+            yb = winograd_conv2d(x, None, conv.bias, (1, 1), chunk_bytes=chunk_bytes, min_tiles=1,
+                                 weight=conv.weight, out_block=block)
+            torch.testing.assert_close(yb, y, rtol=0, atol=2e-5)
 
 
 def test_chunk_buffers_are_bounded(monkeypatch):
@@ -95,6 +100,13 @@ def test_chunk_buffers_are_bounded(monkeypatch):
         winograd_conv2d(x, u, None, (1, 1), chunk_bytes=1, min_tiles=1)
     assert max(sizes) == 4 * 64 * 256  # the output; the chunk buffers hold one row of 64 tiles
     assert sorted(sizes)[-2] == 36 * 4 * 64
+    # the weight transformed two output channels at a time: no buffer of the whole transformed weight (36 * 8 * 4)
+    sizes.clear()
+    with torch.no_grad():
+        y = winograd_conv2d(x, None, None, (1, 1), chunk_bytes=1, min_tiles=1, weight=torch.randn(8, 4, 3, 3),
+                            out_block=2)
+    assert y.shape == (1, 8, 64, 256) and max(sizes) == 8 * 64 * 256
+    assert sorted(sizes)[:-1] == sorted([36 * 4 * 64, 36 * 4 * 64, 36 * 2 * 64, 16 * 2 * 64, 36 * 2 * 4])
 
 
 def test_plain_convolution_elsewhere():
