@@ -9,8 +9,8 @@ transformed ``V = B^T d B``, the 36 products ``U[k] @ V[k]`` are one ``torch.bmm
 transforms), which measured far faster than sums of strided slices. 2.25 multiplications per output against 9 for a
 direct convolution. NNPACK (:mod:`.nnpack`) does the same with F(6x6, 3x3) in AVX2 code; on the AVX-512 Xeon of
 ``benchmarks/RESULTS.md`` the GEMM form here ran G's 3x3 layers with many channels on 64x64 maps 1.1-1.4x faster
-than NNPACK, timed alone, but a whole frame was not measurably faster, so the renderer's layer set does not use it
-unless :data:`IN_LAYER_SET` (the opt-in autotuner offers it per layer). It rounds differently from a direct
+than NNPACK, and G 6-23% faster per frame, so the renderer's CPU layer set uses it for them (:func:`use_winograd`,
+:data:`IN_LAYER_SET`); the opt-in autotuner offers it for every 3x3 layer. It rounds differently from a direct
 convolution (float32; a few 1e-6 of the output's scale, tested against ``F.conv2d``).
 
 Memory: the transforms run over a few rows of tiles at a time (:data:`CHUNK_BYTES` of transformed input and of
@@ -26,10 +26,10 @@ from torch import nn
 from .nnpack import NNPACKConv2d
 
 #: whether the fixed CPU layer set (``fold_network`` with ``nnpack``, the renderer's "cpu" layers) uses
-#: :func:`use_winograd`: off, as in whole frames on the 2-core AVX-512 Xeon of ``benchmarks/RESULTS.md`` G was not
-#: measurably faster with it (2.66 against 2.62 s, mean of 5 runs) although its layers alone were 1.0-1.4x faster
-#: (conformance passes with it on); the autotuner (opt-in) offers the kernel for every 3x3 layer
-IN_LAYER_SET = False
+#: :func:`use_winograd`: on. On the 2-core AVX-512 Xeon of ``benchmarks/RESULTS.md``, with the weight transformed
+#: in blocks of output channels, G ran 6-23% faster per frame in 3 runs of 3 (same-run pairs; peak RSS unchanged),
+#: and conformance passes with it
+IN_LAYER_SET = True
 #: the rule of :func:`preferred`: 3x3 layers with at least this many input and output channels
 #: (below it the transforms cost more than the GEMM saves: ``benchmarks/RESULTS.md``)
 MIN_CHANNELS = 128

@@ -171,14 +171,16 @@ def test_layer_set_rule_by_channels():
 
 
 def test_fold_network_uses_it_where_the_rule_says(monkeypatch):
-    """With ``winograd=True`` and the rule lowered to the tiny config's channel counts, the folded W and G run their
-    3x3 layers by Winograd and give the output of the same networks folded with plain convolutions; by default
-    (``IN_LAYER_SET`` off) the layer set keeps NNPACK."""
+    """With the rule lowered to the tiny config's channel counts, the folded W and G run their 3x3 layers by
+    Winograd (by default: ``IN_LAYER_SET``) and give the output of the same networks folded with plain
+    convolutions; ``winograd=False`` (or ``IN_LAYER_SET`` off) keeps NNPACK."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 8)
     nets = RendererNetworks.random(RendererConfig.tiny(), seed=5).eval()
-    fast = fold_network(nets, winograd=True)
-    plain = fold_network(nets)
-    assert not winograd.IN_LAYER_SET
+    assert winograd.IN_LAYER_SET
+    fast = fold_network(nets)
+    plain = fold_network(nets, winograd=False)
+    monkeypatch.setattr(winograd, "IN_LAYER_SET", False)
+    assert not any(isinstance(m, WinogradConv2d) for m in fold_network(nets).modules())
     reference = fold_network(nets, nnpack=False)
     assert sum(isinstance(m, WinogradConv2d) for m in fast.warping.modules()) >= 1
     assert sum(isinstance(m, WinogradConv2d) for m in fast.decoder.modules()) >= 3
