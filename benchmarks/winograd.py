@@ -10,11 +10,11 @@ W and G, which records each distinct layer signature (input shape, weight shape,
 frame and one real input. Each signature is then timed with every kernel of ``lp_renderer.fast.autotune`` that
 applies (``AutotunedConv.run``, the autotuner's own kernels), the kernels interleaved round by round and the
 minimum kept (the machine is shared: a round-robin minimum is the least noisy figure). ``old`` is the kernel the
-fixed CPU layer set uses (NNPACK for 3x3-and-larger 2-D layers, oneDNN otherwise), ``new`` the one it would use
-with ``lp_renderer.fast.winograd.IN_LAYER_SET`` (``winograd`` where ``preferred`` takes the layer and the map is at
-most ``MAX_PIXELS``); the totals weight each signature by its calls per frame. ``winograd-kept`` is the Winograd
-kernel with its transformed weight computed once (the layers transform it per call: kept, it costs 4x the weight's
-memory).
+fixed CPU layer set uses without Winograd (``lp_renderer.fast.winograd.IN_LAYER_SET`` off: NNPACK for
+3x3-and-larger 2-D layers, oneDNN otherwise), ``new`` the one it uses with it (the default: ``winograd`` where
+``preferred`` takes the layer and the map is at most ``MAX_PIXELS``); the totals weight each signature by its calls
+per frame. ``winograd-kept`` is the Winograd kernel with its transformed weight computed once (the layers transform
+it per call: kept, it costs 4x the weight's memory).
 """
 
 from __future__ import annotations
@@ -127,8 +127,8 @@ def main() -> None:
         print(f"| {xs} | {ws} | {calls} | " + " | ".join(ms) + f" | {old} -> {new} | "
               f"{best[old] / best[new]:.2f}x |")
     print(f"\nper frame (calls x time, these layers): onednn everywhere {tot['onednn']:.3f} s, the fixed set "
-          f"{tot['old']:.3f} s, the fixed set with the Winograd rule (IN_LAYER_SET) {tot['new']:.3f} s "
-          f"(fixed / rule {tot['old'] / tot['new']:.2f}x)")
+          f"without Winograd {tot['old']:.3f} s, with the Winograd rule (the default) {tot['new']:.3f} s "
+          f"(without / with {tot['old'] / tot['new']:.2f}x)")
     print(f"\nCommand: `{shlex.join(['python', 'benchmarks/winograd.py', *sys.argv[1:]])}`")
 
 

@@ -26,9 +26,10 @@ Kernels (all the same maths up to float rounding; tested against the plain convo
 
 Opt-in (see :func:`autotune_enabled`): ``Renderer(autotune=True)`` or ``LP_RENDERER_AUTOTUNE=1``; off
 (``LP_RENDERER_AUTOTUNE=0`` wins over everything), the layers run the fixed
-choices of the CPU layer set (NNPACK for W's and G's 3x3-and-larger 2-D convolutions, the FFT for the mask, oneDNN
-for the rest). Tuning a process stops after :data:`BUDGET_S` seconds (later layers keep their fixed choice and are
-tuned by a later process); a kernel whose warm-up run is :data:`PRUNE` times slower than the best so far is not run
+choices of the CPU layer set (NNPACK for W's and G's 3x3-and-larger 2-D convolutions, Winograd on GEMMs for those
+:func:`lp_renderer.fast.winograd.preferred` takes, the FFT for the mask, oneDNN for the rest). Tuning a process
+stops after :data:`BUDGET_S` seconds (later layers keep their fixed choice and are tuned by a later process); a
+kernel whose warm-up run is :data:`PRUNE` times slower than the best so far is not run
 again.
 """
 

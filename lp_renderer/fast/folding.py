@@ -58,7 +58,7 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
     mask convolution by FFT (a win on CPUs; GPUs have fast direct convolutions); ``nnpack`` computes W's
     and G's 2-D convolutions (3x3 and larger) with NNPACK's Winograd / FFT kernels when they run on the CPU
     in float32 (:class:`lp_renderer.fast.nnpack.NNPACKConv2d`; elsewhere they stay plain convolutions);
-    ``winograd`` (with ``nnpack``; default :data:`lp_renderer.fast.winograd.IN_LAYER_SET`, off) computes those of
+    ``winograd`` (with ``nnpack``; default :data:`lp_renderer.fast.winograd.IN_LAYER_SET`, on) computes those of
     them with many channels on small maps (:func:`lp_renderer.fast.winograd.preferred`) by
     :class:`lp_renderer.fast.winograd.WinogradConv2d` instead.
     ``autotune`` (with ``fast_layers``) instead wraps every convolution in
