@@ -23,3 +23,12 @@ def test_overhead_benchmark_runs(data_dir):
                 "| speech motion (Whisper features, default motion model, blinks) |"):
         assert row in out.stdout, out.stdout
     assert out.stdout.count("**whole command**") == 2
+
+
+def test_winograd_benchmark_runs():
+    """benchmarks/winograd.py on the tiny config: the per-layer table with every kernel column and the totals."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "winograd.py"), "--quick", "--rounds", "1",
+                          "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| onednn ms | nnpack ms | winograd ms | winograd, weight kept ms |" in out.stdout, out.stdout
+    assert out.stdout.count("| (1, ") >= 20 and "without / with" in out.stdout, out.stdout
