@@ -26,7 +26,11 @@ its own so its peak RSS is its own:
               allocator settings of ``lp_renderer.fast.cpu_memory``, opted in as the CLI does), batch 1 and 8;
 * optimised-no-autotune - the same at batch 1 with ``LP_RENDERER_AUTOTUNE=0`` (the default Renderer): the CPU layer
               set's fixed kernels
-              (NNPACK for W's and G's 3x3-and-larger 2-D convolutions, the FFT mask convolution, oneDNN elsewhere);
+              (NNPACK for W's and G's 3x3-and-larger 2-D convolutions but Winograd on GEMMs for G's 3x3 layers with
+              >= 128 channels on 64x64 maps, the FFT mask convolution, oneDNN elsewhere);
+* optimised-no-winograd - the default Renderer at batch 1 (no autotuning) without the Winograd GEMM kernel of
+              ``lp_renderer.fast.winograd`` in its fixed layer set (``IN_LAYER_SET`` off): NNPACK for G's 3x3 layers
+              with >= 128 channels on 64x64 maps too, as before that kernel.
 * optimised-default-malloc - the same at batch 1 with the allocator's defaults (what those settings buy).
 * onnxruntime - the networks exported to ONNX (``lp_renderer.onnx_backend.export_onnx``: folded, plain layers,
               no per-source cache) and run by onnxruntime's CPU execution provider with the same threads,
@@ -96,6 +100,10 @@ def child(args) -> dict:
 
     torch.set_num_threads(args.threads)
     fold = args.mode != "naive"
+    if args.mode == "optimised-no-winograd":
+        from lp_renderer.fast import winograd
+
+        winograd.IN_LAYER_SET = False
     if args.mode == "onnxruntime":
         r = onnx_renderer(args)
     elif args.weights:
@@ -172,22 +180,25 @@ def onnx_renderer(args):
     return OnnxRenderer(tmp, providers=["CPUExecutionProvider"], threads=args.threads)
 
 
-PATHS = ("naive", "optimised", "optimised-no-autotune", "optimised-batch8", "optimised-default-malloc", "onnxruntime")
+PATHS = ("naive", "optimised", "optimised-no-autotune", "optimised-batch8", "optimised-default-malloc", "onnxruntime",
+         "optimised-no-winograd")
 
 
 def run_children(args, weights: str | None) -> list[dict]:
     runs = [("naive", 1, args.frames), ("optimised", 1, args.frames), ("optimised-no-autotune", 1, args.frames),
-            ("optimised", 8, 16), ("optimised-default-malloc", 1, args.frames), ("onnxruntime", 1, args.frames)]
+            ("optimised", 8, 16), ("optimised-default-malloc", 1, args.frames), ("onnxruntime", 1, args.frames),
+            ("optimised-no-winograd", 1, args.frames)]
     wanted = {"naive", *args.paths.split(",")} if args.paths else set(PATHS)
     runs = [r for r in runs if (r[0] if r[1] == 1 else f"{r[0]}-batch{r[1]}") in wanted]
     results = []
     for mode, batch, frames in runs:
         env = dict(os.environ, XDG_CACHE_HOME=tempfile.mkdtemp(prefix="render_bench_cache_"))  # tuned in this run
         atexit.register(shutil.rmtree, env["XDG_CACHE_HOME"], ignore_errors=True)
-        if mode not in ("optimised", "optimised-no-autotune", "onnxruntime"):
+        if mode not in ("optimised", "optimised-no-autotune", "optimised-no-winograd", "onnxruntime"):
             # the official code runs with the allocator's defaults (lp_renderer.fast.cpu_memory)
             env.update({"THP_MEM_ALLOC_ENABLE": "0", "LP_RENDERER_MALLOC_TUNING": "0"})
-        env["LP_RENDERER_AUTOTUNE"] = "0" if mode in ("naive", "optimised-no-autotune") else "1"
+        env["LP_RENDERER_AUTOTUNE"] = "0" if mode in ("naive", "optimised-no-autotune", "optimised-no-winograd") \
+            else "1"
         cmd = [sys.executable, __file__, "--child", "--mode", mode, "--batch", str(batch), "--frames", str(frames),
                "--threads", str(args.threads)] + (["--quick"] if args.quick else []) + \
               (["--weights", weights] if weights else [])

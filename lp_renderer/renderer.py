@@ -60,7 +60,8 @@ def resolve_device(device: str | torch.device | None = None, half: bool | None =
     return dev, bool(half)
 #: The layer sets of a folded renderer (all fold spectral norm and BatchNorm; same maths up to float rounding):
 #: ``"cpu"`` - the rewritten SPADE decoder (:mod:`.fast.spade`), W's mask convolution by FFT (:mod:`.fast.fft_conv`)
-#: and W's and G's 2-D convolutions by NNPACK (:mod:`.fast.nnpack`), G one image at a time: the CPU's default;
+#: and W's and G's 2-D convolutions by NNPACK (:mod:`.fast.nnpack`) or, for G's 3x3 layers with many channels on
+#: small maps, Winograd on GEMMs (:mod:`.fast.winograd`), G one image at a time: the CPU's default;
 #: ``"cuda"`` - the rewritten SPADE decoder only (GPUs have fast direct convolutions): every other device's default;
 #: ``"plain"`` - the folded original modules (what ONNX export writes).
 LAYER_SETS = ("cpu", "cuda", "plain")

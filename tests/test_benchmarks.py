@@ -33,3 +33,12 @@ def test_overhead_benchmark_with_a_null_whisper(data_dir):
                          env={**os.environ, "AUDIO2LP_TEST_DATA": str(data_dir)})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "(Whisper too)" in out.stdout and out.stdout.count("**whole command**") == 1
+
+
+def test_winograd_benchmark_runs():
+    """benchmarks/winograd.py on the tiny config: the per-layer table with every kernel column and the totals."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "winograd.py"), "--quick", "--rounds", "1",
+                          "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| onednn ms | nnpack ms | winograd ms | winograd, weight kept ms |" in out.stdout, out.stdout
+    assert out.stdout.count("| (1, ") >= 20 and "without / with" in out.stdout, out.stdout

@@ -20,13 +20,16 @@ Kernels (all the same maths up to float rounding; tested against the plain convo
 * ``nnpack-depth`` - a 3-D convolution as a sum over kernel depth of NNPACK 2-D convolutions of the depth slices
   (3x3x3 kernels, stride 1, ungrouped, maps of at least 32x32: on smaller ones it is far behind; not on AVX-512
   CPUs, where it never wins);
+* ``winograd`` - Winograd F(4x4, 3x3) with GEMM inner products (3x3 2-D, stride 1, ungrouped;
+  :mod:`lp_renderer.fast.winograd`);
 * ``fft`` - the tiled FFT of :mod:`lp_renderer.fast.fft_conv`, for the layers it was built for (W's 7x7x7 mask).
 
 Opt-in (see :func:`autotune_enabled`): ``Renderer(autotune=True)`` or ``LP_RENDERER_AUTOTUNE=1``; off
 (``LP_RENDERER_AUTOTUNE=0`` wins over everything), the layers run the fixed
-choices of the CPU layer set (NNPACK for W's and G's 3x3-and-larger 2-D convolutions, the FFT for the mask, oneDNN
-for the rest). Tuning a process stops after :data:`BUDGET_S` seconds (later layers keep their fixed choice and are
-tuned by a later process); a kernel whose warm-up run is :data:`PRUNE` times slower than the best so far is not run
+choices of the CPU layer set (NNPACK for W's and G's 3x3-and-larger 2-D convolutions, Winograd on GEMMs for those
+:func:`lp_renderer.fast.winograd.preferred` takes, the FFT for the mask, oneDNN for the rest). Tuning a process
+stops after :data:`BUDGET_S` seconds (later layers keep their fixed choice and are tuned by a later process); a
+kernel whose warm-up run is :data:`PRUNE` times slower than the best so far is not run
 again.
 """
 
@@ -49,7 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import winograd
 from .nnpack import nnpack_conv2d, nnpack_usable
+from .winograd import WinogradConv2d, winograd_conv2d
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +150,14 @@ def _nnpack_depth(x: torch.Tensor, c: nn.Module) -> torch.Tensor:
     return out.transpose(1, 2).contiguous()  # (B, O, D', H', W')
 
 
+def _winograd(x: torch.Tensor, c: nn.Module) -> torch.Tensor:
+    return winograd_conv2d(x, None, c.bias, tuple(c.padding), weight=c.weight)
+
+
+def _winograd_applies(c: nn.Module, x: torch.Tensor) -> bool:
+    return WinogradConv2d.eligible(c)
+
+
 def _stride1(c: nn.Module) -> bool:
     n = c.weight.dim() - 2
     return c.stride == (1,) * n and c.dilation == (1,) * n and c.groups == 1
@@ -183,6 +196,7 @@ KERNELS: dict[str, tuple[Callable[[nn.Module, torch.Tensor], bool], Callable[[to
     "native": (_native_applies, _native),
     "nnpack": (_nnpack_2d_applies, _nnpack),
     "nnpack-depth": (_nnpack_depth_applies, _nnpack_depth),
+    "winograd": (_winograd_applies, _winograd),
 }
 
 
@@ -431,6 +445,8 @@ class AutotunedConv(nn.Module):
 
     def _untuned(self, x: torch.Tensor) -> str:
         names = self.kernels(x)
+        if self.default == "winograd" and x.shape[2] * x.shape[3] > winograd.MAX_PIXELS:
+            return "nnpack" if "nnpack" in names else "onednn"  # as WinogradConv2d in the fixed layer set
         return self.default if self.default in names else "onednn"
 
     @torch.compiler.disable  # timing is eager work (under torch.compile too)
@@ -483,14 +499,20 @@ class AutotunedConv(nn.Module):
         return best_name, best_out, ms
 
 
-def autotune_network(module: nn.Module, nnpack_in: tuple[type, ...] = ()) -> int:
+def autotune_network(module: nn.Module, nnpack_in: tuple[type, ...] = (), winograd: bool = False) -> int:
     """In place: wrap every eligible ``nn.Conv2d`` / ``nn.Conv3d`` below ``module`` in :class:`AutotunedConv`
     (those already wrapped are left as they are). Layers inside modules of the types ``nnpack_in`` that
-    :class:`lp_renderer.fast.nnpack.NNPACKConv2d` would take get ``nnpack`` as their untuned kernel (the fixed CPU
-    layer set's choice). Returns the count of layers wrapped."""
+    :class:`lp_renderer.fast.nnpack.NNPACKConv2d` would take get ``nnpack`` as their untuned kernel, or ``winograd``
+    where :func:`lp_renderer.fast.winograd.preferred` takes them (with ``winograd``): the fixed CPU layer set's
+    choices. Returns the count of layers wrapped."""
     from .nnpack import NNPACKConv2d, wrap_layers
+    from .winograd import preferred
 
-    nnpack_layers = {id(c) for m in module.modules() if isinstance(m, nnpack_in)
-                     for c in m.modules() if NNPACKConv2d.eligible(c)}
-    return wrap_layers(module, AutotunedConv, AutotunedConv.eligible,
-                       lambda c: AutotunedConv(c, "nnpack" if id(c) in nnpack_layers else "onednn"))
+    in_set = [c for m in module.modules() if isinstance(m, nnpack_in) for c in m.modules()]
+    nnpack_layers = {id(c) for c in in_set if NNPACKConv2d.eligible(c)}
+    winograd_layers = {id(c) for c in in_set if winograd and preferred(c)}
+
+    def default(c: nn.Module) -> str:
+        return "winograd" if id(c) in winograd_layers else "nnpack" if id(c) in nnpack_layers else "onednn"
+
+    return wrap_layers(module, AutotunedConv, AutotunedConv.eligible, lambda c: AutotunedConv(c, default(c)))

@@ -48,7 +48,8 @@ def _remove_spectral_norm(module: nn.Module) -> bool:
 
 
 def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = True,
-                 inplace: bool = False, nnpack: bool = True, autotune: bool = False) -> nn.Module:
+                 inplace: bool = False, nnpack: bool = True, autotune: bool = False,
+                 winograd: bool | None = None) -> nn.Module:
     """A folded deep copy of ``module`` (which must be in eval mode), or ``module`` itself folded in
     place when ``inplace`` (saves a copy of the weights at load time).
 
@@ -56,7 +57,10 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
     (merged SPADE convolutions, sub-pixel label-map convolutions); ``fft_conv`` computes W's 7x7x7
     mask convolution by FFT (a win on CPUs; GPUs have fast direct convolutions); ``nnpack`` computes W's
     and G's 2-D convolutions (3x3 and larger) with NNPACK's Winograd / FFT kernels when they run on the CPU
-    in float32 (:class:`lp_renderer.fast.nnpack.NNPACKConv2d`; elsewhere they stay plain convolutions).
+    in float32 (:class:`lp_renderer.fast.nnpack.NNPACKConv2d`; elsewhere they stay plain convolutions);
+    ``winograd`` (with ``nnpack``; default :data:`lp_renderer.fast.winograd.IN_LAYER_SET`, on) computes those of
+    them with many channels on small maps (:func:`lp_renderer.fast.winograd.preferred`) by
+    :class:`lp_renderer.fast.winograd.WinogradConv2d` instead.
     ``autotune`` (with ``fast_layers``) instead wraps every convolution in
     :class:`lp_renderer.fast.autotune.AutotunedConv`, which times the exact kernels that apply on first use and
     keeps the fastest per layer shape on this machine (the mask's FFT and, with ``nnpack``, NNPACK among them; they
@@ -64,6 +68,10 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
     """
     if module.training:
         raise ValueError("folding is only valid for modules in eval mode")
+    if winograd is None:
+        from . import winograd as _winograd
+
+        winograd = _winograd.IN_LAYER_SET
     if not inplace:
         module = copy.deepcopy(module)
     for m in list(module.modules()):
@@ -98,12 +106,16 @@ def fold_network(module: nn.Module, fast_layers: bool = True, fft_conv: bool = T
             from ..nets.warping_network import WarpingNetwork
             from .autotune import autotune_network
 
-            autotune_network(module, nnpack_in=(WarpingNetwork, FastSPADEDecoder) if nnpack else ())
+            autotune_network(module, nnpack_in=(WarpingNetwork, FastSPADEDecoder) if nnpack else (),
+                             winograd=nnpack and winograd)
         elif nnpack:
             from ..nets.warping_network import WarpingNetwork
             from .nnpack import use_nnpack
+            from .winograd import use_winograd
 
             for m in list(module.modules()):
                 if isinstance(m, (WarpingNetwork, FastSPADEDecoder)):
                     use_nnpack(m)
+                    if winograd:
+                        use_winograd(m)
     return module.eval()
