@@ -90,14 +90,27 @@ def autotune_enabled(requested: bool | None = None) -> bool:
     if switched_off():
         return False
     if requested is None:
-        return os.environ.get(ENV_SWITCH, "").strip().lower() in ("1", "true", "yes", "on")
+        return _switch() in _ON
     return bool(requested)
+
+
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _switch() -> str:
+    """``LP_RENDERER_AUTOTUNE`` lower-cased; a value that is neither on nor off is logged once (and counts as
+    unset: off unless a renderer asks for tuning)."""
+    value = os.environ.get(ENV_SWITCH, "").strip().lower()
+    if value and value not in _ON + _OFF and _STATE.get("warned_value") != value:
+        _STATE["warned_value"] = value
+        log.warning("%s=%s is not understood; use 1 (autotune) or 0 (never); taken as unset", ENV_SWITCH, value)
+    return value
 
 
 def switched_off() -> bool:
     """``LP_RENDERER_AUTOTUNE=0`` (or ``false``/``no``/``off``): no timing anywhere, even in renderers built with
     autotuning (their layers then keep their fixed kernels)."""
-    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "false", "no", "off")
+    return _switch() in _OFF
 
 
 # ---------------------------------------------------------------------------------------------------- kernels
@@ -341,6 +354,7 @@ def reset() -> None:
     with _LOCK:
         _CACHES.clear()
         _STATE.update(spent=0.0, warned_budget=False)
+        _STATE.pop("warned_value", None)
 
 
 def measure(fn: Callable[[], torch.Tensor], runs: int = RUNS, prune_above: float = float("inf"),

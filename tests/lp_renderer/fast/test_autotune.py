@@ -27,6 +27,7 @@ def kernel_cache_dir(tmp_path, monkeypatch):
     load average of a shared test machine must not decide whether a choice is timed again)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(autotune, "machine_busy", lambda: False)
+    monkeypatch.setattr(autotune, "BUDGET_S", 600.0)  # nor whether the tuning budget runs out (a test sets its own)
     monkeypatch.setattr(autotune, "depth_split_offered", lambda: True)  # (only on CPUs without AVX-512 otherwise)
     monkeypatch.delenv(autotune.ENV_SWITCH, raising=False)
     autotune.reset()
@@ -337,3 +338,14 @@ def test_autotuning_is_opt_in(monkeypatch):
     assert _tiny().autotune and not _tiny(autotune=False).autotune
     monkeypatch.setenv(autotune.ENV_SWITCH, "0")
     assert not _tiny().autotune and not _tiny(autotune=True).autotune
+
+
+def test_an_unknown_switch_value_is_named_once(monkeypatch, kernel_cache_dir, caplog):
+    monkeypatch.setenv(autotune.ENV_SWITCH, "maybe")
+    with caplog.at_level(logging.WARNING, logger="lp_renderer.fast.autotune"):
+        assert not autotune.autotune_enabled() and autotune.autotune_enabled(True)  # taken as unset
+        assert not autotune.switched_off()
+    assert caplog.text.count("LP_RENDERER_AUTOTUNE=maybe is not understood") == 1
+    for value, on in (("ON", True), (" yes ", True), ("Off", False), ("", False)):
+        monkeypatch.setenv(autotune.ENV_SWITCH, value)
+        assert autotune.autotune_enabled() is on
