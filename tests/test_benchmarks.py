@@ -42,3 +42,13 @@ def test_winograd_benchmark_runs():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| onednn ms | nnpack ms | winograd ms | winograd, weight kept ms |" in out.stdout, out.stdout
     assert out.stdout.count("| (1, ") >= 20 and "without / with" in out.stdout, out.stdout
+
+
+def test_flops_benchmark_runs():
+    """benchmarks/flops.py on the tiny config: the frame's FLOPs (all convolutions), the measured rates, the bound."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "flops.py"), "--quick", "--threads", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for row in ("| W + G of one frame, as the official code runs them |", "| of which aten.convolution |",
+                "| oneDNN direct 3x3 conv", "| MKL sgemm", "| 2.5x the naive frame |"):
+        assert row in out.stdout, out.stdout
