@@ -72,6 +72,16 @@ def torch_threads_per_test() -> int:
     return max(1, min(2, cores // max(1, workers)))
 
 
+@pytest.fixture(scope="session")
+def cuda():
+    """The CUDA device; the ``gpu`` tests that ask for it skip as optional where there is none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("optional: no CUDA device here (the gpu tests run where there is one)")
+    return torch.device("cuda")
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
     import torch

@@ -51,13 +51,6 @@ def test_speak_asks_for_whisper_where_whisper_device_says(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def cuda():
-    if not torch.cuda.is_available():
-        pytest.skip("optional: no CUDA device here (the gpu tests run where there is one)")
-    return torch.device("cuda")
-
-
-@pytest.fixture(scope="module")
 def wav(data_dir):
     return load_audio(data_dir / SPEECH)[: 4 * 16000]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from lp_renderer.renderer import Renderer
 from tests.lp_renderer.test_conformance import CASES, end_to_end, require_conformance_data, uint8_diff
@@ -21,13 +20,6 @@ from tests.lp_renderer.test_conformance import CASES, end_to_end, require_confor
 pytestmark = [pytest.mark.gpu, pytest.mark.conformance, pytest.mark.slow]
 
 MEAN_TOL, P99_TOL = 1.0, 8
-
-
-@pytest.fixture(scope="module")
-def cuda():
-    if not torch.cuda.is_available():
-        pytest.skip("optional: no CUDA device here (the gpu tests run where there is one)")
-    return torch.device("cuda")
 
 
 @pytest.fixture(scope="module")
